@@ -1,0 +1,57 @@
+# One-command entry points. `make test` and `make run` work on a fresh machine with
+# Python 3.11+, a C compiler and make: they create .venv and install everything.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard protos/ggap/pb/*.proto)
+PYTEST_ARGS ?=
+
+.PHONY: all install run test lint proto proto-check unit ext clean bench
+
+all: install
+
+$(STAMP): pyproject.toml setup.py ggap/_fastlog.pyx
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "setuptools>=74" "Cython>=3.0,<4" wheel
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Rebuild the Cython extension in place after editing ggap/_fastlog.pyx.
+ext: $(STAMP)
+	$(PY) setup.py -q build_ext --inplace
+
+proto: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(PY) -m grpc_tools.protoc -I protos \
+	  --python_out=. --pyi_out=. --purerpc_out=. --grpc_python_out=. $(PROTOS)
+
+# Fails when the committed generated code differs from a fresh generation.
+proto-check: $(STAMP)
+	@tmp=$$(mktemp -d) && \
+	PATH=$(abspath $(BIN)):$$PATH $(PY) -m grpc_tools.protoc -I protos \
+	  --python_out=$$tmp --pyi_out=$$tmp --purerpc_out=$$tmp --grpc_python_out=$$tmp $(PROTOS) && \
+	diff -r -x __init__.py -x __pycache__ $$tmp/ggap/pb ggap/pb && rm -rf $$tmp && \
+	echo "proto-check: generated code is up to date"
+
+lint: $(STAMP)
+	$(BIN)/ruff check ggap tests bench
+	$(BIN)/mypy
+
+test: $(STAMP) proto-check lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+	GGAP_NO_EXTENSIONS=1 $(BIN)/pytest -q -m "not slow" tests/unit
+
+run: $(STAMP)
+	$(BIN)/ggap node --node-id 1 --client-addr 127.0.0.1:17000 \
+	  --cluster-addr 127.0.0.1:17001 --data-dir ./data
+
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf build dist *.egg-info ggap/_fastlog.c ggap/*.so $(VENV)

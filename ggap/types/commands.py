@@ -1,0 +1,103 @@
+"""Commands: what is proposed to the log and applied, in order, by every replica.
+
+Commands are deterministic: anything that depends on a clock (TTL) is resolved to
+an absolute value by the proposer before the command enters the log, so applying
+the same log always yields the same state and revisions.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Union
+
+import attrs
+
+
+class CompareTarget(enum.IntEnum):
+    VALUE = 1
+    VERSION = 2
+    CREATE_REVISION = 3
+    MOD_REVISION = 4
+    EXISTS = 5
+
+
+class CompareOp(enum.IntEnum):
+    EQUAL = 1
+    NOT_EQUAL = 2
+    GREATER = 3
+    LESS = 4
+
+
+@attrs.frozen(slots=True)
+class Put:
+    key: str
+    value: bytes
+    # Absolute expiry in wall-clock milliseconds, decided by the proposer; 0 = no TTL.
+    expires_at_ms: int = 0
+
+
+@attrs.frozen(slots=True)
+class Delete:
+    key: str
+
+
+@attrs.frozen(slots=True)
+class TxnGet:
+    """A point read inside a Txn; sees the state before the Txn's writes."""
+
+    key: str
+    revision: int = 0
+
+
+@attrs.frozen(slots=True)
+class TxnRange:
+    """A range read inside a Txn. Either prefix, or [start, end) with end "" unbounded."""
+
+    prefix: str = ""
+    start: str = ""
+    end: str = ""
+    limit: int = 0
+    revision: int = 0
+    keys_only: bool = False
+
+
+@attrs.frozen(slots=True)
+class Compare:
+    key: str
+    target: CompareTarget
+    op: CompareOp
+    value: bytes = b""
+    number: int = 0
+
+
+WriteOp = Union[Put, Delete]
+ReadOp = Union[TxnGet, TxnRange]
+TxnOp = Union[Put, Delete, TxnGet, TxnRange]
+
+
+@attrs.frozen(slots=True)
+class Txn:
+    compare: tuple[Compare, ...] = ()
+    success: tuple[TxnOp, ...] = ()
+    failure: tuple[TxnOp, ...] = ()
+
+
+@attrs.frozen(slots=True)
+class Compact:
+    revision: int
+
+
+@attrs.frozen(slots=True)
+class Expire:
+    """Delete keys whose TTL ran out. Each item is (key, mod_revision seen by the proposer):
+    a key re-written since then is left alone, so a refresh never races an expiry."""
+
+    items: tuple[tuple[str, int], ...]
+
+
+@attrs.frozen(slots=True)
+class Noop:
+    """Appended by a new leader (Raft §8) and for barriers; changes no revision."""
+
+
+Command = Union[Put, Delete, Txn, Compact, Expire, Noop]
