@@ -1,0 +1,94 @@
+"""The one binary codec: tagged values, commands, log entry frames, MVCC version selection.
+
+The byte-level functions come from the compiled `ggap._fastlog` when it is importable and
+`GGAP_NO_EXTENSIONS` is unset, else from the pure-Python reference `ggap.codec._pure`; both
+produce identical bytes and raise CodecError on bad input. Formats are described in _pure.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ggap.codec._pure import (
+    ENTRY_HEADER_SIZE,
+    FORMAT_VERSION,
+    MAX_DEPTH,
+    decode_entry,
+    encode_entry,
+    pack,
+    unpack,
+    version_at,
+    visible_versions,
+)
+from ggap.codec.commands import COMMAND_FORMAT_VERSION, command_from_value, command_to_value
+from ggap.types.commands import Command
+from ggap.types.errors import CodecError
+
+HAS_FASTLOG = False
+IMPL = "py"
+
+if not os.environ.get("GGAP_NO_EXTENSIONS"):
+    try:
+        from ggap._fastlog import (
+            decode_entry,
+            encode_entry,
+            pack,
+            unpack,
+            version_at,
+            visible_versions,
+        )
+    except ImportError:
+        pass
+    else:
+        HAS_FASTLOG = True
+        IMPL = "c"
+
+# Entry kinds. CONF_CHANGE is reserved for Raft membership changes.
+ENTRY_KIND_COMMAND = 1
+ENTRY_KIND_CONF_CHANGE = 2
+
+
+def encode_command(cmd: Command) -> bytes:
+    """Serialise a command for the log (versioned; see ggap.codec.commands)."""
+    return pack(command_to_value(cmd))
+
+
+def decode_command(data: bytes) -> Command:
+    """Inverse of encode_command; CodecError for anything it did not produce."""
+    return command_from_value(unpack(data))
+
+
+def encode_command_entry(index: int, term: int, cmd: Command) -> bytes:
+    """A framed ENTRY_KIND_COMMAND log entry carrying `cmd`."""
+    return encode_entry(index, term, ENTRY_KIND_COMMAND, encode_command(cmd))
+
+
+def decode_command_entry(buf: bytes) -> tuple[int, int, Command]:
+    """Return (index, term, command) of a command entry; CodecError for other kinds."""
+    index, term, kind, payload = decode_entry(buf)
+    if kind != ENTRY_KIND_COMMAND:
+        raise CodecError(f"entry kind {kind} is not a command entry")
+    return index, term, decode_command(payload)
+
+
+__all__ = [
+    "COMMAND_FORMAT_VERSION",
+    "ENTRY_HEADER_SIZE",
+    "ENTRY_KIND_COMMAND",
+    "ENTRY_KIND_CONF_CHANGE",
+    "FORMAT_VERSION",
+    "HAS_FASTLOG",
+    "IMPL",
+    "MAX_DEPTH",
+    "CodecError",
+    "decode_command",
+    "decode_command_entry",
+    "decode_entry",
+    "encode_command",
+    "encode_command_entry",
+    "encode_entry",
+    "pack",
+    "unpack",
+    "version_at",
+    "visible_versions",
+]
