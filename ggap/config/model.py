@@ -66,6 +66,8 @@ class WatchConfig:
     buffer_events: int = 4096
     # Events fetched from storage per step while replaying history.
     replay_batch: int = 512
+    # An idle watch gets an empty progress response this often (also detects gone clients).
+    progress_interval_ms: int = 5000
 
 
 @attrs.frozen(slots=True)

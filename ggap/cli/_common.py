@@ -1,0 +1,181 @@
+"""What every command shares: exit codes, error printing, the trio runner, option types.
+
+Exit codes: 0 ok; 2 usage errors, client-side invalid input and server INVALID_ARGUMENT /
+OUT_OF_RANGE answers (the request itself was wrong; retrying cannot help); 1 every other
+failure (UNAVAILABLE, DEADLINE_EXCEEDED, key not found, ...), which a retry might fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import attrs
+import click
+import trio
+
+from ggap.client import DEFAULT_TIMEOUT_S, ClientError, parse_endpoints
+from ggap.pb import kv_pb2
+from ggap.types.errors import StatusCode
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+DEFAULT_ENDPOINTS = "127.0.0.1:17000"
+
+_USAGE_CODES = frozenset({StatusCode.INVALID_ARGUMENT, StatusCode.OUT_OF_RANGE})
+
+READ_MODES: dict[str, kv_pb2.ReadMode] = {
+    "linearizable": kv_pb2.READ_MODE_LINEARIZABLE,
+    "sequential": kv_pb2.READ_MODE_SEQUENTIAL,
+    "eventual": kv_pb2.READ_MODE_EVENTUAL,
+}
+QUORUMS: dict[str, kv_pb2.WriteQuorum] = {
+    "majority": kv_pb2.WRITE_QUORUM_MAJORITY,
+    "all": kv_pb2.WRITE_QUORUM_ALL,
+}
+
+
+def exit_code_for(code: StatusCode) -> int:
+    return EXIT_USAGE if code in _USAGE_CODES else EXIT_FAILURE
+
+
+def fail(code: str, message: str, exit_code: int) -> NoReturn:
+    """Print `Error: <CODE>: <message>` on stderr and exit."""
+    click.echo(f"Error: {code}: {message}", err=True)
+    raise click.exceptions.Exit(exit_code)
+
+
+def _only_interrupts(exc: BaseException) -> bool:
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_interrupts(e) for e in exc.exceptions)
+    return False
+
+
+def run_async(fn: Callable[[], Awaitable[int | None]], *, interrupt_exit: int = EXIT_INTERRUPTED) -> None:
+    """Run a command's async body, turning every failure into a message and an exit code
+    (never a traceback, unless GGAP_DEBUG is set). The body may return an exit code."""
+    try:
+        rc = trio.run(fn)
+    except ClientError as e:
+        fail(e.code.name, e.message, exit_code_for(e.code))
+    except (click.exceptions.Exit, click.ClickException):
+        raise
+    except BaseException as e:  # the edge of the program: report, do not crash
+        if _only_interrupts(e):
+            raise click.exceptions.Exit(interrupt_exit) from None
+        if not isinstance(e, Exception) or os.environ.get("GGAP_DEBUG"):
+            raise
+        fail(StatusCode.INTERNAL.name, f"unexpected {type(e).__name__}: {e}", EXIT_FAILURE)
+    if rc:
+        raise click.exceptions.Exit(rc)
+
+
+class DurationMs(click.ParamType):
+    """A duration in milliseconds: `1500` (ms), `1500ms`, `10s`, `1.5s`, `5m`, `1h`."""
+
+    name = "duration"
+    _pattern = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+    _scale = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            ms = value
+        else:
+            match = self._pattern.match(str(value))
+            if match is None:
+                self.fail(f"{value!r} is not a duration (e.g. 500, 500ms, 10s, 5m, 1h)", param, ctx)
+            ms = round(float(match.group(1)) * self._scale[match.group(2) or "ms"])
+        if ms < 1:
+            self.fail(f"{value!r} is shorter than 1ms", param, ctx)
+        return ms
+
+
+def _check_endpoints(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        parse_endpoints(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+@attrs.frozen
+class ClientOptions:
+    endpoints: str
+    timeout_s: float
+    output: str
+
+    @property
+    def json(self) -> bool:
+        return self.output == "json"
+
+
+def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["table", "json"], case_sensitive=False),
+        default="table",
+        show_default=True,
+        help="table: aligned text for people; json: one JSON document per result (proto field names).",
+    )(fn)
+
+
+def client_command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --endpoints/--timeout/--output to a command and pass them as `opts`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, endpoints: str, timeout_s: float, output: str, **kwargs: Any) -> Any:
+        return fn(*args, opts=ClientOptions(endpoints, timeout_s, output.lower()), **kwargs)
+
+    decorated = output_option(wrapper)
+    decorated = click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.FloatRange(min=0, min_open=True),
+        default=DEFAULT_TIMEOUT_S,
+        show_default=True,
+        help="Seconds allowed for connecting and for each call.",
+    )(decorated)
+    decorated = click.option(
+        "--endpoints",
+        envvar="GGAP_ENDPOINTS",
+        default=DEFAULT_ENDPOINTS,
+        show_default=True,
+        callback=_check_endpoints,
+        help="Comma-separated host:port list, tried in order until one connects [env GGAP_ENDPOINTS].",
+    )(decorated)
+    return decorated
+
+
+def mode_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--mode",
+        type=click.Choice(list(READ_MODES), case_sensitive=False),
+        default=None,
+        help="Read consistency; default: the server's reads.default_mode.",
+    )(fn)
+
+
+def quorum_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--quorum",
+        type=click.Choice(list(QUORUMS), case_sensitive=False),
+        default=None,
+        help="majority (default): OK once committed; all: OK once every voter has applied it.",
+    )(fn)
+
+
+def read_mode(mode: str | None) -> kv_pb2.ReadMode:
+    return READ_MODES[mode.lower()] if mode else kv_pb2.READ_MODE_UNSPECIFIED
+
+
+def write_quorum(quorum: str | None) -> kv_pb2.WriteQuorum:
+    return QUORUMS[quorum.lower()] if quorum else kv_pb2.WRITE_QUORUM_UNSPECIFIED
