@@ -29,6 +29,7 @@ from ggap.types.errors import (
     ResourceExhausted,
     StatusCode,
     Unavailable,
+    Unimplemented,
     CodecError,
     StorageCorrupt,
 )
@@ -89,5 +90,6 @@ __all__ = [
     "TxnRange",
     "TxnResult",
     "Unavailable",
+    "Unimplemented",
     "WriteOp",
 ]

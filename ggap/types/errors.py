@@ -97,3 +97,7 @@ class StorageCorrupt(GgapError):
     """On-disk state that fails validation. The node must stop rather than serve it."""
 
     code = StatusCode.DATA_LOSS
+
+
+class Unimplemented(GgapError):
+    code = StatusCode.UNIMPLEMENTED
