@@ -21,6 +21,8 @@ class LimitsConfig:
     max_txn_ops: int = 128
     # Requests being served at once; past this new ones get RESOURCE_EXHAUSTED.
     max_in_flight: int = 4096
+    # Watch streams open at once (counted apart from unary requests).
+    max_watches: int = 10_000
     # Largest gRPC message accepted or sent by the client port.
     max_message_bytes: int = 4_194_304
 

@@ -24,9 +24,13 @@ import h2.exceptions
 import purerpc
 import trio
 from anyio.abc import SocketAttribute
-from purerpc.grpc_proto import GRPCProtoSocket
+from google.protobuf.message import DecodeError
+from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.exceptions import RpcFailedError, StreamClosedError
+from purerpc.grpclib.status import Status
+from purerpc.grpclib.status import StatusCode as PurerpcStatusCode
+from purerpc.rpc import RPCSignature
 from purerpc.server import ConnectionHandler
 
 from ggap.rpc.errors import rpc_error, to_rpc_error
@@ -96,8 +100,14 @@ class RpcPolicy:
 
     # Deadline for unary calls whose client sent none (math.inf: no default).
     default_timeout_s: float = attrs.field(default=10.0, validator=_positive)
-    # Requests (streams included) served at once; more get RESOURCE_EXHAUSTED.
+    # Unary requests served at once; more get RESOURCE_EXHAUSTED.
     max_in_flight: int = attrs.field(default=4096, validator=_positive)
+    # Open streams (watches) at once, counted apart from unary calls: purerpc ignores a
+    # client's RST_STREAM, so a cancelled stream holds its slot until its next send, and
+    # must not lock unary callers out meanwhile.
+    max_streams: int = attrs.field(default=4096, validator=_positive)
+    # Largest request message accepted; a larger one gets RESOURCE_EXHAUSTED.
+    max_message_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
     _unary: int = attrs.field(default=0, init=False, repr=False)
     _streams: int = attrs.field(default=0, init=False, repr=False)
 
@@ -116,11 +126,13 @@ class RpcPolicy:
         return self._streams
 
     def _enter(self, streaming: bool) -> None:
-        if self._unary + self._streams >= self.max_in_flight:
-            raise rpc_error(StatusCode.RESOURCE_EXHAUSTED, "too many requests in flight")
         if streaming:
+            if self._streams >= self.max_streams:
+                raise rpc_error(StatusCode.RESOURCE_EXHAUSTED, "too many streams open")
             self._streams += 1
         else:
+            if self._unary >= self.max_in_flight:
+                raise rpc_error(StatusCode.RESOURCE_EXHAUSTED, "too many requests in flight")
             self._unary += 1
 
     def _exit(self, streaming: bool) -> None:
@@ -128,6 +140,37 @@ class RpcPolicy:
             self._streams -= 1
         else:
             self._unary -= 1
+
+
+class _RawRequest:
+    """Stands in for the request type so purerpc hands us bytes: parsing in the guard lets a
+    malformed or oversized message get a clean status (purerpc would answer CANCELLED with
+    the exception's repr)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def ParseFromString(self, data: bytes) -> None:
+        self.data = data
+
+
+def _parse_request(raw: Any, message_type: Any, policy: RpcPolicy) -> Any:
+    if not isinstance(raw, _RawRequest):
+        return raw
+    size = len(raw.data)
+    if size > policy.max_message_bytes:
+        raise rpc_error(
+            StatusCode.RESOURCE_EXHAUSTED,
+            f"request message is {size} bytes, over the limit of {policy.max_message_bytes}",
+        )
+    msg = message_type()
+    try:
+        msg.ParseFromString(raw.data)
+    except DecodeError as exc:
+        raise rpc_error(StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}") from None
+    return msg
 
 
 def _client_deadline(request: Any) -> float | None:
@@ -151,7 +194,9 @@ def _map_error(exc: Exception, path: str) -> RpcFailedError:
     return to_rpc_error(exc, where=path)
 
 
-def _wrap_unary(fn: Callable[[Any, Any], Awaitable[Any]], policy: RpcPolicy, path: str) -> Any:
+def _wrap_unary(
+    fn: Callable[[Any, Any], Awaitable[Any]], policy: RpcPolicy, path: str, message_type: Any
+) -> Any:
     async def guarded(arg: Any, request: Any) -> Any:
         deadline = _client_deadline(request)
         if deadline is None:
@@ -159,8 +204,9 @@ def _wrap_unary(fn: Callable[[Any, Any], Awaitable[Any]], policy: RpcPolicy, pat
         policy._enter(False)
         token = _deadline.set(deadline)
         try:
+            msg = _parse_request(arg, message_type, policy)
             with trio.move_on_at(deadline):
-                return await fn(arg, request)
+                return await fn(msg, request)
             raise _deadline_exceeded()
         except Exception as exc:
             raise _map_error(exc, path) from None
@@ -171,7 +217,9 @@ def _wrap_unary(fn: Callable[[Any, Any], Awaitable[Any]], policy: RpcPolicy, pat
     return guarded
 
 
-def _wrap_streaming(fn: Callable[[Any, Any], AsyncIterator[Any]], policy: RpcPolicy, path: str) -> Any:
+def _wrap_streaming(
+    fn: Callable[[Any, Any], AsyncIterator[Any]], policy: RpcPolicy, path: str, message_type: Any
+) -> Any:
     # Streams (watches, reflection) are long-lived: only an explicit client deadline applies.
     async def guarded(arg: Any, request: Any) -> AsyncIterator[Any]:
         deadline = _client_deadline(request)
@@ -181,7 +229,7 @@ def _wrap_streaming(fn: Callable[[Any, Any], AsyncIterator[Any]], policy: RpcPol
         token = _deadline.set(deadline)
         inner: AsyncIterator[Any] | None = None
         try:
-            inner = fn(arg, request)
+            inner = fn(_parse_request(arg, message_type, policy), request)
             while True:
                 # The scope covers only the handler's own step, never our yield: a cancel
                 # scope must not stay open while the consumer runs.
@@ -228,10 +276,14 @@ def guarded_service(target: purerpc.Servicer | purerpc.Service, policy: RpcPolic
     for method_name, bound in inner.methods.items():
         signature = bound.signature
         path = f"/{inner.name}/{method_name}"
+        message_type = signature.request_type
+        if signature.cardinality in (purerpc.Cardinality.UNARY_UNARY, purerpc.Cardinality.UNARY_STREAM):
+            # One request message: take it as bytes and parse it inside the guard.
+            signature = RPCSignature(signature.cardinality, _RawRequest, signature.response_type)
         if signature.cardinality in (purerpc.Cardinality.UNARY_STREAM, purerpc.Cardinality.STREAM_STREAM):
-            wrapped = _wrap_streaming(bound.method_fn, policy, path)
+            wrapped = _wrap_streaming(bound.method_fn, policy, path, message_type)
         else:
-            wrapped = _wrap_unary(bound.method_fn, policy, path)
+            wrapped = _wrap_unary(bound.method_fn, policy, path, message_type)
         outer.add_method(method_name, wrapped, signature)
     return outer
 
@@ -289,6 +341,37 @@ def _install_log_filter() -> None:
         purerpc_log.addFilter(_DemoteDisconnects())
 
 
+class _SanitizingStream(GRPCProtoStream):
+    """purerpc answers any exception that escapes a handler's plumbing (a request that does
+    not parse, a cancelled read when the connection dies) with CANCELLED and repr(exc_info)
+    as the message. `close` runs inside that except block, so it can see the exception and
+    send a status that is right and leaks nothing instead."""
+
+    async def close(
+        self, status: Any = None, content_type_suffix: str = "", custom_metadata: Any = ()
+    ) -> Any:
+        if status is not None and status.status_code == PurerpcStatusCode.CANCELLED:
+            exc = sys.exc_info()[1]
+            # An RpcFailedError is a status we chose (the guard's): send it as it is.
+            if exc is not None and not isinstance(exc, RpcFailedError):
+                status = _leak_free_status(exc)
+        return await super().close(status, content_type_suffix, custom_metadata)
+
+
+def _leak_free_status(exc: BaseException) -> Status:
+    if isinstance(exc, DecodeError):
+        return Status(PurerpcStatusCode.INVALID_ARGUMENT, "malformed request message")
+    if isinstance(exc, trio.Cancelled | anyio.get_cancelled_exc_class()):
+        # Only the connection closing (or the server stopping) cancels a request here.
+        return Status(PurerpcStatusCode.UNAVAILABLE, "connection closing; request abandoned")
+    log.warning("request failed outside its handler: %r", exc)
+    return Status(PurerpcStatusCode.INTERNAL, "internal error")
+
+
+class _SanitizingSocket(GRPCProtoSocket):
+    StreamClass = _SanitizingStream
+
+
 async def _serve_connection(handler: ConnectionHandler, stream: anyio.abc.SocketStream) -> None:
     """One client connection: its requests run as tasks of a nursery owned by it.
 
@@ -299,7 +382,7 @@ async def _serve_connection(handler: ConnectionHandler, stream: anyio.abc.Socket
     peer = _peer_of(stream)
     _peer.set(peer)  # this task's context is copied into every request task it spawns
     try:
-        async with GRPCProtoSocket(handler.config, stream) as grpc_socket:
+        async with _SanitizingSocket(handler.config, stream) as grpc_socket:
             async with trio.open_nursery() as requests:
                 async for rpc_stream in grpc_socket.listen():
                     requests.start_soon(handler.request_received, rpc_stream)
@@ -314,6 +397,8 @@ async def _serve_connection(handler: ConnectionHandler, stream: anyio.abc.Socket
     finally:
         await anyio.aclose_forcefully(stream)
 
+
+_TRANSPORT_HEADROOM = 4
 
 _RETRY_ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
@@ -352,8 +437,8 @@ async def serve_grpc(
         host: address to bind; use "0.0.0.0" or "::" explicitly for all interfaces.
         port: TCP port; 0 picks a free one, reported through `task_status.started(port)`
             once the socket is listening.
-        max_message_bytes: largest gRPC message accepted or sent; a larger inbound
-            message ends that client's connection.
+        max_message_bytes: the per-request limit (enforced by the guard, see RpcPolicy);
+            an inbound message over 4x this ends that client's connection.
 
     Resource handling: the listening socket and every accepted socket are closed on
     exit; cancelling the caller's scope stops accepting and cancels all requests.
@@ -371,7 +456,12 @@ async def serve_grpc(
         by_name[service.name] = service
     # ConnectionHandler only uses `server` for counters in its __call__, which we replace.
     handler = ConnectionHandler(by_name, None)
-    handler.config = GRPCConfiguration(client_side=False, max_message_length=max_message_bytes)
+    # The transport limit has headroom over the per-request limit the guard enforces:
+    # purerpc drops the whole connection on a message over its limit, while the guard
+    # answers RESOURCE_EXHAUSTED for that call alone.
+    handler.config = GRPCConfiguration(
+        client_side=False, max_message_length=max_message_bytes * _TRANSPORT_HEADROOM
+    )
     _install_log_filter()
 
     try:

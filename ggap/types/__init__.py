@@ -11,14 +11,15 @@ from ggap.types.commands import (
     Noop,
     Put,
     ReadOp,
-    TxnGet,
-    TxnRange,
     Txn,
-    WriteOp,
+    TxnGet,
     TxnOp,
+    TxnRange,
+    WriteOp,
 )
 from ggap.types.errors import (
     Cancelled,
+    CodecError,
     DeadlineExceeded,
     FailedPrecondition,
     GgapError,
@@ -28,10 +29,9 @@ from ggap.types.errors import (
     OutOfRange,
     ResourceExhausted,
     StatusCode,
+    StorageCorrupt,
     Unavailable,
     Unimplemented,
-    CodecError,
-    StorageCorrupt,
 )
 from ggap.types.kv import (
     ApplyResult,

@@ -8,7 +8,6 @@ the same log always yields the same state and revisions.
 from __future__ import annotations
 
 import enum
-from typing import Union
 
 import attrs
 
@@ -70,9 +69,9 @@ class Compare:
     number: int = 0
 
 
-WriteOp = Union[Put, Delete]
-ReadOp = Union[TxnGet, TxnRange]
-TxnOp = Union[Put, Delete, TxnGet, TxnRange]
+WriteOp = Put | Delete
+ReadOp = TxnGet | TxnRange
+TxnOp = Put | Delete | TxnGet | TxnRange
 
 
 @attrs.frozen(slots=True)
@@ -100,4 +99,4 @@ class Noop:
     """Appended by a new leader (Raft §8) and for barriers; changes no revision."""
 
 
-Command = Union[Put, Delete, Txn, Compact, Expire, Noop]
+Command = Put | Delete | Txn | Compact | Expire | Noop

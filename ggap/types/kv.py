@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-from typing import Union
 
 import attrs
 
@@ -58,7 +57,7 @@ class GetResult:
     kv: KeyValue | None
 
 
-TxnOpResult = Union[PutResult, DeleteResult, GetResult, RangeResult]
+TxnOpResult = PutResult | DeleteResult | GetResult | RangeResult
 
 
 @attrs.frozen(slots=True)
@@ -84,4 +83,4 @@ class NoopResult:
     revision: int
 
 
-ApplyResult = Union[PutResult, DeleteResult, TxnResult, CompactResult, ExpireResult, NoopResult]
+ApplyResult = PutResult | DeleteResult | TxnResult | CompactResult | ExpireResult | NoopResult

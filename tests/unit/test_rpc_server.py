@@ -90,7 +90,7 @@ class Served:
 
 async def serve_toy(nursery: trio.Nursery, policy: RpcPolicy | None = None) -> Served:
     toy = Toy()
-    policy = policy or RpcPolicy(default_timeout_s=3.0, max_in_flight=8)
+    policy = policy or RpcPolicy(default_timeout_s=3.0, max_in_flight=8, max_message_bytes=MAX_MESSAGE)
     service = guarded_service(toy, policy)
     port = await nursery.start(
         functools.partial(serve_grpc, [service], "127.0.0.1", 0, max_message_bytes=MAX_MESSAGE)
@@ -270,6 +270,26 @@ async def test_in_flight_limit_rejects_with_resource_exhausted(nursery: trio.Nur
         assert (await put(s.port, "ok", b"z")).header.revision == 1
 
 
+async def test_open_streams_do_not_use_up_unary_capacity(nursery: trio.Nursery) -> None:
+    with trio.fail_after(15):
+        s = await serve_toy(nursery, RpcPolicy(default_timeout_s=5, max_in_flight=1, max_streams=1))
+        ch = grpc.insecure_channel(f"127.0.0.1:{s.port}", options=GRPC_OPTIONS)
+        try:
+            stub = kv_pb2_grpc.KvServiceStub(ch)
+            call = stub.Watch(kv_pb2.WatchRequest(key="a"), timeout=10)
+            assert (await in_thread(lambda: next(call))).header.revision == 1
+            assert s.policy.in_flight_streams == 1
+            # The stream limit is reached, the unary one is not.
+            assert (await put(s.port, "ok", b"abc")).header.revision == 3
+            second = stub.Watch(kv_pb2.WatchRequest(key="b"), timeout=10)
+            with pytest.raises(grpc.RpcError) as info:
+                await in_thread(lambda: next(second))
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+            call.cancel()
+        finally:
+            ch.close()
+
+
 async def test_port_in_use_raises_bind_error_and_listens_once(served: Served) -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as second:
@@ -365,13 +385,41 @@ async def test_garbage_only_ends_that_connection(served: Served) -> None:
         assert (await put(served.port, "ok", b"12345")).header.revision == 5
 
 
-async def test_oversized_message_ends_only_that_connection(served: Served) -> None:
+async def test_oversized_message_is_refused_per_call(served: Served) -> None:
     with trio.fail_after(10):
         err = await put_error(served.port, "ok", b"x" * (MAX_MESSAGE + 1), client_timeout=5)
-        # The connection is closed at once (purerpc cannot answer per stream); the client
-        # must not hang until its deadline.
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+        assert f"over the limit of {MAX_MESSAGE}" in err.details()
+        assert (await put(served.port, "ok", b"x" * 1000)).header.revision == 1000
+
+
+async def test_grossly_oversized_message_ends_only_that_connection(served: Served) -> None:
+    with trio.fail_after(10):
+        err = await put_error(served.port, "ok", b"x" * (4 * MAX_MESSAGE + 1), client_timeout=5)
+        # Past the transport limit purerpc closes the connection at once; the client must
+        # not hang until its deadline.
         assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
         assert (await put(served.port, "ok", b"x" * 1000)).header.revision == 1000
+
+
+async def test_malformed_request_bytes_get_invalid_argument(served: Served) -> None:
+    def call(payload: bytes) -> grpc.RpcError:
+        ch = grpc.insecure_channel(f"127.0.0.1:{served.port}", options=GRPC_OPTIONS)
+        try:
+            raw = ch.unary_unary("/ginnungagap.v1.KvService/Put")
+            with pytest.raises(grpc.RpcError) as info:
+                raw(payload, timeout=5)
+            return info.value  # type: ignore[return-value]
+        finally:
+            ch.close()
+
+    with trio.fail_after(10):
+        for payload in (b"\x0a\x05bad\xff\xfe\x12\x01v", b"\x0a\x10abc"):
+            err = await in_thread(lambda p=payload: call(p))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+            assert "malformed request" in err.details()
+            assert "Traceback" not in err.details() and "<class" not in err.details()
+        assert (await put(served.port, "ok", b"fine")).header.revision == 4
 
 
 async def test_client_disconnect_mid_stream_stops_the_handler(served: Served) -> None:

@@ -1,0 +1,60 @@
+"""What the server needs from consensus, whatever implements it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
+
+import attrs
+
+from ggap.types import ApplyResult, Command, Event
+
+T = TypeVar("T")
+
+
+@attrs.frozen(slots=True)
+class RoleInfo:
+    member_id: int
+    leader_id: int  # 0 when unknown
+    term: int
+    role: str  # leader / follower / candidate / learner
+    commit_index: int
+    applied_index: int
+
+
+@attrs.frozen(slots=True)
+class AppliedBatch:
+    """Published after every apply batch, in log order, for watchers and waiters."""
+
+    applied_index: int
+    revision: int
+    events: Sequence[Event]
+
+
+class Consensus(Protocol):
+    async def propose(self, command: Command) -> ApplyResult:
+        """Return once the command is committed and applied; raise its GgapError if it failed."""
+        ...
+
+    async def read_index(self) -> int:
+        """A log index such that once it is applied, local state reflects every write
+        acknowledged before this call began (Raft's ReadIndex)."""
+        ...
+
+    async def wait_applied(self, index: int) -> None: ...
+
+    async def wait_revision(self, revision: int) -> None: ...
+
+    def role(self) -> RoleInfo: ...
+
+    def release_readers(self) -> None:
+        """Shutdown: reads waiting for the applied index or a revision fail now."""
+        ...
+
+    async def maintain(self, fn: Callable[[], T]) -> T:
+        """Run local storage upkeep on the thread that owns the KV writer."""
+        ...
+
+    def subscribe(self, callback: Callable[[AppliedBatch], None]) -> None:
+        """`callback` runs on the trio thread after each applied batch, before waiters wake."""
+        ...

@@ -1,0 +1,129 @@
+"""Schema migrations of kv.db and raft.db.
+
+Append new steps to the lists; never edit an applied one. Every table has a
+`shard INTEGER NOT NULL` column (always 0 today) so several Raft groups can later share
+a file without a schema rewrite.
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+from ggap.storage._sqlite import Migration, build_migrations
+
+KV_MIGRATION_SET = "ggap.kv"
+LOG_MIGRATION_SET = "ggap.log"
+
+
+def _kv_0001_initial(db: sqlite_utils.Database) -> None:
+    # One row per version. The primary key orders a key's versions newest first, so a
+    # point-in-time read is one index seek and a range scan comes out in exactly the
+    # (key asc, mod_revision desc) order that visible_versions expects, with no sort.
+    # key TEXT under the default BINARY collation compares UTF-8 bytes.
+    db.execute(
+        """
+        CREATE TABLE kv_versions (
+            shard INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            mod_revision INTEGER NOT NULL,
+            create_revision INTEGER NOT NULL,
+            version INTEGER NOT NULL,
+            expires_at_ms INTEGER NOT NULL,
+            tombstone INTEGER NOT NULL,
+            expired INTEGER NOT NULL,
+            value BLOB NOT NULL,
+            PRIMARY KEY (shard, key, mod_revision DESC)
+        ) WITHOUT ROWID, STRICT
+        """
+    )
+    # Watch replay and compaction walk versions by revision.
+    db.execute("CREATE INDEX kv_versions_by_revision ON kv_versions (shard, mod_revision, key)")
+    # Written in the same transaction as the data: a crash never applies a command twice.
+    db.execute(
+        """
+        CREATE TABLE kv_meta (
+            shard INTEGER NOT NULL PRIMARY KEY,
+            applied_index INTEGER NOT NULL,
+            revision INTEGER NOT NULL,
+            compact_revision INTEGER NOT NULL
+        ) STRICT
+        """
+    )
+    # Live latest versions that carry a TTL, ordered by expiry: the expirer's index.
+    db.execute(
+        """
+        CREATE TABLE kv_ttl (
+            shard INTEGER NOT NULL,
+            expires_at_ms INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            mod_revision INTEGER NOT NULL,
+            PRIMARY KEY (shard, expires_at_ms, key)
+        ) WITHOUT ROWID, STRICT
+        """
+    )
+    # Keys whose old versions were removed by history pruning: reads below floor_revision
+    # of that key would need a removed version and answer OUT_OF_RANGE instead.
+    db.execute(
+        """
+        CREATE TABLE kv_pruned (
+            shard INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            floor_revision INTEGER NOT NULL,
+            PRIMARY KEY (shard, key)
+        ) WITHOUT ROWID, STRICT
+        """
+    )
+    db.execute("CREATE INDEX kv_pruned_by_floor ON kv_pruned (shard, floor_revision)")
+
+
+def _log_0001_initial(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE log_entries (
+            shard INTEGER NOT NULL,
+            idx INTEGER NOT NULL,
+            term INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (shard, idx)
+        ) WITHOUT ROWID, STRICT
+        """
+    )
+    # compacted_index/term: the last entry dropped by compaction (Raft needs its term for
+    # the consistency check of the next append).
+    db.execute(
+        """
+        CREATE TABLE log_state (
+            shard INTEGER NOT NULL PRIMARY KEY,
+            compacted_index INTEGER NOT NULL,
+            compacted_term INTEGER NOT NULL,
+            term INTEGER NOT NULL,
+            vote INTEGER NOT NULL,
+            commit_index INTEGER NOT NULL
+        ) STRICT
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE log_meta (
+            shard INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            value BLOB NOT NULL,
+            PRIMARY KEY (shard, name)
+        ) WITHOUT ROWID, STRICT
+        """
+    )
+
+
+_KV_STEPS: list[tuple[str, Migration]] = [("0001_initial", _kv_0001_initial)]
+_LOG_STEPS: list[tuple[str, Migration]] = [("0001_initial", _log_0001_initial)]
+
+KV_MIGRATIONS = build_migrations(KV_MIGRATION_SET, _KV_STEPS)
+LOG_MIGRATIONS = build_migrations(LOG_MIGRATION_SET, _LOG_STEPS)
+KV_KNOWN = [name for name, _ in _KV_STEPS]
+LOG_KNOWN = [name for name, _ in _LOG_STEPS]
+KV_SCHEMA_VERSION = len(KV_KNOWN)
+LOG_SCHEMA_VERSION = len(LOG_KNOWN)
+
+# File names inside a node's data directory.
+KV_DB_NAME = "kv.db"
+LOG_DB_NAME = "raft.db"

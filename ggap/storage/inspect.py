@@ -1,0 +1,120 @@
+"""Offline look at a data directory (for `ggap inspect`): what is there and how far it got.
+
+Read-only: opens both files with mode=ro, so it is safe next to a running node (it then
+shows the last committed state) and never migrates or repairs anything.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from ggap.storage._schema import (
+    KV_DB_NAME,
+    KV_MIGRATION_SET,
+    KV_SCHEMA_VERSION,
+    LOG_DB_NAME,
+    LOG_MIGRATION_SET,
+    LOG_SCHEMA_VERSION,
+)
+from ggap.storage._sqlite import connect_readonly, file_size, schema_version
+from ggap.types.errors import FailedPrecondition, NotFound
+
+__all__ = ["inspect_data_dir"]
+
+_BUSY_MS = 2000
+
+_SQL_LIVE_KEYS = (
+    "SELECT count(*) FROM kv_versions AS v WHERE v.shard=? AND v.tombstone=0 AND v.mod_revision=("
+    "SELECT max(w.mod_revision) FROM kv_versions AS w WHERE w.shard=v.shard AND w.key=v.key)"
+)
+
+
+def inspect_data_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Summary of kv.db and raft.db in `path` as a JSON-friendly dict.
+
+    Raises NotFound when the directory holds neither file, FailedPrecondition when a file
+    is there but is not a ggap database.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise NotFound(f"{root} is not a directory")
+    kv_path, log_path = root / KV_DB_NAME, root / LOG_DB_NAME
+    if not kv_path.is_file() and not log_path.is_file():
+        raise NotFound(f"{root} holds no ggap data (neither {KV_DB_NAME} nor {LOG_DB_NAME})")
+    return {
+        "path": str(root.absolute()),
+        "kv": _inspect_kv(kv_path) if kv_path.is_file() else None,
+        "log": _inspect_log(log_path) if log_path.is_file() else None,
+    }
+
+
+def _open(path: Path, migration_set: str) -> tuple[sqlite3.Connection, int]:
+    try:
+        conn = connect_readonly(path, busy_timeout_ms=_BUSY_MS)
+        version = schema_version(conn, migration_set)
+    except sqlite3.DatabaseError as exc:
+        raise FailedPrecondition(f"{path} is not a readable SQLite database: {exc}") from None
+    if version == 0:
+        conn.close()
+        raise FailedPrecondition(f"{path} is not a ggap database (no {migration_set} schema)")
+    return conn, version
+
+
+def _inspect_kv(path: Path) -> dict[str, Any]:
+    conn, version = _open(path, KV_MIGRATION_SET)
+    try:
+        conn.execute("BEGIN")
+        meta = conn.execute(
+            "SELECT applied_index, revision, compact_revision FROM kv_meta WHERE shard=0"
+        ).fetchone() or (0, 0, 0)
+        one = conn.execute
+        info = {
+            "file": str(path),
+            "size_bytes": file_size(path),
+            "schema_version": version,
+            "schema_version_supported": KV_SCHEMA_VERSION,
+            "applied_index": meta[0],
+            "revision": meta[1],
+            "compact_revision": meta[2],
+            "live_keys": one(_SQL_LIVE_KEYS, (0,)).fetchone()[0],
+            "version_rows": one("SELECT count(*) FROM kv_versions WHERE shard=0").fetchone()[0],
+            "keys_with_ttl": one("SELECT count(*) FROM kv_ttl WHERE shard=0").fetchone()[0],
+            "pruned_keys": one("SELECT count(*) FROM kv_pruned WHERE shard=0").fetchone()[0],
+        }
+        conn.execute("COMMIT")
+        return info
+    finally:
+        conn.close()
+
+
+def _inspect_log(path: Path) -> dict[str, Any]:
+    conn, version = _open(path, LOG_MIGRATION_SET)
+    try:
+        conn.execute("BEGIN")
+        state = conn.execute(
+            "SELECT compacted_index, compacted_term, term, vote, commit_index FROM log_state WHERE shard=0"
+        ).fetchone() or (0, 0, 0, 0, 0)
+        bounds = conn.execute("SELECT min(idx), max(idx), count(*) FROM log_entries WHERE shard=0").fetchone()
+        last = conn.execute("SELECT term FROM log_entries WHERE shard=0 ORDER BY idx DESC LIMIT 1").fetchone()
+        meta = [r[0] for r in conn.execute("SELECT name FROM log_meta WHERE shard=0 ORDER BY name")]
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    compacted_index, compacted_term = state[0], state[1]
+    return {
+        "file": str(path),
+        "size_bytes": file_size(path),
+        "schema_version": version,
+        "schema_version_supported": LOG_SCHEMA_VERSION,
+        "first_index": compacted_index + 1,
+        "last_index": bounds[1] if bounds[1] is not None else compacted_index,
+        "last_term": last[0] if last is not None else compacted_term,
+        "entries": bounds[2],
+        "compacted_index": compacted_index,
+        "compacted_term": compacted_term,
+        "hard_state": {"term": state[2], "vote": state[3], "commit": state[4]},
+        "meta_names": meta,
+    }

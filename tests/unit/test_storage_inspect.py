@@ -1,0 +1,106 @@
+"""inspect_data_dir and schema migrations at open."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ggap.codec import encode_command_entry
+from ggap.config.model import MvccConfig, StorageConfig
+from ggap.storage import KV_SCHEMA_VERSION, KvStore, LogStore, inspect_data_dir
+from ggap.types import Command, Delete, FailedPrecondition, NotFound, Put
+
+
+def _fill(tmp_path: Path) -> None:
+    kv = KvStore.open(tmp_path / "kv.db", mvcc=MvccConfig(history_depth=2), storage=StorageConfig())
+    log = LogStore.open(tmp_path / "raft.db", StorageConfig())
+    try:
+        cmds: list[Command] = [
+            Put("a", b"1"),
+            Put("a", b"2"),
+            Put("a", b"3"),
+            Put("b", b"1", expires_at_ms=5),
+            Delete("c"),
+        ]
+        log.append(
+            [(i, 1, encode_command_entry(i, 1, c)) for i, c in enumerate(cmds, 1)], hard_state=(1, 1, 5)
+        )
+        log.compact(1)
+        log.set_meta("node_id", b"1")
+        kv.apply(list(enumerate(cmds, 1)))
+        kv.prune(10)
+    finally:
+        kv.close()
+        log.close()
+
+
+def test_inspect_reports_both_files(tmp_path: Path) -> None:
+    _fill(tmp_path)
+    info = inspect_data_dir(tmp_path)
+    kv, log = info["kv"], info["log"]
+    assert kv["schema_version"] == KV_SCHEMA_VERSION == kv["schema_version_supported"]
+    assert (kv["applied_index"], kv["revision"], kv["compact_revision"]) == (5, 4, 0)
+    assert (kv["live_keys"], kv["version_rows"], kv["keys_with_ttl"], kv["pruned_keys"]) == (2, 3, 1, 1)
+    assert kv["size_bytes"] > 0
+    assert (log["first_index"], log["last_index"], log["last_term"], log["entries"]) == (2, 5, 1, 4)
+    assert log["hard_state"] == {"term": 1, "vote": 1, "commit": 5}
+    assert log["meta_names"] == ["node_id"] and log["schema_version"] == 1
+
+
+def test_inspect_is_read_only(tmp_path: Path) -> None:
+    _fill(tmp_path)
+    before = (tmp_path / "kv.db").read_bytes(), (tmp_path / "raft.db").read_bytes()
+    inspect_data_dir(tmp_path)
+    assert ((tmp_path / "kv.db").read_bytes(), (tmp_path / "raft.db").read_bytes()) == before
+
+
+def test_inspect_only_one_file(tmp_path: Path) -> None:
+    LogStore.open(tmp_path / "raft.db", StorageConfig()).close()
+    info = inspect_data_dir(tmp_path)
+    assert info["kv"] is None and info["log"]["last_index"] == 0
+
+
+def test_inspect_refuses_non_ggap_dirs(tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="no ggap data"):
+        inspect_data_dir(tmp_path)
+    with pytest.raises(NotFound, match="not a directory"):
+        inspect_data_dir(tmp_path / "missing")
+    other = sqlite3.connect(tmp_path / "kv.db")
+    other.execute("CREATE TABLE t (x)")
+    other.commit()
+    other.close()
+    with pytest.raises(FailedPrecondition, match="not a ggap database"):
+        inspect_data_dir(tmp_path)
+    (tmp_path / "kv.db").write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(FailedPrecondition, match="not a readable SQLite"):
+        inspect_data_dir(tmp_path)
+
+
+def test_open_refuses_a_newer_schema(tmp_path: Path) -> None:
+    KvStore.open(tmp_path / "kv.db", mvcc=MvccConfig(), storage=StorageConfig()).close()
+    raw = sqlite3.connect(tmp_path / "kv.db")
+    raw.execute(
+        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+        "VALUES ('ggap.kv', '9999_future', 'x')"
+    )
+    raw.commit()
+    raw.close()
+    with pytest.raises(FailedPrecondition, match="newer version"):
+        KvStore.open(tmp_path / "kv.db", mvcc=MvccConfig(), storage=StorageConfig())
+
+
+def test_reopen_does_not_rerun_migrations(tmp_path: Path) -> None:
+    for _ in range(2):
+        store = KvStore.open(tmp_path / "kv.db", mvcc=MvccConfig(), storage=StorageConfig())
+        assert store.schema_version == 1
+        store.close()
+    raw = sqlite3.connect(tmp_path / "kv.db")
+    try:
+        rows = raw.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
+    finally:
+        raw.close()
+    assert rows == [("ggap.kv", "0001_initial")]
+    assert os.path.exists(tmp_path / "kv.db")
