@@ -46,12 +46,18 @@ test: $(STAMP) proto-check lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 	GGAP_NO_EXTENSIONS=1 $(BIN)/pytest -q -m "not slow" tests/unit
 
+# A local 3-node cluster (clients on 127.0.0.1:17000,17010,17020; data and logs in ./data)
+# until Ctrl-C. Running it again restarts the same cluster from ./data.
 run: $(STAMP)
-	$(BIN)/ggap node --node-id 1 --client-addr 127.0.0.1:17000 \
-	  --cluster-addr 127.0.0.1:17001 --data-dir ./data
+	$(BIN)/ggap cluster up --nodes 3 --data-dir ./data
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Deterministic cluster simulator: a seed sweep; a failure prints its one-line replay command.
+.PHONY: sim
+sim: $(STAMP)
+	$(PY) -m ggap.sim --seeds $(or $(SEEDS),200) --start $(or $(START),0)
 
 clean:
 	rm -rf build dist *.egg-info ggap/_fastlog.c ggap/*.so $(VENV)

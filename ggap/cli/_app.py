@@ -15,6 +15,7 @@ import click
 
 import ggap
 from ggap.cli import _output as out
+from ggap.cli._cluster import CLUSTER_COMMANDS
 from ggap.cli._common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, fail, output_option
 from ggap.cli._kv import KV_COMMANDS
 from ggap.config import ConfigError, load_config
@@ -32,7 +33,7 @@ def cli() -> None:
     """
 
 
-for _command in KV_COMMANDS:
+for _command in (*KV_COMMANDS, *CLUSTER_COMMANDS):
     cli.add_command(_command)
 
 
@@ -48,6 +49,10 @@ for _command in KV_COMMANDS:
 @click.option("--cluster-addr", help="host:port for peers (node.cluster_addr).")
 @click.option("--data-dir", help="Directory for raft.db and kv.db (node.data_dir).")
 @click.option("--history-depth", type=int, help="Versions kept per key (mvcc.history_depth).")
+@click.option(
+    "--peers",
+    help="Initial voters' cluster addresses, ID=HOST:PORT,... this node included (raft.peers).",
+)
 @click.option("--log-level", help="debug, info, warning, error or critical (log.level).")
 def node_cmd(
     config_file: Path | None,
@@ -56,6 +61,7 @@ def node_cmd(
     cluster_addr: str | None,
     data_dir: str | None,
     history_depth: int | None,
+    peers: str | None,
     log_level: str | None,
 ) -> None:
     """Run a node until SIGINT/SIGTERM.
@@ -69,6 +75,7 @@ def node_cmd(
         "node.cluster_addr": cluster_addr,
         "node.data_dir": data_dir,
         "mvcc.history_depth": history_depth,
+        "raft.peers": peers,
         "log.level": log_level,
     }
     overrides = {k: v for k, v in flags.items() if v is not None}

@@ -6,6 +6,7 @@ from contextlib import aclosing
 from typing import IO
 
 import click
+import trio
 from google.protobuf import json_format
 
 from ggap.cli import _output as out
@@ -270,27 +271,40 @@ def compact_cmd(revision: int, opts: ClientOptions) -> None:
 @click.command("status")
 @client_command
 def status_cmd(opts: ClientOptions) -> None:
-    """Ask every endpoint (not just the first that answers) for its status, one row each.
-    Endpoints that fail are reported on stderr; the exit code is then non-zero."""
+    """Ask every endpoint (not just the first that answers), all at once, for its status:
+    one row each, in the order given. LAG is the highest commit index among the answers
+    minus that node's applied index. An endpoint that fails gets a row with its error (and
+    the error on stderr); the exit code is then non-zero."""
     names = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in parse_endpoints(opts.endpoints)]
 
     async def body() -> int:
-        rows: list[list[str]] = []
-        rc = EXIT_OK
-        for name in names:
+        answers: dict[int, kv_pb2.StatusResponse | ClientError] = {}
+
+        async def ask(i: int, name: str) -> None:
             try:
                 async with open_client(name, timeout_s=opts.timeout_s) as client:
-                    st = await client.status()
+                    answers[i] = await client.status()
             except ClientError as e:
-                click.echo(f"Error: {e.code.name}: {name}: {e.message}", err=True)
-                rc = max(rc, exit_code_for(e.code))
-                continue
-            if opts.json:
-                click.echo(out.to_json(st, endpoint=name))
+                answers[i] = e
+
+        async with trio.open_nursery() as nursery:
+            for i, name in enumerate(names):
+                nursery.start_soon(ask, i, name)
+        rc = EXIT_OK
+        results: list[out.StatusResult] = []
+        for i, name in enumerate(names):
+            answer = answers[i]
+            if isinstance(answer, ClientError):
+                click.echo(f"Error: {answer.code.name}: {name}: {answer.message}", err=True)
+                rc = max(rc, exit_code_for(answer.code))
+                results.append((name, f"{answer.code.name}: {answer.message}"))
             else:
-                rows.append(out.status_row(name, st))
-        if rows:
-            click.echo(out.render_table(out.STATUS_HEADERS, rows))
+                results.append((name, answer))
+        if opts.json:
+            for line in out.status_json_lines(results):
+                click.echo(line)
+        else:
+            click.echo(out.format_status(results))
         return rc
 
     run_async(body)

@@ -165,6 +165,7 @@ STATUS_HEADERS = (
     "LEADER",
     "COMMIT",
     "APPLIED",
+    "LAG",
     "REVISION",
     "COMPACT_REV",
     "DB_SIZE",
@@ -181,7 +182,20 @@ def human_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def status_row(endpoint: str, st: kv_pb2.StatusResponse) -> list[str]:
+#: One endpoint's answer to `ggap status`: its StatusResponse, or the error text.
+StatusResult = tuple[str, kv_pb2.StatusResponse | str]
+
+
+def status_lags(results: Sequence[StatusResult]) -> list[int | None]:
+    """Per endpoint: the highest commit index any answering node reported minus this node's
+    applied index, i.e. how many committed entries it has yet to apply as far as this one
+    look can tell (a lagging or partitioned follower shows here). None where no answer came."""
+    commits = [st.commit_index for _, st in results if not isinstance(st, str)]
+    top = max(commits, default=0)
+    return [None if isinstance(st, str) else max(top - st.applied_index, 0) for _, st in results]
+
+
+def status_row(endpoint: str, st: kv_pb2.StatusResponse, lag: int) -> list[str]:
     return [
         endpoint,
         str(st.member_id),
@@ -190,11 +204,40 @@ def status_row(endpoint: str, st: kv_pb2.StatusResponse) -> list[str]:
         str(st.leader_id),
         str(st.commit_index),
         str(st.applied_index),
+        str(lag),
         str(st.revision),
         str(st.compact_revision),
         human_size(st.db_size_bytes),
         st.version,
     ]
+
+
+def format_status(results: Sequence[StatusResult]) -> str:
+    """One row per endpoint in the order given; an endpoint that did not answer gets a row
+    with "-" cells and its error in an ERROR column (present only when something failed)."""
+    lags = status_lags(results)
+    failed = any(isinstance(st, str) for _, st in results)
+    headers = (*STATUS_HEADERS, "ERROR") if failed else STATUS_HEADERS
+    rows: list[list[str]] = []
+    for (endpoint, st), lag in zip(results, lags, strict=True):
+        if isinstance(st, str):
+            rows.append([endpoint, *["-"] * (len(STATUS_HEADERS) - 1), st])
+        else:
+            assert lag is not None
+            rows.append([*status_row(endpoint, st, lag), *([""] if failed else [])])
+    return render_table(headers, rows)
+
+
+def status_json_lines(results: Sequence[StatusResult]) -> list[str]:
+    """One JSON document per endpoint: the StatusResponse (proto field names) plus `endpoint`
+    and `lag` (an integer), or {"endpoint": ..., "error": "CODE: message"}."""
+    lines: list[str] = []
+    for (endpoint, st), lag in zip(results, status_lags(results), strict=True):
+        if isinstance(st, str):
+            lines.append(json.dumps({"endpoint": endpoint, "error": st}))
+        else:
+            lines.append(to_json(st, endpoint=endpoint, lag=lag))
+    return lines
 
 
 def flatten(doc: Any, prefix: str = "") -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ unwrapping of the groups purerpc's task groups produce when a `open_client` bloc
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -116,9 +116,12 @@ class Client:
     """Calls on one connection. Each method takes a request message, or its fields as keyword
     arguments, and returns the response message. `timeout_s` overrides the default per call."""
 
-    def __init__(self, channel: Any, endpoint: str, timeout_s: float) -> None:
+    def __init__(
+        self, channel: Any, endpoint: str, timeout_s: float, metadata: Sequence[tuple[str, str]] = ()
+    ) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self._metadata = list(metadata)
         self._channel = channel
         self._kv = kv_grpc.KvServiceStub(channel)
         self._cluster = kv_grpc.ClusterServiceStub(channel)
@@ -133,6 +136,8 @@ class Client:
         limit = self.timeout_s if timeout_s is None else timeout_s
         try:
             with trio.fail_after(limit):
+                if self._metadata:
+                    return await method(request, metadata=self._metadata)  # type: ignore[call-arg]
                 return await method(request)
         except trio.TooSlowError:
             raise ClientError(
@@ -305,7 +310,9 @@ async def _close_socket(channel: Any) -> None:
 
 
 @asynccontextmanager
-async def open_client(endpoint: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> AsyncIterator[Client]:
+async def open_client(
+    endpoint: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, metadata: Sequence[tuple[str, str]] = ()
+) -> AsyncIterator[Client]:
     """Connect to the first endpoint of a comma-separated list that accepts a connection.
 
     Every call on the yielded Client is bounded by `timeout_s`, and so is each connect.
@@ -331,7 +338,7 @@ async def open_client(endpoint: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) ->
                     connected = True
                     scope.deadline = math.inf
                     try:
-                        yield Client(channel, name, timeout_s)
+                        yield Client(channel, name, timeout_s, metadata)
                     except BaseException as e:
                         body_exc = e
                         raise

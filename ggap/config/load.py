@@ -17,6 +17,7 @@ import attrs
 import cattrs
 
 from ggap.config.model import Config
+from ggap.config.peers import parse_peers
 
 ENV_PREFIX = "GINNUNGAGAP_"
 
@@ -202,6 +203,26 @@ def _check_address(value: str) -> str | None:
     return None
 
 
+def _check_peers(value: object, layers: _Layers) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        peers = parse_peers(value)
+    except ValueError as exc:
+        return str(exc)
+    if not peers:
+        return None
+    node_id = layers.values["node"]["id"]
+    if node_id not in peers:
+        return f"does not list this node (node.id {node_id})"
+    if peers[node_id] != layers.values["node"]["cluster_addr"]:
+        return (
+            f"lists node {node_id} at {peers[node_id]}, but node.cluster_addr is "
+            f"{layers.values['node']['cluster_addr']}"
+        )
+    return None
+
+
 def _validate(layers: _Layers) -> None:
     """Semantic checks that types alone cannot express."""
     for section, fields in _SCHEMA.items():
@@ -228,6 +249,8 @@ def _validate(layers: _Layers) -> None:
             elif dotted == "log.level":
                 if value not in _LOG_LEVELS:
                     problem = f"must be one of {', '.join(_LOG_LEVELS)}, got {value!r}"
+            elif dotted == "raft.peers":
+                problem = _check_peers(value, layers)
             elif tp is str and not value.strip():
                 problem = "must not be empty"
             if problem is not None:

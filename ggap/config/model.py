@@ -83,6 +83,24 @@ class ServerConfig:
 
 
 @attrs.frozen(slots=True)
+class RaftConfig:
+    # Initial voters' cluster addresses, "1=host:port,2=host:port,3=host:port" (this node
+    # included), like etcd's --initial-cluster. Empty: a cluster of one.
+    peers: str = ""
+    # Wall-clock length of one Raft tick; timeouts below count ticks.
+    tick_ms: int = 100
+    # A follower campaigns after a randomised [election_tick, 2*election_tick) ticks of silence.
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    pre_vote: bool = True
+    check_quorum: bool = True
+    # Unacknowledged appends in flight per follower.
+    max_inflight_msgs: int = 256
+    # Applied log entries kept behind the applied index (older ones are compacted away).
+    log_retain: int = 100_000
+
+
+@attrs.frozen(slots=True)
 class LogConfig:
     level: str = "info"
 
@@ -97,4 +115,5 @@ class Config:
     ttl: TtlConfig = TtlConfig()
     watch: WatchConfig = WatchConfig()
     server: ServerConfig = ServerConfig()
+    raft: RaftConfig = RaftConfig()
     log: LogConfig = LogConfig()

@@ -36,6 +36,15 @@ class Consensus(Protocol):
         """Return once the command is committed and applied; raise its GgapError if it failed."""
         ...
 
+    async def propose_all(self, command: Command) -> ApplyResult:
+        """WRITE_QUORUM_ALL: like propose, then wait until every voter has applied it;
+        UNAVAILABLE naming the committed revision if that takes too long."""
+        ...
+
+    def leader_client_addr(self) -> str | None:
+        """Where to forward writes (the leader's client address), when known."""
+        ...
+
     async def read_index(self) -> int:
         """A log index such that once it is applied, local state reflects every write
         acknowledged before this call began (Raft's ReadIndex)."""

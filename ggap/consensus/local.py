@@ -112,6 +112,13 @@ class LocalConsensus:
         assert proposal.result is not None
         return proposal.result
 
+    async def propose_all(self, command: Command) -> ApplyResult:
+        # The only voter has applied it once propose returns.
+        return await self.propose(command)
+
+    def leader_client_addr(self) -> str | None:
+        return None  # always the leader: nothing is ever forwarded
+
     async def read_index(self) -> int:
         # Every acknowledged write was applied before its ack, so the commit index is
         # already a safe read index for a cluster of one.

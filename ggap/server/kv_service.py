@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import attrs
+import trio
 
 from ggap.config import Config
 from ggap.consensus import Consensus
 from ggap.pb import kv_grpc
 from ggap.pb import kv_pb2 as pb
+from ggap.rpc import current_deadline
 from ggap.server import convert
+from ggap.server.forward import RetryElsewhere, forward, is_forwarded, pause_or_give_up
 from ggap.server.reads import ReaderPool
 from ggap.server.ttl import Expirer, is_expired
 from ggap.server.watch import Watcher, WatchHub
 from ggap.types import (
+    Command,
     Compact,
     DeleteResult,
     Event,
     InvalidArgument,
     KeyValue,
+    NotLeader,
     PutResult,
+    RangeResult,
     TxnResult,
     Unavailable,
 )
@@ -28,6 +35,8 @@ from ggap.types import (
 # A linearizable read that keeps finding keys past their TTL retries this often before
 # answering with what it has (each retry first makes the expiry durable).
 _EXPIRY_RETRIES = 3
+# Time kept back from a request's deadline so a wait ends with a clear UNAVAILABLE.
+_ANSWER_MARGIN_S = 0.05
 
 
 @attrs.define
@@ -51,6 +60,16 @@ class NodeState:
         if self.draining:
             raise Unavailable("node is shutting down")
 
+    def revision(self) -> int:
+        return self.hub.published_revision
+
+
+@attrs.frozen
+class Forwarded:
+    """The leader's answer to a write this node forwarded."""
+
+    response: Any
+
 
 class KvServicer(kv_grpc.KvServiceServicer):
     def __init__(self, node: NodeState) -> None:
@@ -62,24 +81,44 @@ class KvServicer(kv_grpc.KvServiceServicer):
     # -- reads -----------------------------------------------------------------------------
 
     async def _barrier(self, mode: str, min_revision: int) -> None:
-        """Linearizable: ReadIndex, then wait to apply it. Any mode: wait for min_revision."""
+        """Linearizable: ReadIndex, then wait to apply it. Any mode: wait for min_revision.
+
+        The ReadIndex wait ends a little before the request's deadline with UNAVAILABLE (no
+        leader or no quorum confirmed the read); a min_revision this node never reaches runs
+        into the deadline itself (DEADLINE_EXCEEDED), as the client asked to wait."""
         self._node.check_open()
         consensus = self._node.consensus
         if mode == "linearizable":
-            await consensus.wait_applied(await consensus.read_index())
+            confirmed = False
+            with trio.move_on_at(current_deadline() - _ANSWER_MARGIN_S):
+                await consensus.wait_applied(await consensus.read_index())
+                confirmed = True
+            if not confirmed:
+                leader = consensus.role().leader_id
+                raise Unavailable(
+                    "no leader confirmed the read within the deadline (no leader or no quorum)",
+                    leader_id=leader or None,
+                )
         if min_revision:
             await consensus.wait_revision(min_revision)
 
-    async def _expire_visible(self, mode: str, revision: int, kvs: list[KeyValue]) -> bool:
-        """True when the read must be redone because it saw keys past their TTL."""
-        if mode != "linearizable" or revision:
-            return False
-        now = self._node.expirer.now_ms()
-        stale = [kv for kv in kvs if is_expired(kv, now)]
-        if not stale:
+    async def _expire_visible(self, mode: str, revision: int, kvs: Sequence[KeyValue]) -> bool:
+        """True when the read must be redone because it saw keys past their TTL (the leader
+        first makes their expiry durable). Only a leader can expire: elsewhere such keys are
+        hidden from the answer instead (see `_past_ttl`)."""
+        stale = self._past_ttl(mode, revision, kvs)
+        if not stale or self._node.consensus.role().role != "leader":
             return False
         await self._node.expirer.expire_now(stale)
         return True
+
+    def _past_ttl(self, mode: str, revision: int, kvs: Sequence[KeyValue]) -> list[KeyValue]:
+        """Keys a linearizable read of the latest state must not return: past their TTL by
+        the clock, even if the Expire write has not been applied yet."""
+        if mode != "linearizable" or revision:
+            return []
+        now = self._node.expirer.now_ms()
+        return [kv for kv in kvs if is_expired(kv, now)]
 
     async def Get(self, msg: pb.GetRequest) -> pb.GetResponse:
         convert.check_key(msg.key, self._limits)
@@ -89,6 +128,8 @@ class KvServicer(kv_grpc.KvServiceServicer):
             kv, rev = self._node.readers.inline(lambda r: r.get(msg.key, msg.revision))
             if not (kv and await self._expire_visible(mode, msg.revision, [kv])):
                 break
+        if kv is not None and self._past_ttl(mode, msg.revision, [kv]):
+            kv = None
         return convert.get_pb(kv, self._node.header(rev))
 
     async def Range(self, msg: pb.RangeRequest) -> pb.RangeResponse:
@@ -109,6 +150,10 @@ class KvServicer(kv_grpc.KvServiceServicer):
             )
             if not await self._expire_visible(mode, msg.revision, list(res.kvs)):
                 break
+        hidden = self._past_ttl(mode, msg.revision, res.kvs)
+        if hidden:
+            kept = tuple(kv for kv in res.kvs if kv not in hidden)
+            res = RangeResult(kvs=kept, more=res.more, count=res.count - len(hidden))
         return convert.range_pb(res, self._node.header(rev), msg.keys_only)
 
     async def History(self, msg: pb.HistoryRequest) -> pb.HistoryResponse:
@@ -123,24 +168,53 @@ class KvServicer(kv_grpc.KvServiceServicer):
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def Put(self, msg: pb.PutRequest) -> pb.PutResponse:
+    async def _write(self, cmd: Command, all_replicas: bool, method: str, msg: Any, request: Any) -> Any:
+        """Propose here when leader; otherwise forward to the leader, retrying refusals
+        across leader changes until the deadline. Returns an ApplyResult, or the leader's
+        protobuf response when forwarded."""
+        consensus = self._node.consensus
+        while True:
+            self._node.check_open()
+            try:
+                if all_replicas:
+                    return await consensus.propose_all(cmd)
+                return await consensus.propose(cmd)
+            except NotLeader as exc:
+                if is_forwarded(request):
+                    raise  # the node that forwarded to us retries against the new leader
+                leader_id = exc.leader_id or 0
+            addr = consensus.leader_client_addr()
+            if addr is not None and leader_id != consensus.role().member_id:
+                try:
+                    return Forwarded(await forward(addr, method, msg))
+                except RetryElsewhere:
+                    pass
+            await pause_or_give_up(leader_id)
+
+    async def Put(self, msg: pb.PutRequest, request: Any = None) -> pb.PutResponse:
         self._node.check_open()
         cmd = convert.put_command(msg, self._limits, self._node.expirer.now_ms(), self._max_ttl)
-        res = await self._node.consensus.propose(cmd)
+        res = await self._write(cmd, convert.quorum_all(msg.quorum), "put", msg, request)
+        if isinstance(res, Forwarded):
+            return res.response
         assert isinstance(res, PutResult)
         return convert.put_pb(res, self._node.header(res.revision), msg.prev_kv)
 
-    async def Delete(self, msg: pb.DeleteRequest) -> pb.DeleteResponse:
+    async def Delete(self, msg: pb.DeleteRequest, request: Any = None) -> pb.DeleteResponse:
         self._node.check_open()
         cmd = convert.delete_command(msg, self._limits)
-        res = await self._node.consensus.propose(cmd)
+        res = await self._write(cmd, convert.quorum_all(msg.quorum), "delete", msg, request)
+        if isinstance(res, Forwarded):
+            return res.response
         assert isinstance(res, DeleteResult)
         return convert.delete_pb(res, self._node.header(res.revision), msg.prev_kv)
 
-    async def Txn(self, msg: pb.TxnRequest) -> pb.TxnResponse:
+    async def Txn(self, msg: pb.TxnRequest, request: Any = None) -> pb.TxnResponse:
         self._node.check_open()
         cmd = convert.txn_command(msg, self._limits, self._node.expirer.now_ms(), self._max_ttl)
-        res = await self._node.consensus.propose(cmd)
+        res = await self._write(cmd, convert.quorum_all(msg.quorum), "txn", msg, request)
+        if isinstance(res, Forwarded):
+            return res.response
         assert isinstance(res, TxnResult)
         header = self._node.header(res.revision)
         ops = msg.success if res.succeeded else msg.failure
@@ -150,11 +224,13 @@ class KvServicer(kv_grpc.KvServiceServicer):
             responses=[convert.txn_op_pb(op, r, header) for op, r in zip(ops, res.responses, strict=True)],
         )
 
-    async def Compact(self, msg: pb.CompactRequest) -> pb.CompactResponse:
+    async def Compact(self, msg: pb.CompactRequest, request: Any = None) -> pb.CompactResponse:
         self._node.check_open()
         if msg.revision == 0:
             raise InvalidArgument("compact revision must be greater than 0")
-        res = await self._node.consensus.propose(Compact(revision=msg.revision))
+        res = await self._write(Compact(revision=msg.revision), False, "compact", msg, request)
+        if isinstance(res, Forwarded):
+            return res.response
         return pb.CompactResponse(header=self._node.header(res.revision))
 
     # -- watch -----------------------------------------------------------------------------

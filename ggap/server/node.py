@@ -14,16 +14,21 @@ Any task that crashes takes the nursery, and so the node, down with it: no zombi
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
 
 from ggap import __version__
 from ggap.config import Config
-from ggap.consensus import LocalConsensus
+from ggap.config.peers import parse_peers
+from ggap.consensus import Consensus, LocalConsensus
+from ggap.consensus.raft_driver import ClusterSpec, RaftConsensus
 from ggap.rpc import HealthService, RpcPolicy, guarded_service, reflection_services, serve_grpc
 from ggap.server.cluster_service import ClusterServicer
 from ggap.server.kv_service import KvServicer, NodeState
@@ -48,7 +53,9 @@ def split_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _open_storage(config: Config) -> tuple[KvStore, LogStore]:
+def _open_storage(config: Config) -> tuple[KvStore, LogStore, dict[int, str]]:
+    """Open both databases and settle the membership: what the data dir remembers wins,
+    flags that contradict it are refused (never silently used)."""
     data_dir = Path(config.node.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     log_store = LogStore.open(data_dir / "raft.db", config.storage)
@@ -60,14 +67,52 @@ def _open_storage(config: Config) -> tuple[KvStore, LogStore]:
             raise StartupError(
                 f"data dir {data_dir} belongs to node {int(stored)}, not node {config.node.id}"
             )
+        peers = _settle_members(log_store, parse_peers(config.raft.peers), data_dir)
         kv = KvStore.open(data_dir / "kv.db", mvcc=config.mvcc, storage=config.storage)
     except BaseException:
         log_store.close()
         raise
-    return kv, log_store
+    return kv, log_store, peers
 
 
-async def _prune_loop(consensus: LocalConsensus, kv: KvStore, config: Config) -> None:
+def _settle_members(log_store: LogStore, flags: dict[int, str], data_dir: Path) -> dict[int, str]:
+    raw = log_store.get_meta("members")
+    if raw is None:
+        if flags:
+            log_store.set_meta("members", json.dumps(flags, sort_keys=True).encode())
+        return flags
+    stored = {int(k): v for k, v in json.loads(raw).items()}
+    if flags and flags != stored:
+        raise StartupError(
+            f"data dir {data_dir} was bootstrapped with peers {_peers_text(stored)}; "
+            f"--peers {_peers_text(flags)} contradicts it "
+            "(start without --peers to use the stored membership)"
+        )
+    return stored
+
+
+def _peers_text(peers: dict[int, str]) -> str:
+    return ",".join(f"{i}={a}" for i, a in sorted(peers.items()))
+
+
+def cluster_id(peers: dict[int, str]) -> str:
+    """Every member of one initial cluster derives the same id; peers of another are refused."""
+    return "ggap-" + hashlib.sha256(_peers_text(peers).encode()).hexdigest()[:16]
+
+
+async def _health_loop(consensus: Consensus, health: HealthService, names: Sequence[str]) -> None:
+    """Serving = this node knows a leader (API.md)."""
+    serving: bool | None = None
+    while True:
+        now = consensus.role().leader_id != 0
+        if now != serving:
+            serving = now
+            for name in names:
+                health.set_status(name, now)
+        await trio.sleep(0.1)
+
+
+async def _prune_loop(consensus: Consensus, kv: KvStore, config: Config) -> None:
     interval = config.mvcc.prune_interval_ms / 1000
     while True:
         await trio.sleep(interval)
@@ -80,13 +125,28 @@ async def serve_node(
     config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run a node until cancelled or signalled; `task_status` gets the bound client port."""
-    kv, log_store = await trio.to_thread.run_sync(_open_storage, config)
+    kv, log_store, peers = await trio.to_thread.run_sync(_open_storage, config)
     readers: ReaderPool | None = None
     try:
         readers = ReaderPool(kv)
-        consensus = LocalConsensus(
-            member_id=config.node.id, log_store=log_store, kv=kv, max_batch=config.storage.max_batch
-        )
+        consensus: LocalConsensus | RaftConsensus
+        if peers:
+            consensus = RaftConsensus(
+                spec=ClusterSpec(
+                    node_id=config.node.id,
+                    peers=peers,
+                    client_addr=config.node.client_addr,
+                    cluster_id=cluster_id(peers),
+                ),
+                raft=config.raft,
+                log_store=log_store,
+                kv=kv,
+                write_all_timeout_s=config.server.write_all_timeout_ms / 1000,
+            )
+        else:
+            consensus = LocalConsensus(
+                member_id=config.node.id, log_store=log_store, kv=kv, max_batch=config.storage.max_batch
+            )
         hub = WatchHub(published_revision=kv.revision)
         consensus.subscribe(hub.publish)
         expirer = Expirer(consensus, readers, config.ttl)
@@ -116,9 +176,13 @@ async def serve_node(
                     serve_grpc, services, host, port, max_message_bytes=config.limits.max_message_bytes
                 )
             )
-            health.set_status("", True)
-            health.set_status(KV_SERVICE, True)
-            health.set_status(CLUSTER_SERVICE, True)
+            health_scope = trio.CancelScope()
+
+            async def health_task() -> None:
+                with health_scope:
+                    await _health_loop(consensus, health, (KV_SERVICE, CLUSTER_SERVICE, ""))
+
+            nursery.start_soon(health_task)
             log.info(
                 "ggap %s node %d serving on %s:%d (data in %s)",
                 __version__,
@@ -130,6 +194,7 @@ async def serve_node(
             task_status.started(bound)
             await _wait_for_shutdown_signal()
             log.info("shutting down: draining in-flight requests")
+            health_scope.cancel()
             state.draining = True
             for name in ("", KV_SERVICE, CLUSTER_SERVICE):
                 health.set_status(name, False)

@@ -326,7 +326,7 @@ def events_from(
     if bounds is not None and bounds == ("", None):
         bounds = None  # the empty prefix is everything
     floor = event_floor(conn, shard, k, bounds, compact)
-    if start < floor and floor > 1:
+    if start < floor:  # floor 0: nothing compacted or pruned in scope
         raise OutOfRange(
             f"start revision {start} is no longer in history (compacted revision {compact}); "
             f"the lowest revision that can be replayed is {floor}",

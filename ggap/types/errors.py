@@ -64,6 +64,18 @@ class Unavailable(GgapError):
         self.leader_id = leader_id
 
 
+class NotLeader(Unavailable):
+    """This node cannot order a write; the server forwards it to `leader_id` (None: unknown).
+
+    The message always starts with PREFIX, so a forwarding node can tell "refused, safe to
+    retry elsewhere" from an outcome it does not know."""
+
+    PREFIX = "not leader"
+
+    def __init__(self, message: str, *, leader_id: int | None = None) -> None:
+        super().__init__(f"{self.PREFIX}: {message}", leader_id=leader_id)
+
+
 class DeadlineExceeded(GgapError):
     code = StatusCode.DEADLINE_EXCEEDED
 

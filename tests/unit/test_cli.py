@@ -377,14 +377,16 @@ async def test_compact_and_status(server: tuple[str, FakeKv]) -> None:
     dead = refused_endpoint()
     result = await arun("status", "--endpoints", f"{endpoint},{dead}", "--timeout", "2")
     assert result.exit_code == 1
-    header, row = result.stdout.splitlines()
-    assert header.split()[:3] == ["ENDPOINT", "ID", "ROLE"]
-    assert row.split() == [endpoint, "1", "leader", "3", "1", "2", "2", "1", "1", "8.0", "KiB", "0.1.0"]
+    header, row, dead_row = result.stdout.splitlines()
+    assert header.split()[:3] == ["ENDPOINT", "ID", "ROLE"] and header.split()[-1] == "ERROR"
+    assert row.split() == [endpoint, "1", "leader", "3", "1", "2", "2", "0", "1", "1", "8.0", "KiB", "0.1.0"]
+    assert dead_row.split()[:3] == [dead, "-", "-"] and "UNAVAILABLE: " in dead_row
     assert result.stderr.startswith(f"Error: UNAVAILABLE: {dead}: ")
 
     result = await arun("status", "-o", "json", *ep)
     doc = json.loads(result.stdout)
     assert result.exit_code == 0 and doc["endpoint"] == endpoint and doc["role"] == "leader"
+    assert doc["lag"] == 0
 
 
 # --- interrupts and unexpected errors -------------------------------------------------------

@@ -32,12 +32,13 @@ def _all_ggap_errors() -> list[type[E.GgapError]]:
 
 @pytest.mark.parametrize("cls", _all_ggap_errors(), ids=lambda c: c.__name__)
 def test_every_ggap_error_keeps_its_code_and_message(cls: type[E.GgapError]) -> None:
-    err = to_rpc_error(cls("went wrong"))
+    original = cls("went wrong")
+    err = to_rpc_error(original)
     assert isinstance(err, RpcFailedError)
     code, message = status_from_rpc_error(err)
     expected = cls.code if cls.code != E.StatusCode.OK else E.StatusCode.INTERNAL
     assert code == expected
-    assert message == "went wrong"
+    assert message == original.message and message.endswith("went wrong")
 
 
 def test_specific_purerpc_subclasses_are_used() -> None:

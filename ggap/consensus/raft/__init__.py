@@ -1,0 +1,48 @@
+"""The sans-I/O Raft core: a synchronous `RawNode` driven by tick/step/ready/advance.
+
+Nothing in this package does I/O, reads a clock or uses the global RNG; the driver
+(ggap.consensus) and the simulator (ggap.sim) supply time, transport and storage.
+"""
+
+from ggap.consensus.raft.core import CAMPAIGN_TRANSFER, ProposalDropped, RaftStatus, RawNode
+from ggap.consensus.raft.memory import MemoryStorage
+from ggap.consensus.raft.progress import ProgressState
+from ggap.consensus.raft.types import (
+    Entry,
+    EntryKind,
+    HardState,
+    LogCompactedError,
+    LogStorage,
+    LogUnavailableError,
+    Message,
+    MessageType,
+    RaftConfig,
+    ReadState,
+    Ready,
+    Role,
+    SnapshotMeta,
+    SoftState,
+)
+
+__all__ = [
+    "CAMPAIGN_TRANSFER",
+    "Entry",
+    "EntryKind",
+    "HardState",
+    "LogCompactedError",
+    "LogStorage",
+    "LogUnavailableError",
+    "MemoryStorage",
+    "Message",
+    "MessageType",
+    "ProgressState",
+    "ProposalDropped",
+    "RaftConfig",
+    "RaftStatus",
+    "RawNode",
+    "ReadState",
+    "Ready",
+    "Role",
+    "SnapshotMeta",
+    "SoftState",
+]

@@ -1,0 +1,172 @@
+"""The vocabulary of the sans-I/O Raft core: plain frozen values, no behaviour.
+
+Everything the core consumes (messages, entries, storage state) and produces (Ready) is
+defined here, so the driver, the transport codec and the simulator share one definition.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+import attrs
+
+
+class EntryKind(enum.IntEnum):
+    # Values match ggap.codec's entry kinds, so a log entry frame stores the kind as is.
+    NORMAL = 1  # data is an encoded ggap command (ggap.codec.encode_command)
+    CONF_CHANGE = 2  # reserved for membership changes
+    NOOP = 3  # appended by a new leader; data is b""
+
+
+@attrs.frozen(slots=True)
+class Entry:
+    index: int
+    term: int
+    kind: EntryKind = EntryKind.NORMAL
+    data: bytes = b""
+
+
+@attrs.frozen(slots=True)
+class HardState:
+    """What must be durable before any message that depends on it leaves the node."""
+
+    term: int = 0
+    vote: int = 0  # 0 = voted for nobody in `term`
+    commit: int = 0
+
+
+@attrs.frozen(slots=True)
+class SnapshotMeta:
+    index: int = 0
+    term: int = 0
+    voters: tuple[int, ...] = ()
+    learners: tuple[int, ...] = ()
+
+
+class MessageType(enum.IntEnum):
+    APPEND = 1
+    APPEND_RESP = 2
+    VOTE = 3
+    VOTE_RESP = 4
+    PRE_VOTE = 5
+    PRE_VOTE_RESP = 6
+    HEARTBEAT = 7
+    HEARTBEAT_RESP = 8
+    READ_INDEX = 9  # follower -> leader: "give me a read index" (context identifies it)
+    READ_INDEX_RESP = 10
+    SNAPSHOT = 11  # leader -> follower: install the snapshot in `snapshot` (+ opaque data)
+    TIMEOUT_NOW = 12  # leadership transfer: campaign now, ignoring the election timer
+    PROPOSE = 13  # follower -> leader: forwarded proposal (entries carry the data)
+    # Driver-level, never stepped into the core: a node tells its peers how far it has
+    # applied (index) and its client address (context), for WRITE_QUORUM_ALL and forwarding.
+    APPLIED_REPORT = 14
+
+
+@attrs.frozen(slots=True)
+class Message:
+    type: MessageType
+    to: int
+    frm: int
+    term: int = 0
+    # APPEND: index/log_term of the entry preceding `entries`; *_RESP: the index acked/rejected.
+    log_term: int = 0
+    index: int = 0
+    entries: tuple[Entry, ...] = ()
+    commit: int = 0
+    reject: bool = False
+    # On a rejected APPEND: the follower's hint for fast backtracking (last index it may match).
+    reject_hint: int = 0
+    # READ_INDEX / HEARTBEAT round: the request id the leader echoes back.
+    context: bytes = b""
+    snapshot: SnapshotMeta | None = None
+
+
+@attrs.frozen(slots=True)
+class ReadState:
+    """A read index granted to `context`: once applied >= index, local reads are linearizable."""
+
+    index: int
+    context: bytes
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    PRE_CANDIDATE = "pre-candidate"
+    LEADER = "leader"
+    LEARNER = "learner"
+
+
+@attrs.frozen(slots=True)
+class SoftState:
+    leader: int
+    role: Role
+
+
+@attrs.frozen(slots=True)
+class Ready:
+    """One batch of work for the driver. Handle it in this order, then call `advance(ready)`:
+
+    1. Persist `hard_state` (if not None), `snapshot` (if not None) and `entries` — in one
+       durable write (fsync) when `must_sync`.
+    2. Send `messages` — these may go out before or in parallel with step 1 (a leader's
+       appends to followers are safe to send before its own write is durable).
+    3. After step 1 is durable, send `messages_after_persist` (votes, append responses:
+       anything that promises what was just written).
+    4. Apply `committed` entries in order to the state machine; hand `read_states` to the
+       reads waiting on them.
+    """
+
+    soft_state: SoftState | None = None
+    hard_state: HardState | None = None
+    entries: tuple[Entry, ...] = ()
+    snapshot: SnapshotMeta | None = None
+    committed: tuple[Entry, ...] = ()
+    messages: tuple[Message, ...] = ()
+    messages_after_persist: tuple[Message, ...] = ()
+    read_states: tuple[ReadState, ...] = ()
+    must_sync: bool = False
+
+
+@attrs.frozen(slots=True)
+class RaftConfig:
+    id: int
+    voters: tuple[int, ...]
+    learners: tuple[int, ...] = ()
+    election_tick: int = 10  # ticks without a leader before campaigning (randomised to [e, 2e))
+    heartbeat_tick: int = 1
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_inflight_msgs: int = 256  # unacknowledged APPENDs per follower in replicate state
+    max_size_per_msg: int = 1 << 20  # bytes of entry data per APPEND
+    max_inflight_bytes: int = 16 << 20
+
+
+class LogCompactedError(LookupError):
+    """The requested index is below the first retained entry (send a snapshot instead)."""
+
+
+class LogUnavailableError(LookupError):
+    """The requested index is beyond the last entry."""
+
+
+class LogStorage(Protocol):
+    """Read side of durable Raft state, as the core sees it. Writes are the driver's:
+    it persists what Ready says, then the storage must reflect it before `advance`."""
+
+    def initial_state(self) -> tuple[HardState, SnapshotMeta]: ...
+
+    def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        """[lo, hi), at least one entry if any, stopping once max_bytes is exceeded."""
+        ...
+
+    def term(self, index: int) -> int:
+        """Term of the entry at `index` (the snapshot's term at snapshot.index)."""
+        ...
+
+    def first_index(self) -> int: ...
+
+    def last_index(self) -> int: ...
+
+    def snapshot(self) -> SnapshotMeta: ...

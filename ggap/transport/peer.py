@@ -1,0 +1,662 @@
+"""Raft messages between nodes over plain TCP: one outbound stream per peer, lossy by design.
+
+Why this shape:
+- Raft tolerates lost, duplicated and reordered messages, and the Raft loop must never wait
+  on the network. So `send` only appends to a bounded per-peer queue and drops when it is
+  full; each peer has one sender task that drains the queue in batches (one frame per
+  batch), and anything that goes wrong on a connection is answered by closing it, dropping
+  what was in flight, and reconnecting with jittered exponential backoff.
+- Each direction has its own connection: A's sender connects to B and carries only A's
+  messages; B's replies travel on B's own connection to A. The server side answers the
+  handshake and then only reads.
+- Idle connections are kept honest by keepalives: a sender with nothing to send for
+  `keepalive_interval` sends an empty batch, and a receiver that hears nothing for
+  `idle_timeout` closes the connection (so a peer that vanished without a FIN does not
+  pin a task and a socket forever). The sender also watches its socket for EOF, so a
+  restarted peer is noticed at once rather than on the next failed write.
+
+All of this runs on one trio thread: `send`, `update_peers` and `statistics` must be called
+from the trio thread that runs `run` (or before it starts).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import random
+import socket
+from collections.abc import Callable, Iterable, Mapping
+
+import attrs
+import trio
+
+from ggap.consensus.raft.types import Message
+from ggap.transport.wire import (
+    MAX_FRAME_SIZE,
+    FrameDecoder,
+    Handshake,
+    HandshakeReply,
+    decode_handshake,
+    decode_messages,
+    decode_reply,
+    encode_frame,
+    encode_handshake,
+    encode_messages,
+    encode_reply,
+    estimate_size,
+)
+from ggap.types.errors import CodecError
+
+__all__ = ["Address", "PeerBindError", "PeerStatistics", "PeerTransport", "TransportStatistics"]
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+_RECEIVE_SIZE = 256 * 1024
+_BACKLOG = 128
+_KEEPALIVE_FRAME = encode_frame(encode_messages(()))
+
+# What a broken or misbehaving connection raises; anything else is a bug and is logged loudly.
+_CONNECTION_ERRORS = (
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.TooSlowError,
+    CodecError,
+)
+
+
+class PeerBindError(OSError):
+    """The cluster address cannot be listened on (in use, not local, unresolvable).
+
+    An OSError carrying the cause's errno, with the address in its message.
+    """
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        super().__init__(cause.errno, f"cannot listen for peers on {_format_addr((host, port))}: {reason}")
+        self.host = host
+        self.port = port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@attrs.frozen
+class PeerStatistics:
+    """One outbound link. Counters are cumulative since the transport was made."""
+
+    address: Address
+    queued: int  # messages waiting now
+    queued_bytes: int  # their estimated encoded size
+    sent: int  # messages written to the socket
+    frames: int  # frames that carried messages (sent / frames is the batching factor)
+    keepalives: int
+    bytes_sent: int
+    dropped: int  # queue full, connect failed, or lost with a broken connection
+    connected: bool  # handshake done and the connection not yet known broken
+    connects: int  # handshakes that succeeded
+    reconnects: int  # connection attempts after the first
+    last_error: str
+
+
+@attrs.frozen
+class TransportStatistics:
+    peers: dict[int, PeerStatistics]
+    inbound_open: int  # accepted connections being served now
+    inbound_accepted: int  # handshakes accepted
+    inbound_rejected: int  # connections closed before or at the handshake
+    received: int  # messages handed to on_messages
+    received_dropped: int  # inbound messages not addressed to us or not from the handshake's node
+    unroutable: int  # messages given to send() for a node not in peers (or for ourselves)
+
+
+class _Link:
+    """One peer's queue, address and counters; outlives connections and address changes."""
+
+    def __init__(self, peer_id: int, address: Address) -> None:
+        self.peer_id = peer_id
+        self.address = address
+        self.queue: collections.deque[tuple[Message, int]] = collections.deque()
+        self.queued_bytes = 0
+        self.wakeup = trio.Event()
+        # Cancelled to stop the sender for good (peer removed).
+        self.task_scope = trio.CancelScope()
+        # Cancelled to abandon the current connection or backoff (address changed).
+        self.attempt_scope: trio.CancelScope | None = None
+        self.sent = 0
+        self.frames = 0
+        self.keepalives = 0
+        self.bytes_sent = 0
+        self.dropped = 0
+        self.connected = False
+        self.connects = 0
+        self.reconnects = 0
+        self.last_error = ""
+        self.quiet = False  # failures already reported once since the last success
+
+    def put(self, msg: Message, limit: int, byte_limit: int) -> bool:
+        size = estimate_size(msg)
+        if len(self.queue) >= limit or (self.queue and self.queued_bytes + size > byte_limit):
+            self.dropped += 1
+            return False
+        self.queue.append((msg, size))
+        self.queued_bytes += size
+        self.wakeup.set()
+        return True
+
+    def take(self, max_bytes: int) -> list[Message]:
+        """Everything queued, up to max_bytes (but always at least one message if any)."""
+        batch: list[Message] = []
+        total = 0
+        queue = self.queue
+        while queue:
+            msg, size = queue[0]
+            if batch and total + size > max_bytes:
+                break
+            queue.popleft()
+            batch.append(msg)
+            total += size
+        self.queued_bytes -= total
+        return batch
+
+    def drop_all(self) -> int:
+        n = len(self.queue)
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.dropped += n
+        return n
+
+    async def wait(self) -> None:
+        while not self.queue:
+            await self.wakeup.wait()
+            self.wakeup = trio.Event()
+
+    def statistics(self) -> PeerStatistics:
+        return PeerStatistics(
+            address=self.address,
+            queued=len(self.queue),
+            queued_bytes=self.queued_bytes,
+            sent=self.sent,
+            frames=self.frames,
+            keepalives=self.keepalives,
+            bytes_sent=self.bytes_sent,
+            dropped=self.dropped,
+            connected=self.connected,
+            connects=self.connects,
+            reconnects=self.reconnects,
+            last_error=self.last_error,
+        )
+
+
+def _format_addr(addr: Address) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        # trio.open_tcp_stream says "all attempts ... failed"; the why is in its cause.
+        return _describe(cause.exceptions[-1])
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _remote(stream: trio.SocketStream) -> str:
+    try:
+        name = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    return _format_addr((str(name[0]), int(name[1])))
+
+
+async def _read_frame(stream: trio.SocketStream, decoder: FrameDecoder) -> bytes | None:
+    """The next frame's payload, or None on a clean EOF between frames."""
+    while True:
+        payload = decoder.next_frame()
+        if payload is not None:
+            return payload
+        data = await stream.receive_some(_RECEIVE_SIZE)
+        if not data:
+            if decoder.buffered:
+                raise CodecError(f"connection closed inside a frame ({decoder.buffered} bytes buffered)")
+            return None
+        decoder.feed(data)
+
+
+class PeerTransport:
+    """Sends Raft messages to peers and hands received ones to `on_messages`.
+
+    `peers` maps node id -> (host, port) of that node's cluster listener; an entry for
+    `node_id` itself is ignored (the node's own address is `listen`).
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        cluster_id: str,
+        listen: Address,
+        peers: Mapping[int, Address],
+        on_messages: Callable[[list[Message]], None],
+        queue_limit: int = 4096,
+        connect_timeout: float = 1.0,
+        io_timeout: float = 2.0,
+        backoff: tuple[float, float] = (0.05, 1.0),
+        rng: random.Random | None = None,
+        queue_bytes_limit: int = 64 << 20,
+        max_batch_bytes: int = 4 << 20,
+        max_frame: int = MAX_FRAME_SIZE,
+        keepalive_interval: float = 1.0,
+        idle_timeout: float = 10.0,
+    ) -> None:
+        """
+        Args:
+            node_id: this node (> 0); stamped on every outbound handshake.
+            cluster_id: connections whose handshake names another cluster are refused.
+            listen: exactly the (host, port) to bind; port 0 picks a free one.
+            peers: node id -> cluster address; see `update_peers`.
+            on_messages: called synchronously on the trio thread with each received,
+                non-empty batch (only messages `to` this node `frm` the connected peer).
+                It must not block; a driver typically puts them on a channel, dropping
+                when full. If it raises, the error is logged and that connection closed.
+            queue_limit: messages queued per peer before `send` drops.
+            connect_timeout: bound on opening a TCP connection.
+            io_timeout: bound on the handshake and on writing each frame.
+            backoff: (first, max) delay between connection attempts; each failure
+                doubles it, a successful handshake resets it, and every delay is
+                drawn uniformly from [d/2, d] so nodes do not reconnect in lockstep.
+            rng: source of that jitter (inject a seeded one for reproducible tests).
+            queue_bytes_limit: estimated bytes queued per peer before `send` drops.
+            max_batch_bytes: estimated bytes taken into one frame.
+            max_frame: largest frame accepted from peers (and sent to them).
+            keepalive_interval: an idle sender sends an empty frame this often.
+            idle_timeout: a receiver closes a connection silent for this long; keep it
+                well above the peers' keepalive_interval.
+        """
+        if node_id <= 0:
+            raise ValueError(f"node_id must be positive, got {node_id}")
+        if not listen[0]:
+            raise ValueError("listen host must be given; use 0.0.0.0 or :: for every interface")
+        for name, value in (
+            ("queue_limit", queue_limit),
+            ("connect_timeout", connect_timeout),
+            ("io_timeout", io_timeout),
+            ("queue_bytes_limit", queue_bytes_limit),
+            ("max_batch_bytes", max_batch_bytes),
+            ("max_frame", max_frame),
+            ("keepalive_interval", keepalive_interval),
+            ("idle_timeout", idle_timeout),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if not 0 < backoff[0] <= backoff[1]:
+            raise ValueError(f"backoff must be (first, max) with 0 < first <= max, got {backoff!r}")
+        if idle_timeout <= keepalive_interval:
+            raise ValueError("idle_timeout must exceed keepalive_interval")
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self._listen = listen
+        self._on_messages = on_messages
+        self._queue_limit = queue_limit
+        self._queue_bytes_limit = queue_bytes_limit
+        self._max_batch_bytes = max_batch_bytes
+        self._max_frame = max_frame
+        self._connect_timeout = connect_timeout
+        self._io_timeout = io_timeout
+        self._backoff = backoff
+        self._rng = rng if rng is not None else random.Random()
+        self._keepalive_interval = keepalive_interval
+        self._idle_timeout = idle_timeout
+        self._links: dict[int, _Link] = {}
+        self._nursery: trio.Nursery | None = None
+        self._running = False
+        self._inbound_open = 0
+        self._inbound_accepted = 0
+        self._inbound_rejected = 0
+        self._received = 0
+        self._received_dropped = 0
+        self._unroutable = 0
+        self.update_peers(peers)
+
+    # -- the API the Raft driver uses ------------------------------------------------------
+
+    def send(self, msgs: Iterable[Message]) -> None:
+        """Queue each message for its `to` peer; never blocks, never raises for the network.
+
+        A message is dropped (and counted) when its peer's queue is full, when its peer is
+        unknown or is this node, and later if its connection fails. Raft retransmits.
+        """
+        links = self._links
+        for msg in msgs:
+            link = links.get(msg.to)
+            if link is None:
+                self._unroutable += 1
+                continue
+            link.put(msg, self._queue_limit, self._queue_bytes_limit)
+
+    def update_peers(self, peers: Mapping[int, Address]) -> None:
+        """Replace the peer set: new peers get a sender, removed ones lose theirs and
+        their queue, a changed address makes the sender reconnect there now."""
+        wanted = {pid: (str(addr[0]), int(addr[1])) for pid, addr in peers.items() if pid != self.node_id}
+        bad = [pid for pid in wanted if pid <= 0]
+        if bad:
+            raise ValueError(f"peer ids must be positive, got {bad}")
+        for pid in [pid for pid in self._links if pid not in wanted]:
+            gone = self._links.pop(pid)
+            gone.task_scope.cancel()
+            gone.drop_all()
+            log.info("peer %d removed", pid)
+        for pid, addr in wanted.items():
+            link = self._links.get(pid)
+            if link is None:
+                link = self._links[pid] = _Link(pid, addr)
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._sender, link)
+            elif link.address != addr:
+                log.info("peer %d moved from %s to %s", pid, _format_addr(link.address), _format_addr(addr))
+                link.address = addr
+                if link.attempt_scope is not None:
+                    link.attempt_scope.cancel()
+
+    def statistics(self) -> TransportStatistics:
+        """A snapshot of the counters (cheap; meant for metrics and tests)."""
+        return TransportStatistics(
+            peers={pid: link.statistics() for pid, link in self._links.items()},
+            inbound_open=self._inbound_open,
+            inbound_accepted=self._inbound_accepted,
+            inbound_rejected=self._inbound_rejected,
+            received=self._received,
+            received_dropped=self._received_dropped,
+            unroutable=self._unroutable,
+        )
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on `listen` and keep a sender per peer until cancelled.
+
+        Args:
+            task_status: `started(port)` with the bound port, once the socket is listening
+                and the senders are started.
+
+        Resource handling: the listening socket, every accepted connection and every
+        outbound connection are closed when this returns (cancellation included); queued
+        messages stay queued and are sent if `run` is called again.
+
+        Error handling: a bind failure raises `PeerBindError` before `started`. After
+        that, nothing a peer does (refusing, resetting, stalling, sending garbage) escapes:
+        it ends that one connection, is logged and counted. Accept errors from resource
+        exhaustion are logged and retried (trio.serve_listeners).
+        """
+        if self._running:
+            raise RuntimeError("PeerTransport.run is already running")
+        self._running = True
+        try:
+            listener = await self._bind()
+            try:
+                port = int(listener.socket.getsockname()[1])
+                async with trio.open_nursery() as handlers, trio.open_nursery() as services:
+                    await services.start(
+                        functools.partial(
+                            trio.serve_listeners, self._serve_inbound, [listener], handler_nursery=handlers
+                        )
+                    )
+                    self._nursery = services
+                    for link in self._links.values():
+                        services.start_soon(self._sender, link)
+                    log.info(
+                        "node %d listening for peers on %s",
+                        self.node_id,
+                        _format_addr((self._listen[0], port)),
+                    )
+                    task_status.started(port)
+            finally:
+                await trio.aclose_forcefully(listener)
+        finally:
+            self._nursery = None
+            self._running = False
+            for link in self._links.values():
+                link.connected = False
+                # Each sender's scope is used once; a later run gets fresh ones.
+                link.task_scope = trio.CancelScope()
+
+    async def _bind(self) -> trio.SocketListener:
+        host, port = self._listen
+        try:
+            infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise PeerBindError(host, port, exc) from exc
+        family, type_, proto, _, sockaddr = infos[0]
+        sock = trio.socket.socket(family, type_, proto)
+        bound = False
+        try:
+            # Lets a restarted node rebind while old connections linger in TIME_WAIT;
+            # unlike SO_REUSEPORT it never lets a second listener share the port.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            await sock.bind(sockaddr)
+            sock.listen(_BACKLOG)
+            bound = True
+        except OSError as exc:
+            raise PeerBindError(host, port, exc) from exc
+        finally:
+            if not bound:
+                sock.close()
+        return trio.SocketListener(sock)
+
+    # -- outbound --------------------------------------------------------------------------
+
+    async def _sender(self, link: _Link) -> None:
+        """Connect, pump, reconnect, forever (until the link's task scope is cancelled)."""
+        first_delay, max_delay = self._backoff
+        delay = first_delay
+        attempts = 0
+        with link.task_scope:
+            while True:
+                if attempts:
+                    link.reconnects += 1
+                attempts += 1
+                with trio.CancelScope() as attempt:
+                    link.attempt_scope = attempt
+                    established = await self._session(link)
+                    if established:
+                        delay = first_delay
+                    else:
+                        # Nobody to deliver to: what queued up meanwhile is stale.
+                        link.drop_all()
+                    await trio.sleep(self._rng.uniform(delay / 2, delay))
+                    delay = min(delay * 2, max_delay)
+                link.attempt_scope = None
+                if attempt.cancelled_caught:
+                    delay = first_delay  # the address changed: try the new one right away
+
+    async def _session(self, link: _Link) -> bool:
+        """One connection's life; True if the handshake succeeded. Never raises Exception."""
+        addr = link.address
+        stream: trio.SocketStream | None = None
+        established = False
+        try:
+            with trio.fail_after(self._connect_timeout):
+                stream = await trio.open_tcp_stream(*addr)
+            decoder = FrameDecoder(max_frame=self._max_frame)
+            hello = Handshake(cluster_id=self.cluster_id, from_id=self.node_id, to_id=link.peer_id)
+            with trio.fail_after(self._io_timeout):
+                await stream.send_all(encode_frame(encode_handshake(hello)))
+                payload = await _read_frame(stream, decoder)
+            if payload is None:
+                raise trio.BrokenResourceError("closed by the peer during the handshake")
+            reply = decode_reply(payload)
+            if not reply.accepted:
+                link.last_error = f"handshake rejected: {reply.reason}"
+                if not link.quiet:
+                    log.warning(
+                        "peer %d at %s rejected our handshake: %s",
+                        link.peer_id,
+                        _format_addr(addr),
+                        reply.reason,
+                    )
+                link.quiet = True
+                return False
+            established = True
+            link.connected = True
+            link.connects += 1
+            link.quiet = False
+            log.info("connected to peer %d at %s", link.peer_id, _format_addr(addr))
+            reason = await self._pump(link, stream)
+            link.last_error = reason
+            log.info("connection to peer %d at %s ended: %s", link.peer_id, _format_addr(addr), reason)
+        except _CONNECTION_ERRORS as exc:
+            link.last_error = _describe(exc)
+            level = logging.DEBUG if link.quiet else logging.INFO
+            log.log(level, "peer %d at %s: %s", link.peer_id, _format_addr(addr), link.last_error)
+            link.quiet = True
+        except Exception as exc:  # a bug: keep the node up, retry after backoff
+            link.last_error = _describe(exc)
+            log.exception("peer %d sender failed unexpectedly", link.peer_id)
+        finally:
+            link.connected = False
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+        return established
+
+    async def _pump(self, link: _Link, stream: trio.SocketStream) -> str:
+        """Send batches until the connection breaks; returns why it did."""
+        reason = "cancelled"
+        async with trio.open_nursery() as nursery:
+
+            async def watch_eof() -> None:
+                # The server never speaks after its reply: EOF or data both end the session.
+                nonlocal reason
+                try:
+                    data = await stream.receive_some(_RECEIVE_SIZE)
+                    reason = "unexpected data from the peer" if data else "closed by the peer"
+                except _CONNECTION_ERRORS as exc:
+                    reason = _describe(exc)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_eof)
+            try:
+                await self._send_loop(link, stream)
+            except _CONNECTION_ERRORS as exc:
+                reason = f"send failed: {_describe(exc)}"
+            nursery.cancel_scope.cancel()
+        return reason
+
+    async def _send_loop(self, link: _Link, stream: trio.SocketStream) -> None:
+        while True:
+            if not link.queue:
+                with trio.move_on_after(self._keepalive_interval):
+                    await link.wait()
+            batch = link.take(self._max_batch_bytes)
+            if batch:
+                try:
+                    frame = encode_frame(encode_messages(batch))
+                except CodecError as exc:
+                    link.dropped += len(batch)
+                    log.error("dropping %d messages to peer %d: %s", len(batch), link.peer_id, exc)
+                    continue
+                if len(frame) > self._max_frame:
+                    link.dropped += len(batch)
+                    log.error(
+                        "dropping %d messages to peer %d: a %d-byte frame is over the limit",
+                        len(batch),
+                        link.peer_id,
+                        len(frame),
+                    )
+                    continue
+            else:
+                frame = _KEEPALIVE_FRAME
+            try:
+                with trio.fail_after(self._io_timeout):
+                    await stream.send_all(frame)
+            except BaseException:
+                link.dropped += len(batch)  # what was in flight is lost with the connection
+                raise
+            link.bytes_sent += len(frame)
+            if batch:
+                link.sent += len(batch)
+                link.frames += 1
+            else:
+                link.keepalives += 1
+
+    # -- inbound ---------------------------------------------------------------------------
+
+    async def _serve_inbound(self, stream: trio.SocketStream) -> None:
+        """One accepted connection (serve_listeners closes the stream afterwards)."""
+        self._inbound_open += 1
+        remote = _remote(stream)
+        try:
+            await self._inbound(stream, remote)
+        except _CONNECTION_ERRORS as exc:
+            log.info("peer connection from %s ended: %s", remote, _describe(exc))
+        except Exception:
+            log.exception("peer connection from %s failed unexpectedly", remote)
+        finally:
+            self._inbound_open -= 1
+
+    def _check_handshake(self, hs: Handshake) -> str:
+        """Why `hs` is refused, or "" if it is acceptable."""
+        if hs.cluster_id != self.cluster_id:
+            return f"cluster id {hs.cluster_id!r} is not this cluster's {self.cluster_id!r}"
+        if hs.to_id != self.node_id:
+            return f"connection for node {hs.to_id} reached node {self.node_id}"
+        if hs.from_id == 0 or hs.from_id == self.node_id:
+            return f"invalid sender id {hs.from_id}"
+        return ""
+
+    async def _inbound(self, stream: trio.SocketStream, remote: str) -> None:
+        decoder = FrameDecoder(max_frame=self._max_frame)
+        try:
+            with trio.fail_after(self._io_timeout):
+                payload = await _read_frame(stream, decoder)
+        except _CONNECTION_ERRORS as exc:
+            self._inbound_rejected += 1
+            log.warning("rejecting peer connection from %s: no valid handshake (%s)", remote, _describe(exc))
+            return
+        if payload is None:
+            self._inbound_rejected += 1
+            log.info("peer connection from %s closed before its handshake", remote)
+            return
+        try:
+            hello = decode_handshake(payload)
+        except CodecError as exc:
+            reason = f"bad handshake: {exc}"
+        else:
+            reason = self._check_handshake(hello)
+        if reason:
+            self._inbound_rejected += 1
+            log.warning("rejecting peer connection from %s: %s", remote, reason)
+            with trio.move_on_after(self._io_timeout):
+                await stream.send_all(
+                    encode_frame(encode_reply(HandshakeReply(accepted=False, reason=reason)))
+                )
+            return
+        with trio.fail_after(self._io_timeout):
+            await stream.send_all(encode_frame(encode_reply(HandshakeReply(accepted=True))))
+        self._inbound_accepted += 1
+        peer = hello.from_id
+        log.info("peer %d connected from %s", peer, remote)
+        while True:
+            with trio.fail_after(self._idle_timeout):
+                payload = await _read_frame(stream, decoder)
+            if payload is None:
+                log.info("peer %d at %s closed its connection", peer, remote)
+                return
+            msgs = decode_messages(payload)
+            mine = [m for m in msgs if m.to == self.node_id and m.frm == peer]
+            if len(mine) != len(msgs):
+                self._received_dropped += len(msgs) - len(mine)
+                log.warning(
+                    "peer %d at %s sent %d messages not from it to us; dropped",
+                    peer,
+                    remote,
+                    len(msgs) - len(mine),
+                )
+            if mine:
+                self._received += len(mine)
+                self._on_messages(mine)
