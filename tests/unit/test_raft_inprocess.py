@@ -78,3 +78,25 @@ async def test_three_nodes_replicate_forward_and_read_linearizably(tmp_path: Pat
                     ev = await c.get(key="k", read_mode=pb.READ_MODE_EVENTUAL)
                     assert ev.kv.value == b"v2"
             nursery.cancel_scope.cancel()
+
+
+def test_contradicting_peers_are_refused_and_stored_ones_reused(tmp_path: Path) -> None:
+    import pytest
+
+    from ggap.server.node import StartupError, _open_storage
+
+    cfg = cluster_configs(tmp_path)[0]
+    kv, log_store, peers = _open_storage(cfg)
+    kv.close()
+    log_store.close()
+    assert sorted(peers) == [1, 2, 3]
+    # Restart without --peers: the stored membership is used.
+    bare = attrs.evolve(cfg, raft=attrs.evolve(cfg.raft, peers=""))
+    kv, log_store, again = _open_storage(bare)
+    kv.close()
+    log_store.close()
+    assert again == peers
+    # Different peers for the same data dir: refused, naming both.
+    other = attrs.evolve(cfg, raft=attrs.evolve(cfg.raft, peers=f"1={cfg.node.cluster_addr}"))
+    with pytest.raises(StartupError, match=r"bootstrapped with peers .* contradicts"):
+        _open_storage(other)
