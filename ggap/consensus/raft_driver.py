@@ -175,7 +175,9 @@ class RaftConsensus:
         self, ready: Ready, committed: Sequence[tuple[int, Command]]
     ) -> tuple[list[Applied | None], int]:
         """Writer thread: make the ready durable, then apply what is committed."""
-        if ready.entries or ready.hard_state is not None:
+        # A hard state that only moved the commit index needs no fsync of its own (must_sync
+        # is False): after a crash the core recovers commit from the applied index.
+        if ready.entries or (ready.hard_state is not None and ready.must_sync):
             hs = ready.hard_state
             self._log.append(
                 [
