@@ -369,15 +369,22 @@ class RaftConsensus:
             self._report_unreachable()
         elif kind == "propose":
             pending: _Pending = payload
-            if self._role is not Role.LEADER:
-                pending.finish(None, NotLeader("leadership moved", leader_id=self._leader or None))
+            # The core's role, not our copy: a message stepped earlier in this same batch
+            # may have deposed us, and a follower core would forward the entry instead of
+            # appending it (then last_index would belong to someone else's entry).
+            if node.role is not Role.LEADER:
+                pending.finish(None, NotLeader("leadership moved", leader_id=node.leader or None))
                 return
+            before = node.log.last_index()
             try:
                 node.propose(codec.encode_command(pending.command))  # type: ignore[arg-type]
             except ProposalDropped:
-                pending.finish(None, NotLeader("proposal dropped", leader_id=self._leader or None))
+                pending.finish(None, NotLeader("proposal dropped", leader_id=node.leader or None))
                 return
-            pending.index, pending.term = node.log.last_index(), node.term
+            if node.log.last_index() != before + 1:
+                pending.finish(None, Internal("proposal was not appended locally"))
+                return
+            pending.index, pending.term = before + 1, node.term
             self._proposals[pending.index] = pending
         elif kind == "read":
             if payload in self._reads:

@@ -96,8 +96,12 @@ def _peers_text(peers: dict[int, str]) -> str:
 
 
 def cluster_id(peers: dict[int, str]) -> str:
-    """Every member of one initial cluster derives the same id; peers of another are refused."""
-    return "ggap-" + hashlib.sha256(_peers_text(peers).encode()).hexdigest()[:16]
+    """Every member of one initial cluster derives the same id; peers of another are refused.
+
+    Only the member ids count, not the addresses: each node may reach the others through
+    different addresses (NAT, proxies), so their --peers strings can legitimately differ."""
+    ids = ",".join(str(i) for i in sorted(peers))
+    return "ggap-" + hashlib.sha256(ids.encode()).hexdigest()[:16]
 
 
 async def _health_loop(consensus: Consensus, health: HealthService, names: Sequence[str]) -> None:

@@ -239,7 +239,7 @@ async def test_supervisor_stops_children_on_sigterm_and_returns_0(tmp_path: Path
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run)
-            while not all(c.alive() for c in children):  # noqa: ASYNC110
+            while not all(c.alive() for c in children):
                 await trio.sleep(0.01)
             os.kill(os.getpid(), signal.SIGTERM)  # caught by the supervisor's receiver
     assert rc == [0]

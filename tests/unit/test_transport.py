@@ -328,7 +328,7 @@ class Inbox:
 
 async def wait_until(pred: Callable[[], bool]) -> None:
     """Poll a statistics predicate (counters have no event to wait on)."""
-    while not pred():  # noqa: ASYNC110
+    while not pred():
         await trio.sleep(0.005)
 
 
