@@ -218,7 +218,6 @@ class RaftConsensus:
         result, index = pending.result, pending.index
         with trio.move_on_after(self._write_all_timeout_s):
             while not self._all_applied(index):
-                self._applied_changed = trio.Event()
                 await self._applied_changed.wait()
             return result
         missing = sorted(
@@ -360,7 +359,9 @@ class RaftConsensus:
                     self._peer_applied[msg.frm] = max(self._peer_applied.get(msg.frm, 0), msg.index)
                     if msg.context:
                         self._peer_client_addr[msg.frm] = msg.context.decode("utf-8", "replace")
+                    # Wake every WRITE_QUORUM_ALL waiter; later ones wait on a fresh event.
                     self._applied_changed.set()
+                    self._applied_changed = trio.Event()
                 else:
                     node.step(msg)
         elif kind == "tick":
