@@ -14,7 +14,7 @@ from ggap.pb import kv_grpc
 from ggap.pb import kv_pb2 as pb
 from ggap.rpc import current_deadline
 from ggap.server import convert
-from ggap.server.forward import RetryElsewhere, forward, is_forwarded, pause_or_give_up
+from ggap.server.forward import Forwarder, RetryElsewhere, is_forwarded, pause_or_give_up
 from ggap.server.reads import ReaderPool
 from ggap.server.ttl import Expirer, is_expired
 from ggap.server.watch import Watcher, WatchHub
@@ -48,6 +48,7 @@ class NodeState:
     readers: ReaderPool
     hub: WatchHub
     expirer: Expirer
+    forwarder: Forwarder = attrs.field(factory=Forwarder)
     draining: bool = False
 
     def header(self, revision: int) -> pb.ResponseHeader:
@@ -186,7 +187,7 @@ class KvServicer(kv_grpc.KvServiceServicer):
             addr = consensus.leader_client_addr()
             if addr is not None and leader_id != consensus.role().member_id:
                 try:
-                    return Forwarded(await forward(addr, method, msg))
+                    return Forwarded(await self._node.forwarder.forward(addr, method, msg))
                 except RetryElsewhere:
                     pass
             await pause_or_give_up(leader_id)

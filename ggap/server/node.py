@@ -173,6 +173,7 @@ async def serve_node(
 
         async with trio.open_nursery() as nursery:
             await nursery.start(consensus.run)
+            await nursery.start(state.forwarder.run)
             nursery.start_soon(expirer.run)
             nursery.start_soon(_prune_loop, consensus, kv, config)
             bound = await nursery.start(
