@@ -45,6 +45,7 @@ lint: $(STAMP)
 test: $(STAMP) proto-check lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 	GGAP_NO_EXTENSIONS=1 $(BIN)/pytest -q -m "not slow" tests/unit
+	$(PY) -m ggap.sim --seeds $(or $(SIM_SEEDS),100) --start 1000
 
 # A local 3-node cluster (clients on 127.0.0.1:17000,17010,17020; data and logs in ./data)
 # until Ctrl-C. Running it again restarts the same cluster from ./data.

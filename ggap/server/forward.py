@@ -48,6 +48,7 @@ class RetryElsewhere(Exception):
 @attrs.define(eq=False)
 class _Conn:
     client: Client
+    epoch: tuple[int, int]
     closed: trio.Event = attrs.field(factory=trio.Event)
 
 
@@ -69,13 +70,17 @@ class Forwarder:
             self._nursery = None
             self._conns.clear()
 
-    async def forward(self, addr: str, method: str, msg: Any) -> Any:
+    async def forward(self, addr: str, epoch: tuple[int, int], method: str, msg: Any) -> Any:
         """Send `msg` to the leader at `addr`. Raises `RetryElsewhere` for a refusal that is
-        safe to retry, or the leader's own error as a GgapError."""
+        safe to retry, or the leader's own error as a GgapError.
+
+        `epoch` is (leader id, term): a pooled connection dialled under another epoch is
+        replaced, because a node that restarted can only lead again after an election, and
+        purerpc would hang on the dead connection to its previous process."""
         remaining = current_deadline() - trio.current_time() - _MARGIN_S
         if remaining <= 0:
             raise Unavailable("no leader answered within the deadline")
-        conn = await self._connection(addr)
+        conn = await self._connection(addr, epoch)
         try:
             return await getattr(conn.client, method)(msg, timeout_s=remaining)
         except ClientError as exc:
@@ -88,22 +93,24 @@ class Forwarder:
                 raise Unavailable(f"leader at {addr} did not answer within the deadline") from None
             raise error_from_status(exc.code, exc.message) from None
 
-    async def _connection(self, addr: str) -> _Conn:
+    async def _connection(self, addr: str, epoch: tuple[int, int]) -> _Conn:
         lock = self._dialling.setdefault(addr, trio.Lock())
         async with lock:  # one dial per address at a time; the others reuse its result
             conn = self._conns.get(addr)
             if conn is not None and not conn.closed.is_set():
-                return conn
+                if conn.epoch == epoch:
+                    return conn
+                self._drop(addr, conn)
             if self._nursery is None:
                 raise Unavailable("node is shutting down")
             try:
-                conn = await self._nursery.start(self._hold, addr)
+                conn = await self._nursery.start(self._hold, addr, epoch)
             except ClientError as exc:
                 raise RetryElsewhere(f"cannot connect to the leader at {addr}: {exc.message}") from None
             self._conns[addr] = conn
             return conn
 
-    async def _hold(self, addr: str, *, task_status: trio.TaskStatus[_Conn]) -> None:
+    async def _hold(self, addr: str, epoch: tuple[int, int], *, task_status: trio.TaskStatus[_Conn]) -> None:
         """Keeps one channel open until it is dropped. Errors before `started` reach the
         dialler; errors after it are logged, never allowed to take the node down."""
         started = False
@@ -112,7 +119,7 @@ class Forwarder:
                 addr, timeout_s=_CONNECT_TIMEOUT_S, metadata=[(FORWARDED, "1")]
             ) as client:
                 client.timeout_s = _CALL_LIMIT_S
-                conn = _Conn(client)
+                conn = _Conn(client, epoch)
                 task_status.started(conn)
                 started = True
                 await conn.closed.wait()

@@ -185,9 +185,11 @@ class KvServicer(kv_grpc.KvServiceServicer):
                     raise  # the node that forwarded to us retries against the new leader
                 leader_id = exc.leader_id or 0
             addr = consensus.leader_client_addr()
-            if addr is not None and leader_id != consensus.role().member_id:
+            role = consensus.role()
+            if addr is not None and leader_id != role.member_id:
+                epoch = (role.leader_id, role.term)
                 try:
-                    return Forwarded(await self._node.forwarder.forward(addr, method, msg))
+                    return Forwarded(await self._node.forwarder.forward(addr, epoch, method, msg))
                 except RetryElsewhere:
                     pass
             await pause_or_give_up(leader_id)

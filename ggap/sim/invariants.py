@@ -1,0 +1,197 @@
+"""Raft's safety properties (Raft paper, Figure 3), checked incrementally as events happen.
+
+Each check is O(what changed), so they can run on every event of every step:
+
+- election-safety: at most one leader per term. A leader is seen through its Ready's soft
+  state and through every APPEND/HEARTBEAT it sends.
+- log-matching: two durable logs with an entry of the same index and term hold the same
+  entry there and the same prefix before it. Checked as entries become durable: (index,
+  term) must always map to the same (kind, data, term of the previous entry); by induction
+  that pins the whole prefix. `check_durable_logs` redoes it from scratch, as a cross-check.
+- leader-completeness: a committed entry is in the log of every later leader, and a
+  durable committed entry is never truncated (a stale leader of an older term may still
+  append a conflicting entry at that index where it had none: that is legal). "Committed" is learnt from every
+  node's commit index (hard state) over its own log.
+- state-machine-safety: no two nodes apply different entries at one index, and every node
+  applies exactly index applied+1 next, so applied prefixes are identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from ggap.consensus.raft.types import Entry, EntryKind
+
+EntryKey = tuple[int, int]  # (index, term)
+EntryRecord = tuple[EntryKind, bytes, int]  # (kind, data, term of the previous entry)
+
+
+class InvariantViolation(Exception):
+    """A safety property does not hold; `name` says which."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"{name}: {detail}")
+        self.name = name
+        self.detail = detail
+
+
+class Invariants:
+    def __init__(self) -> None:
+        self.leaders: dict[int, int] = {}  # term -> leader id
+        self.entries: dict[EntryKey, EntryRecord] = {}
+        self.committed: list[int] = [0]  # committed[i] = term of committed entry i (i >= 1)
+        self.applied: list[Entry | None] = [None]  # applied[i] = entry applied at index i
+        self.checks = 0
+
+    # --- election safety ---
+
+    def leader(self, node: int, term: int, how: str) -> bool:
+        """Record that `node` acts as leader of `term`; True if this is news."""
+        self.checks += 1
+        prev = self.leaders.get(term)
+        if prev is None:
+            self.leaders[term] = node
+            return True
+        if prev != node:
+            raise InvariantViolation(
+                "election-safety", f"term {term} has two leaders: n{prev} and n{node} (seen via {how})"
+            )
+        return False
+
+    # --- log matching (durable logs) ---
+
+    def durable_append(
+        self, node: int, written: tuple[Entry, ...], prev_term: int, replaced: list[Entry]
+    ) -> None:
+        """Entries became durable on `node`, replacing `replaced` (from written[0].index on)."""
+        self.checks += 1
+        committed = self.committed
+        top = len(committed) - 1
+        for old_e in replaced:
+            # Truncating a durable committed entry loses it (a stale leader may still *append*
+            # a conflicting entry where it had none: that is legal and is not checked here).
+            if old_e.index > top:
+                break
+            new_e = written[old_e.index - written[0].index] if old_e.index <= written[-1].index else None
+            if committed[old_e.index] == old_e.term and (new_e is None or new_e.term != old_e.term):
+                raise InvariantViolation(
+                    "leader-completeness",
+                    f"n{node} durably truncated committed entry {old_e.index}@t{old_e.term}"
+                    + (f" replacing it with {new_e.index}@t{new_e.term}" if new_e is not None else ""),
+                )
+        entries = self.entries
+        for e in written:
+            key = (e.index, e.term)
+            rec = (e.kind, e.data, prev_term)
+            old = entries.get(key)
+            if old is None:
+                entries[key] = rec
+            elif old != rec:
+                what = "prev term" if old[:2] == rec[:2] else "content"
+                raise InvariantViolation(
+                    "log-matching",
+                    f"n{node} durably wrote entry {e.index}@t{e.term} whose {what} differs from the "
+                    f"same index+term elsewhere: {_fmt(old)} vs {_fmt(rec)}",
+                )
+            prev_term = e.term
+
+    def check_durable_logs(self, logs: Iterable[tuple[int, int, int, list[Entry]]]) -> None:
+        """From scratch: every durable log (node, snapshot index, snapshot term, entries) agrees
+        with every other on each (index, term) it shares, prefix included."""
+        seen: dict[EntryKey, tuple[int, EntryRecord]] = {}
+        for node, snap_index, snap_term, ents in logs:
+            prev = snap_term
+            for off, e in enumerate(ents):
+                if e.index != snap_index + 1 + off:
+                    raise InvariantViolation("log-matching", f"n{node} durable log has a gap at {e.index}")
+                rec = (e.kind, e.data, prev)
+                other = seen.setdefault((e.index, e.term), (node, rec))
+                if other[1] != rec:
+                    raise InvariantViolation(
+                        "log-matching",
+                        f"durable logs of n{other[0]} and n{node} differ at or before {e.index}@t{e.term}",
+                    )
+                prev = e.term
+
+    # --- leader completeness ---
+
+    def commit(self, node: int, commit: int, term_of: Callable[[int], int]) -> None:
+        """`node` says entries up to `commit` are committed; term_of(i) is its log's term at i.
+
+        Its log must agree with what is already known committed (checking the highest shared
+        index suffices, given log matching), and extends that knowledge."""
+        self.checks += 1
+        committed = self.committed
+        top = len(committed) - 1
+        probe = min(commit, top)
+        if probe >= 1 and term_of(probe) != committed[probe]:
+            raise InvariantViolation(
+                "leader-completeness",
+                f"n{node} has commit index {commit} with {probe}@t{term_of(probe)} in its log, but "
+                f"{probe}@t{committed[probe]} is committed",
+            )
+        for i in range(top + 1, commit + 1):
+            committed.append(term_of(i))
+
+    def known_commit(self) -> int:
+        return len(self.committed) - 1
+
+    def leader_log(self, node: int, term: int, log_term: list[int]) -> None:
+        """A new leader of `term` whose log has term log_term[i] at index i (index 0 unused)
+        must hold every entry committed so far."""
+        self.checks += 1
+        committed = self.committed
+        top = len(committed) - 1
+        if len(log_term) - 1 < top:
+            raise InvariantViolation(
+                "leader-completeness",
+                f"n{node} became leader of t{term} with last index {len(log_term) - 1} but entries "
+                f"up to {top} are committed",
+            )
+        for i in range(1, top + 1):
+            if log_term[i] != committed[i]:
+                raise InvariantViolation(
+                    "leader-completeness",
+                    f"n{node} became leader of t{term} with {i}@t{log_term[i]} in its log, but "
+                    f"{i}@t{committed[i]} is committed",
+                )
+
+    # --- state machine safety ---
+
+    def apply(self, node: int, applied_before: int, entry: Entry) -> None:
+        self.checks += 1
+        if entry.index != applied_before + 1:
+            raise InvariantViolation(
+                "state-machine-safety",
+                f"n{node} applied {entry.index} right after {applied_before} (a gap or a replay)",
+            )
+        applied = self.applied
+        if entry.index < len(applied):
+            first = applied[entry.index]
+            assert first is not None
+            if first != entry:
+                raise InvariantViolation(
+                    "state-machine-safety",
+                    f"n{node} applied {_fmt_entry(entry)} at {entry.index} but another node applied "
+                    f"{_fmt_entry(first)} there",
+                )
+        elif entry.index == len(applied):
+            applied.append(entry)
+        else:  # pragma: no cover - impossible given the contiguity check above
+            raise InvariantViolation("state-machine-safety", f"n{node} applied {entry.index} out of order")
+        committed = self.committed
+        if entry.index < len(committed) and committed[entry.index] != entry.term:
+            raise InvariantViolation(
+                "state-machine-safety",
+                f"n{node} applied {entry.index}@t{entry.term} but {entry.index}@t{committed[entry.index]} "
+                "was committed",
+            )
+
+
+def _fmt(rec: EntryRecord) -> str:
+    kind, data, prev = rec
+    return f"({kind.name} {data[:40]!r} prev=t{prev})"
+
+
+def _fmt_entry(e: Entry) -> str:
+    return f"{e.index}@t{e.term} {e.kind.name} {e.data[:40]!r}"
