@@ -421,7 +421,12 @@ class RaftConsensus:
         while node.has_ready():
             ready = node.ready()
             if ready.snapshot is not None:
-                raise Internal("installing a snapshot from the leader is not supported yet")
+                # Stopping is the only safe answer: advancing without the leader's state
+                # would leave this replica's state machine silently behind its log.
+                raise Internal(
+                    f"the leader sent a snapshot (index {ready.snapshot.index}): this node is behind "
+                    "the leader's compacted log, and installing snapshots is not supported yet"
+                )
             if ready.soft_state is not None:
                 self._on_soft_state(ready)
             if ready.hard_state is not None:
@@ -507,6 +512,14 @@ class RaftConsensus:
         if self._applied - first < 2 * retain:
             return
         upto = self._applied - retain
+        if self._role is Role.LEADER:
+            # Keep what a lagging follower still needs: this build cannot send it a snapshot
+            # instead. A follower more than 10x log_retain behind no longer holds it back.
+            matches = [m for (m, _next, _state) in self._node.status().progress.values()]
+            if matches:
+                upto = max(min(upto, min(matches)), self._applied - 10 * retain)
+        if upto <= first:
+            return
         await trio.to_thread.run_sync(self._compact_log, upto, limiter=self._writer)
         self._mem.compact(upto)
 

@@ -100,3 +100,29 @@ def test_contradicting_peers_are_refused_and_stored_ones_reused(tmp_path: Path) 
     other = attrs.evolve(cfg, raft=attrs.evolve(cfg.raft, peers=f"1={cfg.node.cluster_addr}"))
     with pytest.raises(StartupError, match=r"bootstrapped with peers .* contradicts"):
         _open_storage(other)
+
+
+async def test_logs_are_compacted_behind_the_applied_index(tmp_path: Path) -> None:
+    from ggap.config.model import MvccConfig, StorageConfig
+    from ggap.storage import KvStore, LogStore
+
+    configs = [attrs.evolve(c, raft=attrs.evolve(c.raft, log_retain=10)) for c in cluster_configs(tmp_path)]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for cfg in configs:
+                await nursery.start(serve_node, cfg)
+            async with open_client(configs[0].node.client_addr, timeout_s=10) as c:
+                for i in range(60):
+                    await c.put(key=f"k{i % 5}", value=str(i).encode(), quorum=pb.WRITE_QUORUM_ALL)
+            nursery.cancel_scope.cancel()
+    for cfg in configs:
+        data = Path(cfg.node.data_dir)
+        log_store = LogStore.open(data / "raft.db", StorageConfig())
+        kv = KvStore.open(data / "kv.db", mvcc=MvccConfig(), storage=StorageConfig())
+        try:
+            assert kv.revision == 60
+            assert log_store.first_index > 1  # compacted...
+            assert kv.applied_index - log_store.first_index >= 9  # ...but log_retain kept
+        finally:
+            kv.close()
+            log_store.close()
