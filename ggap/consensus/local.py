@@ -12,8 +12,6 @@ loop, and one thread hop per batch (not per request) keeps the hop cost amortise
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -23,6 +21,7 @@ import trio
 
 from ggap import codec
 from ggap.consensus.api import AppliedBatch, RoleInfo
+from ggap.consensus.applied import AppliedProgress
 from ggap.storage import KvStore, LogStore
 from ggap.types import ApplyResult, Command, GgapError, Internal, Noop, Unavailable
 
@@ -44,26 +43,6 @@ class _Proposal:
         self.done.set()
 
 
-class _Waiters:
-    """Tasks parked until a counter (applied index, revision) reaches a target."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[int, int, trio.Event]] = []
-        self._seq = itertools.count()
-
-    def add(self, target: int) -> trio.Event:
-        ev = trio.Event()
-        heapq.heappush(self._heap, (target, next(self._seq), ev))
-        return ev
-
-    def release_upto(self, value: int) -> None:
-        while self._heap and self._heap[0][0] <= value:
-            heapq.heappop(self._heap)[2].set()
-
-    def release_all(self) -> None:
-        self.release_upto(2**64)
-
-
 class LocalConsensus:
     def __init__(
         self,
@@ -82,11 +61,8 @@ class LocalConsensus:
         self._log_retain = log_retain
         self._send, self._recv = trio.open_memory_channel[_Proposal](max_queued)
         self._writer = trio.CapacityLimiter(1)
-        self._applied = kv.applied_index
-        self._commit = max(self._applied, log_store.last_index)
-        self._revision = kv.revision
-        self._index_waiters = _Waiters()
-        self._revision_waiters = _Waiters()
+        self._progress = AppliedProgress(kv.applied_index, kv.revision)
+        self._commit = max(self._progress.applied, log_store.last_index)
         self._subscribers: list[Callable[[AppliedBatch], None]] = []
         self._pending: set[_Proposal] = set()
         self._closed = False
@@ -127,22 +103,10 @@ class LocalConsensus:
         return self._commit
 
     async def wait_applied(self, index: int) -> None:
-        if self._applied >= index:
-            return
-        if self._closed:
-            raise Unavailable("node is shutting down")
-        await self._index_waiters.add(index).wait()
-        if self._applied < index:
-            raise Unavailable("node is shutting down")
+        await self._progress.wait_applied(index)
 
     async def wait_revision(self, revision: int) -> None:
-        if self._revision >= revision:
-            return
-        if self._closed:
-            raise Unavailable("node is shutting down")
-        await self._revision_waiters.add(revision).wait()
-        if self._revision < revision:
-            raise Unavailable("node is shutting down")
+        await self._progress.wait_revision(revision)
 
     def role(self) -> RoleInfo:
         return RoleInfo(
@@ -151,7 +115,7 @@ class LocalConsensus:
             term=TERM,
             role="leader",
             commit_index=self._commit,
-            applied_index=self._applied,
+            applied_index=self._progress.applied,
         )
 
     def subscribe(self, callback: Callable[[AppliedBatch], None]) -> None:
@@ -159,14 +123,13 @@ class LocalConsensus:
 
     @property
     def revision(self) -> int:
-        return self._revision
+        return self._progress.revision
 
     def release_readers(self) -> None:
         """Shutdown: fail every read waiting on the applied index or a revision now, so the
         drain does not sit out the grace period for reads that cannot complete."""
         self._closed = True
-        self._index_waiters.release_all()
-        self._revision_waiters.release_all()
+        self._progress.close()
 
     async def maintain(self, fn: Callable[[], T]) -> T:
         """Run local storage upkeep (history pruning) on the writer thread, between batches."""
@@ -197,8 +160,7 @@ class LocalConsensus:
             for p in list(self._pending):
                 if not p.done.is_set():
                     p.finish(None, shutdown)
-            self._index_waiters.release_all()
-            self._revision_waiters.release_all()
+            self._progress.close()
 
     async def _recover(self) -> None:
         """Re-apply log entries that were durable but not yet applied when we stopped."""
@@ -209,9 +171,8 @@ class LocalConsensus:
             count = await self._in_writer(self._replay, first, hi)
             log.info("replayed log entries %d..%d", first, hi)
             first += count
-        self._applied = self._kv.applied_index
-        self._commit = max(self._applied, self._log.last_index)
-        self._revision = self._kv.revision
+        self._progress.advance(self._kv.applied_index, self._kv.revision)
+        self._commit = max(self._progress.applied, self._log.last_index)
 
     def _replay(self, lo: int, hi: int) -> int:
         rows = self._log.entries(lo, hi + 1)
@@ -234,8 +195,7 @@ class LocalConsensus:
                 log.critical("write batch %d..%d failed", first, first + len(batch) - 1)
             raise
         self._commit = first + len(batch) - 1
-        self._applied = self._commit
-        self._revision = revision
+        self._progress.advance(self._commit, revision)
         events = []
         for p, item in zip(batch, applied, strict=True):
             if item is None:
@@ -245,11 +205,9 @@ class LocalConsensus:
             else:
                 p.finish(item.result, None)
                 events.extend(item.events)
-        published = AppliedBatch(applied_index=self._applied, revision=revision, events=events)
+        published = AppliedBatch(applied_index=self._progress.applied, revision=revision, events=events)
         for callback in self._subscribers:
             callback(published)
-        self._index_waiters.release_upto(self._applied)
-        self._revision_waiters.release_upto(self._revision)
 
     def _write(self, first: int, commands: Sequence[Command]) -> tuple[list, int]:
         """Runs on the writer thread: log first (durable), then apply."""

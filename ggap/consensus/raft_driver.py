@@ -31,7 +31,7 @@ import trio
 
 from ggap import codec
 from ggap.consensus.api import AppliedBatch, RoleInfo
-from ggap.consensus.local import _Waiters
+from ggap.consensus.applied import AppliedProgress
 from ggap.consensus.raft import MemoryStorage, ProgressState, ProposalDropped, RawNode
 from ggap.consensus.raft.types import (
     Entry,
@@ -136,8 +136,7 @@ class RaftConsensus:
             peers={i: _split(a) for i, a in spec.peers.items() if i != spec.node_id},
             on_messages=self._on_messages,
         )
-        self._applied = kv.applied_index
-        self._revision = kv.revision
+        self._progress = AppliedProgress(kv.applied_index, kv.revision)
         self._leader = 0
         self._role = Role.FOLLOWER
         self._term = self._mem.initial_state()[0].term
@@ -145,8 +144,6 @@ class RaftConsensus:
         self._proposals: dict[int, _Pending] = {}
         self._reads: dict[bytes, _Pending] = {}
         self._read_ids = itertools.count(1)
-        self._index_waiters = _Waiters()
-        self._revision_waiters = _Waiters()
         self._subscribers: list[Callable[[AppliedBatch], None]] = []
         self._peer_applied: dict[int, int] = {}
         self._peer_client_addr: dict[int, str] = {}
@@ -249,22 +246,10 @@ class RaftConsensus:
         return int(pending.result)
 
     async def wait_applied(self, index: int) -> None:
-        if self._applied >= index:
-            return
-        if self._closed:
-            raise Unavailable("node is shutting down")
-        await self._index_waiters.add(index).wait()
-        if self._applied < index:
-            raise Unavailable("node is shutting down")
+        await self._progress.wait_applied(index)
 
     async def wait_revision(self, revision: int) -> None:
-        if self._revision >= revision:
-            return
-        if self._closed:
-            raise Unavailable("node is shutting down")
-        await self._revision_waiters.add(revision).wait()
-        if self._revision < revision:
-            raise Unavailable("node is shutting down")
+        await self._progress.wait_revision(revision)
 
     def role(self) -> RoleInfo:
         return RoleInfo(
@@ -273,7 +258,7 @@ class RaftConsensus:
             term=self._term,
             role=self._role.value if self._role is not Role.PRE_CANDIDATE else "candidate",
             commit_index=self._commit,
-            applied_index=self._applied,
+            applied_index=self._progress.applied,
         )
 
     def leader_client_addr(self) -> str | None:
@@ -286,8 +271,7 @@ class RaftConsensus:
 
     def release_readers(self) -> None:
         self._closed = True
-        self._index_waiters.release_all()
-        self._revision_waiters.release_all()
+        self._progress.close()
         for pending in list(self._reads.values()):
             pending.finish(None, Unavailable("node is shutting down"))
 
@@ -296,7 +280,7 @@ class RaftConsensus:
 
     @property
     def revision(self) -> int:
-        return self._revision
+        return self._progress.revision
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -327,8 +311,7 @@ class RaftConsensus:
             err = Unavailable("node is shutting down")
             for pending in list(self._proposals.values()) + list(self._reads.values()):
                 pending.finish(None, err)
-            self._index_waiters.release_all()
-            self._revision_waiters.release_all()
+            self._progress.close()
 
     async def _ticker(self) -> None:
         interval = self._knobs.tick_ms / 1000
@@ -409,7 +392,7 @@ class RaftConsensus:
                 to=peer,
                 frm=self._spec.node_id,
                 term=self._term,
-                index=self._applied,
+                index=self._progress.applied,
                 context=addr,
             )
             for peer in self._spec.peers
@@ -438,7 +421,7 @@ class RaftConsensus:
                     self._write, ready, committed, limiter=self._writer
                 )
             else:
-                applied, revision = [], self._revision
+                applied, revision = [], self._progress.revision
             # Durable now: mirror it for the core, then let acks go.
             if ready.entries:
                 self._mem.append(list(ready.entries))
@@ -496,28 +479,25 @@ class RaftConsensus:
         last = committed[-1].index
         for index in [i for i in self._proposals if i <= last]:
             self._proposals.pop(index).finish(None, Unavailable("write was overwritten by a new leader"))
-        self._applied = last
         self._commit = max(self._commit, last)
-        self._revision = revision
+        self._progress.advance(last, revision)
         batch = AppliedBatch(applied_index=last, revision=revision, events=events)
         for callback in self._subscribers:
             callback(batch)
-        self._index_waiters.release_upto(self._applied)
-        self._revision_waiters.release_upto(self._revision)
         self._report_applied()
 
     async def _maybe_compact(self) -> None:
         retain = self._knobs.log_retain
         first = self._log.first_index
-        if self._applied - first < 2 * retain:
+        if self._progress.applied - first < 2 * retain:
             return
-        upto = self._applied - retain
+        upto = self._progress.applied - retain
         if self._role is Role.LEADER:
             # Keep what a lagging follower still needs: this build cannot send it a snapshot
             # instead. A follower more than 10x log_retain behind no longer holds it back.
             matches = [m for (m, _next, _state) in self._node.status().progress.values()]
             if matches:
-                upto = max(min(upto, min(matches)), self._applied - 10 * retain)
+                upto = max(min(upto, min(matches)), self._progress.applied - 10 * retain)
         if upto <= first:
             return
         await trio.to_thread.run_sync(self._compact_log, upto, limiter=self._writer)
