@@ -45,7 +45,7 @@ import trio
 from ggap.cli import _output as out
 from ggap.cli._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, fail, run_async
 from ggap.client import ClientError, open_client
-from ggap.pb import health_grpc, health_pb2
+from ggap.pb import health_pb2
 
 DEFAULT_BASE_PORT = 17000
 DEFAULT_HOST = "127.0.0.1"
@@ -335,12 +335,10 @@ class Child:
 
 async def check_serving(endpoint: str, timeout_s: float = HEALTH_TIMEOUT_S) -> tuple[bool, str]:
     """grpc.health.v1 Check of the whole server (service ""): SERVING means the node knows a
-    leader. Returns (serving, what was seen). Uses the ggap client's connection handling and
-    timeouts; it has no health method, so the stub is put on its channel here."""
+    leader. Returns (serving, what was seen)."""
     try:
         async with open_client(endpoint, timeout_s=timeout_s) as client:
-            stub = health_grpc.HealthStub(client._channel)
-            resp = await client._call(stub.Check, health_pb2.HealthCheckRequest(service=""), timeout_s)
+            resp = await client.health("", timeout_s=timeout_s)
     except ClientError as e:
         return False, f"{e.code.name}: {e.message}"
     except Exception as e:  # never let a probe take the supervisor down

@@ -22,7 +22,7 @@ from purerpc.grpclib.events import ResponseEnded
 from purerpc.grpclib.exceptions import GRPCError, RpcFailedError, raise_status
 from purerpc.grpclib.status import StatusCode as PurerpcStatusCode
 
-from ggap.pb import kv_grpc, kv_pb2
+from ggap.pb import health_grpc, health_pb2, kv_grpc, kv_pb2
 from ggap.types.errors import StatusCode
 
 _T = TypeVar("_T")
@@ -125,6 +125,7 @@ class Client:
         self._channel = channel
         self._kv = kv_grpc.KvServiceStub(channel)
         self._cluster = kv_grpc.ClusterServiceStub(channel)
+        self._health = health_grpc.HealthStub(channel)
         self._raw = purerpc.Client(_KV_SERVICE, channel)
 
     async def _call(
@@ -203,6 +204,12 @@ class Client:
 
     async def status(self, *, timeout_s: float | None = None) -> kv_pb2.StatusResponse:
         return await self._call(self._cluster.Status, kv_pb2.StatusRequest(), timeout_s)
+
+    async def health(
+        self, service: str = "", *, timeout_s: float | None = None
+    ) -> health_pb2.HealthCheckResponse:
+        """grpc.health.v1 Check; "" is the whole server (SERVING = it knows a leader)."""
+        return await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout_s)
 
     async def member_list(self, *, timeout_s: float | None = None) -> kv_pb2.MemberListResponse:
         return await self._call(self._cluster.MemberList, kv_pb2.MemberListRequest(), timeout_s)

@@ -22,3 +22,9 @@ def parse_peers(text: str) -> dict[int, str]:
             raise ValueError(f"expected ID=HOST:PORT with port 1..65535, got {item!r}")
         peers[node_id] = addr.strip()
     return peers
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """"host:port" (IPv6 as "[addr]:port") -> (host, port); the config loader validated it."""
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -30,6 +30,8 @@ import attrs
 import trio
 
 from ggap import codec
+from ggap.config.model import RaftConfig as RaftKnobs
+from ggap.config.peers import split_addr
 from ggap.consensus.api import AppliedBatch, RoleInfo
 from ggap.consensus.applied import AppliedProgress
 from ggap.consensus.raft import MemoryStorage, ProgressState, ProposalDropped, RawNode
@@ -80,11 +82,6 @@ class ClusterSpec:
     cluster_id: str
 
 
-def _split(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def entry_command(entry: Entry) -> Command:
     if entry.kind is EntryKind.NORMAL:
         return codec.decode_command(entry.data)
@@ -98,7 +95,7 @@ class RaftConsensus:
         self,
         *,
         spec: ClusterSpec,
-        raft: Any,  # ggap.config.model.RaftConfig (the knobs)
+        raft: RaftKnobs,
         log_store: LogStore,
         kv: KvStore,
         write_all_timeout_s: float = 5.0,
@@ -132,8 +129,8 @@ class RaftConsensus:
         self._transport = PeerTransport(
             node_id=spec.node_id,
             cluster_id=spec.cluster_id,
-            listen=_split(spec.peers[spec.node_id]),
-            peers={i: _split(a) for i, a in spec.peers.items() if i != spec.node_id},
+            listen=split_addr(spec.peers[spec.node_id]),
+            peers={i: split_addr(a) for i, a in spec.peers.items() if i != spec.node_id},
             on_messages=self._on_messages,
         )
         self._progress = AppliedProgress(kv.applied_index, kv.revision)
@@ -377,12 +374,13 @@ class RaftConsensus:
     def _report_unreachable(self) -> None:
         """Appends sent into a broken connection are lost; tell the core so it probes the
         peer again instead of waiting on acknowledgments that will never come."""
-        stats = self._transport.statistics().peers
-        for peer, st in stats.items():
-            if not st.connected and self._role is Role.LEADER:
-                node_status = self._node.status().progress.get(peer)
-                if node_status is not None and node_status[2] is ProgressState.REPLICATE:
-                    self._node.report_unreachable(peer)
+        if self._role is not Role.LEADER:
+            return
+        progress = self._node.status().progress
+        for peer, st in self._transport.statistics().peers.items():
+            state = progress.get(peer)
+            if not st.connected and state is not None and state[2] is ProgressState.REPLICATE:
+                self._node.report_unreachable(peer)
 
     def _report_applied(self) -> None:
         addr = self._spec.client_addr.encode()
@@ -416,7 +414,7 @@ class RaftConsensus:
                 self._term = ready.hard_state.term
             self._transport.send(ready.messages)
             committed = [(e.index, entry_command(e)) for e in ready.committed]
-            if ready.entries or ready.hard_state is not None or committed:
+            if ready.entries or (ready.hard_state is not None and ready.must_sync) or committed:
                 applied, revision = await trio.to_thread.run_sync(
                     self._write, ready, committed, limiter=self._writer
                 )

@@ -26,7 +26,7 @@ import trio
 
 from ggap import __version__
 from ggap.config import Config
-from ggap.config.peers import parse_peers
+from ggap.config.peers import parse_peers, split_addr
 from ggap.consensus import Consensus, LocalConsensus
 from ggap.consensus.raft_driver import ClusterSpec, RaftConsensus
 from ggap.rpc import HealthService, RpcPolicy, guarded_service, reflection_services, serve_grpc
@@ -46,11 +46,6 @@ CLUSTER_SERVICE = "ginnungagap.v1.ClusterService"
 
 class StartupError(Exception):
     """The node cannot start with this configuration or data dir (exit status 2)."""
-
-
-def split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def _open_storage(config: Config) -> tuple[KvStore, LogStore, dict[int, str]]:
