@@ -36,12 +36,12 @@ from ggap.consensus.api import AppliedBatch, RoleInfo
 from ggap.consensus.applied import AppliedProgress
 from ggap.consensus.raft import MemoryStorage, ProgressState, ProposalDropped, RawNode
 from ggap.consensus.raft.types import (
+    CoreConfig,
     Entry,
     EntryKind,
     HardState,
     Message,
     MessageType,
-    RaftConfig,
     Ready,
     Role,
     SnapshotMeta,
@@ -112,7 +112,7 @@ class RaftConsensus:
         self._load_storage()
         voters = tuple(sorted(spec.peers))
         self._node = RawNode(
-            RaftConfig(
+            CoreConfig(
                 id=spec.node_id,
                 voters=voters,
                 election_tick=raft.election_tick,

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from ggap.consensus.raft.core import ProposalDropped, RawNode
 from ggap.consensus.raft.types import (
+    CoreConfig,
     Message,
     MessageType,
-    RaftConfig,
     Ready,
     Role,
 )
@@ -80,7 +80,7 @@ class SimNode:
         self.term, self.commit = hs.term, hs.commit
         self.voted = (hs.term, hs.vote)
         self.role, self.leader = Role.FOLLOWER, 0
-        raft_cfg = RaftConfig(
+        raft_cfg = CoreConfig(
             id=self.id,
             voters=sim.ids,
             election_tick=cfg.election_tick,

@@ -19,11 +19,13 @@ from collections.abc import Callable
 import attrs
 
 from ggap.consensus.raft.log import limit_size
+from ggap.consensus.raft.storage import (
+    LogCompactedError,
+    LogUnavailableError,
+)
 from ggap.consensus.raft.types import (
     Entry,
     HardState,
-    LogCompactedError,
-    LogUnavailableError,
     SnapshotMeta,
 )
 

@@ -13,12 +13,11 @@ from typing import Any
 import attrs
 import pytest
 
+from ggap.consensus.raft.storage import LogCompactedError, LogUnavailableError
 from ggap.consensus.raft.types import (
     Entry,
     EntryKind,
     HardState,
-    LogCompactedError,
-    LogUnavailableError,
     Message,
 )
 from ggap.consensus.raft.types import MessageType as MT

@@ -7,16 +7,22 @@ Nothing in this package does I/O, reads a clock or uses the global RNG; the driv
 from ggap.consensus.raft.core import CAMPAIGN_TRANSFER, ProposalDropped, RaftStatus, RawNode
 from ggap.consensus.raft.memory import MemoryStorage
 from ggap.consensus.raft.progress import ProgressState
-from ggap.consensus.raft.types import (
-    Entry,
-    EntryKind,
-    HardState,
+from ggap.consensus.raft.storage import (
+    DurableStorage,
     LogCompactedError,
     LogStorage,
     LogUnavailableError,
+    SnapshotTemporarilyUnavailableError,
+    StateStorage,
+    Storage,
+)
+from ggap.consensus.raft.types import (
+    CoreConfig,
+    Entry,
+    EntryKind,
+    HardState,
     Message,
     MessageType,
-    RaftConfig,
     ReadState,
     Ready,
     Role,
@@ -26,6 +32,8 @@ from ggap.consensus.raft.types import (
 
 __all__ = [
     "CAMPAIGN_TRANSFER",
+    "CoreConfig",
+    "DurableStorage",
     "Entry",
     "EntryKind",
     "HardState",
@@ -37,12 +45,14 @@ __all__ = [
     "MessageType",
     "ProgressState",
     "ProposalDropped",
-    "RaftConfig",
     "RaftStatus",
     "RawNode",
     "ReadState",
     "Ready",
     "Role",
     "SnapshotMeta",
+    "SnapshotTemporarilyUnavailableError",
     "SoftState",
+    "StateStorage",
+    "Storage",
 ]

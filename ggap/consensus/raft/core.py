@@ -24,15 +24,17 @@ from ggap.consensus.raft.log import RaftLog, entry_size
 from ggap.consensus.raft.progress import Inflights, Progress, ProgressState
 from ggap.consensus.raft.quorum import VoteResult, committed_index, has_quorum, vote_result
 from ggap.consensus.raft.readonly import ReadOnly, ReadRequest
+from ggap.consensus.raft.storage import (
+    LogCompactedError,
+    Storage,
+)
 from ggap.consensus.raft.types import (
+    CoreConfig,
     Entry,
     EntryKind,
     HardState,
-    LogCompactedError,
-    LogStorage,
     Message,
     MessageType,
-    RaftConfig,
     ReadState,
     Ready,
     Role,
@@ -85,8 +87,8 @@ class _Campaign(enum.Enum):
 class RawNode:
     def __init__(
         self,
-        config: RaftConfig,
-        storage: LogStorage,
+        config: CoreConfig,
+        storage: Storage,
         rng: random.Random,
         logger: logging.Logger | None = None,
         *,
@@ -765,7 +767,7 @@ class RawNode:
         return HardState(term=self._term, vote=self._vote, commit=self.log.committed)
 
 
-def _validate(c: RaftConfig) -> None:
+def _validate(c: CoreConfig) -> None:
     if not c.voters:
         raise ValueError("at least one voter is required")
     if set(c.voters) & set(c.learners):

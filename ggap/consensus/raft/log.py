@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ggap.consensus.raft.storage import (
+    LogCompactedError,
+    LogUnavailableError,
+    Storage,
+)
 from ggap.consensus.raft.types import (
     Entry,
-    LogCompactedError,
-    LogStorage,
-    LogUnavailableError,
     SnapshotMeta,
 )
 
@@ -115,7 +117,7 @@ class Unstable:
 
 
 class RaftLog:
-    def __init__(self, storage: LogStorage, max_apply_bytes: int, applied: int = 0) -> None:
+    def __init__(self, storage: Storage, max_apply_bytes: int, applied: int = 0) -> None:
         self.storage = storage
         self.max_apply_bytes = max_apply_bytes
         first = storage.first_index()

@@ -11,11 +11,13 @@ import itertools
 from collections.abc import Iterable
 
 from ggap.consensus.raft.log import limit_size
+from ggap.consensus.raft.storage import (
+    LogCompactedError,
+    LogUnavailableError,
+)
 from ggap.consensus.raft.types import (
     Entry,
     HardState,
-    LogCompactedError,
-    LogUnavailableError,
     SnapshotMeta,
 )
 

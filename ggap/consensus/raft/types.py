@@ -7,7 +7,6 @@ defined here, so the driver, the transport codec and the simulator share one def
 from __future__ import annotations
 
 import enum
-from typing import Protocol
 
 import attrs
 
@@ -130,7 +129,7 @@ class Ready:
 
 
 @attrs.frozen(slots=True)
-class RaftConfig:
+class CoreConfig:
     id: int
     voters: tuple[int, ...]
     learners: tuple[int, ...] = ()
@@ -141,32 +140,3 @@ class RaftConfig:
     max_inflight_msgs: int = 256  # unacknowledged APPENDs per follower in replicate state
     max_size_per_msg: int = 1 << 20  # bytes of entry data per APPEND
     max_inflight_bytes: int = 16 << 20
-
-
-class LogCompactedError(LookupError):
-    """The requested index is below the first retained entry (send a snapshot instead)."""
-
-
-class LogUnavailableError(LookupError):
-    """The requested index is beyond the last entry."""
-
-
-class LogStorage(Protocol):
-    """Read side of durable Raft state, as the core sees it. Writes are the driver's:
-    it persists what Ready says, then the storage must reflect it before `advance`."""
-
-    def initial_state(self) -> tuple[HardState, SnapshotMeta]: ...
-
-    def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
-        """[lo, hi), at least one entry if any, stopping once max_bytes is exceeded."""
-        ...
-
-    def term(self, index: int) -> int:
-        """Term of the entry at `index` (the snapshot's term at snapshot.index)."""
-        ...
-
-    def first_index(self) -> int: ...
-
-    def last_index(self) -> int: ...
-
-    def snapshot(self) -> SnapshotMeta: ...

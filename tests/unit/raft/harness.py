@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ggap.consensus.raft import (
+    CoreConfig,
     Entry,
     MemoryStorage,
     Message,
     MessageType,
-    RaftConfig,
     RawNode,
     ReadState,
     Ready,
@@ -24,10 +24,10 @@ from ggap.consensus.raft import (
 )
 
 
-def cfg(id: int, voters: Sequence[int], **kw: Any) -> RaftConfig:
+def cfg(id: int, voters: Sequence[int], **kw: Any) -> CoreConfig:
     base: dict[str, Any] = {"election_tick": 10, "heartbeat_tick": 1}
     base.update(kw)
-    return RaftConfig(id=id, voters=tuple(voters), **base)
+    return CoreConfig(id=id, voters=tuple(voters), **base)
 
 
 def drain(node: RawNode, storage: MemoryStorage) -> list[Ready]:
