@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/ggap/pb/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: all install run test lint proto proto-check unit ext clean bench
+.PHONY: all install run test lint proto proto-check unit ext clean bench bench-ab
 
 all: install
 
@@ -54,6 +54,11 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Interleaved A/B comparison of two checkouts (each with its extension built), e.g.
+#   make bench-ab A=../ggap-before B=. BENCH_ARGS="--rounds 5 --duration 10 --clients 64 --mix put=100"
+bench-ab: $(STAMP)
+	$(PY) -m bench.ab --a $(or $(A),$(error set A=DIR)) --b $(or $(B),.) $(BENCH_ARGS)
 
 # Deterministic cluster simulator: a seed sweep; a failure prints its one-line replay command.
 .PHONY: sim

@@ -11,8 +11,10 @@ import asyncio
 import multiprocessing as mp
 import queue
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from bench.config import BenchConfig
@@ -24,8 +26,45 @@ WORKER_START_TIMEOUT_S = 60.0
 _CONNECT_TIMEOUT_S = 5.0
 
 
+#: Told "start" when the measured window opens and "end" when it closes (see `run`).
+WindowHook = Callable[[str], None]
+
+
 class BenchError(RuntimeError):
     """The run could not be carried out (a worker died, nothing could be set up)."""
+
+
+class WindowTimer:
+    """Calls `hook("start")` `cfg.warmup` s after `start()`, then `hook("end")` `cfg.duration` s later.
+
+    On its own thread, so a busy event loop cannot delay it; `cancel()` stops calls not yet made.
+    For someone sampling server-side counters over exactly the measured window.
+    """
+
+    def __init__(self, cfg: BenchConfig, hook: WindowHook | None) -> None:
+        self.cfg = cfg
+        self.hook = hook
+        self._cancelled = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.hook is None:
+            return
+        t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._main, args=(t0,), name="bench-window", daemon=True)
+        self._thread.start()
+
+    def _main(self, t0: float) -> None:
+        assert self.hook is not None
+        for at, what in ((self.cfg.warmup, "start"), (self.cfg.warmup + self.cfg.duration, "end")):
+            if self._cancelled.wait(max(0.0, t0 + at - time.perf_counter())):
+                return
+            self.hook(what)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 class ProgressPrinter:
@@ -66,7 +105,9 @@ def build_summary(
     }
 
 
-async def _single(cfg: BenchConfig, out: TextIO | None) -> tuple[RunStats, float, dict[str, Any] | None]:
+async def _single(
+    cfg: BenchConfig, out: TextIO | None, window: WindowHook | None = None
+) -> tuple[RunStats, float, dict[str, Any] | None]:
     endpoints = Endpoints(cfg.endpoints)
     try:
         await endpoints.connect(min(_CONNECT_TIMEOUT_S, cfg.timeout))
@@ -81,9 +122,12 @@ async def _single(cfg: BenchConfig, out: TextIO | None) -> tuple[RunStats, float
                 printer.emit(progress.completed, progress.errors)
 
         reporter = asyncio.create_task(report()) if printer is not None else None
+        timer = WindowTimer(cfg, window)
+        timer.start()  # run_load takes its start time right after this
         try:
             stats, seconds = await run_load(cfg, 0, cfg.clients, endpoints, progress)
         finally:
+            timer.cancel()
             if reporter is not None:
                 reporter.cancel()
         return stats, seconds, preload_info
@@ -132,7 +176,7 @@ async def _worker_async(cfg: BenchConfig, worker: int, messages: Any, go: Any) -
         await endpoints.close()
 
 
-def _multi(cfg: BenchConfig, out: TextIO | None) -> tuple[RunStats, float]:
+def _multi(cfg: BenchConfig, out: TextIO | None, window: WindowHook | None = None) -> tuple[RunStats, float]:
     # spawn, not fork: grpc's C core does not survive a fork with live threads.
     ctx = mp.get_context("spawn")
     messages = ctx.Queue()
@@ -143,9 +187,11 @@ def _multi(cfg: BenchConfig, out: TextIO | None) -> tuple[RunStats, float]:
     ]
     for proc in workers:
         proc.start()
+    timer = WindowTimer(cfg, window)
     try:
-        return _collect(cfg, workers, messages, go, out)
+        return _collect(cfg, workers, messages, go, out, timer)
     finally:
+        timer.cancel()
         for proc in workers:
             proc.join(timeout=5.0)
             if proc.is_alive():
@@ -154,7 +200,7 @@ def _multi(cfg: BenchConfig, out: TextIO | None) -> tuple[RunStats, float]:
 
 
 def _collect(
-    cfg: BenchConfig, workers: list[Any], messages: Any, go: Any, out: TextIO | None
+    cfg: BenchConfig, workers: list[Any], messages: Any, go: Any, out: TextIO | None, timer: WindowTimer
 ) -> tuple[RunStats, float]:
     ready: set[int] = set()
     counters: dict[int, tuple[int, int]] = {}
@@ -173,6 +219,8 @@ def _collect(
             ready.add(worker)
             if len(ready) == len(workers):
                 go.set()
+                # Workers start their clocks as they wake from `go`, a few ms after this.
+                timer.start()
                 printer = ProgressPrinter(cfg, out) if out is not None else None
         elif kind == "progress":
             counters[worker] = payload
@@ -192,12 +240,20 @@ def _collect(
     return merge_runs(stats for stats, _ in results.values()), seconds
 
 
-def run(cfg: BenchConfig, progress_out: TextIO | None = sys.stderr) -> dict[str, Any]:
-    """Run the benchmark described by `cfg` and return its summary (see `build_summary`)."""
+def run(
+    cfg: BenchConfig, progress_out: TextIO | None = sys.stderr, window: WindowHook | None = None
+) -> dict[str, Any]:
+    """Run the benchmark described by `cfg` and return its summary (see `build_summary`).
+
+    `window`, if given, is called (from a helper thread) with "start" when the measured
+    window opens, after preload and warmup, and with "end" when it closes; requests still
+    in flight at "end" are finished and counted afterwards. It is not called for a run
+    that fails before reaching that point.
+    """
     if cfg.worker_count == 1:
-        stats, seconds, preload_info = asyncio.run(_single(cfg, progress_out))
+        stats, seconds, preload_info = asyncio.run(_single(cfg, progress_out, window))
     else:
         # Preload here, before the workers exist, so every worker measures a full key space.
         preload_info = asyncio.run(_preload_only(cfg)) if cfg.preload else None
-        stats, seconds = _multi(cfg, progress_out)
+        stats, seconds = _multi(cfg, progress_out, window)
     return build_summary(cfg, stats, seconds, preload_info)

@@ -79,7 +79,22 @@ def node_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Nod
             raise errors[0]
 
 
-@pytest.fixture
-def node(node_factory: NodeFactory) -> NodeProcess:
-    """A single started, SERVING node in tmp_path (stopped by node_factory's teardown)."""
-    return node_factory()
+@pytest.fixture(scope="module")
+def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One started, SERVING node shared by every test of a module, stopped after the last one.
+
+    It runs with the environment overrides in the module's `NODE_ENV` dict, if it has one.
+    Teardown fails unless the node exits with code 0, and shows its log tail then or when a
+    test of the module failed. Tests that need a fresh node of their own use `node_factory`.
+    """
+    name = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    proc = NodeProcess(tmp_path_factory.mktemp(name) / "node1", env=getattr(request.module, "NODE_ENV", None))
+    failed_before = request.session.testsfailed
+    try:
+        proc.start_and_wait()
+        yield proc
+    finally:
+        code = proc.close()
+        assert code == 0, f"node exit code {code}; log:\n{proc.log_tail()}"
+        if request.session.testsfailed > failed_before:
+            sys.stderr.write(f"--- {proc!r} (a test failed), log {proc.log_path}:\n{proc.log_tail()}\n")

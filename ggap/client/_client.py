@@ -23,6 +23,7 @@ from purerpc.grpclib.exceptions import GRPCError, RpcFailedError, raise_status
 from purerpc.grpclib.status import StatusCode as PurerpcStatusCode
 
 from ggap.pb import health_grpc, health_pb2, kv_grpc, kv_pb2
+from ggap.rpc.errors import status_from_rpc_error
 from ggap.types.errors import StatusCode
 
 _T = TypeVar("_T")
@@ -74,12 +75,8 @@ def parse_endpoints(endpoints: str) -> list[tuple[str, int]]:
 
 
 def _error_from_rpc(error: RpcFailedError) -> ClientError:
-    status = error.status
-    try:
-        code = StatusCode(status.status_code.value)
-    except ValueError:
-        code = StatusCode.UNKNOWN
-    return ClientError(code, status.status_message or code.name.lower())
+    code, message = status_from_rpc_error(error)
+    return ClientError(code, message or code.name.lower())
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

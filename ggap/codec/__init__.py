@@ -43,9 +43,12 @@ if not os.environ.get("GGAP_NO_EXTENSIONS"):
         HAS_FASTLOG = True
         IMPL = "c"
 
-# Entry kinds. CONF_CHANGE is reserved for Raft membership changes.
-ENTRY_KIND_COMMAND = 1
-ENTRY_KIND_CONF_CHANGE = 2
+# The entry frame's kind byte: plain ints, because the codec stores what it is given and
+# knows no Raft. ggap.consensus.raft.types.EntryKind is the one enum; its values are these
+# (checked by tests/unit/test_codec.py), so the driver stores `int(entry.kind)` as is.
+ENTRY_KIND_COMMAND = 1  # payload: an encoded command (encode_command)
+ENTRY_KIND_CONF_CHANGE = 2  # reserved for Raft membership changes
+ENTRY_KIND_NOOP = 3  # appended by a new leader; empty payload
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -76,6 +79,7 @@ __all__ = [
     "ENTRY_HEADER_SIZE",
     "ENTRY_KIND_COMMAND",
     "ENTRY_KIND_CONF_CHANGE",
+    "ENTRY_KIND_NOOP",
     "FORMAT_VERSION",
     "HAS_FASTLOG",
     "IMPL",

@@ -13,7 +13,7 @@ itself and a value has exactly one encoding.
 
 Entry frame (`encode_entry`/`decode_entry`), all integers big-endian:
   offset 0  u8   format version (FORMAT_VERSION)
-         1  u8   kind
+         1  u8   kind (ggap.codec.ENTRY_KIND_*)
          2  u64  index
         10  u64  term
         18  u32  payload length

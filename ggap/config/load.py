@@ -25,7 +25,20 @@ _READ_MODES = ("linearizable", "sequential", "eventual")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Integer knobs where 0 is meaningful; every other integer knob must be >= 1.
-_ZERO_ALLOWED = frozenset({"ttl.max_ttl_ms", "storage.busy_timeout_ms", "server.shutdown_grace_ms"})
+_ZERO_ALLOWED = frozenset(
+    {"ttl.max_ttl_ms", "storage.busy_timeout_ms", "server.shutdown_grace_ms", "server.answer_margin_ms"}
+)
+# Integer knobs with an upper bound: a frame's length travels as a u32.
+_MAXIMUM = {"transport.max_frame_bytes": (1 << 32) - 1}
+# (key, relation, other key): checked once both values passed their own checks; the error
+# names the first key and shows the other's value and source.
+_RELATIONS = (
+    ("transport.keepalive_interval_ms", "<", "transport.idle_timeout_ms"),
+    ("transport.reconnect_backoff_initial_ms", "<=", "transport.reconnect_backoff_max_ms"),
+    ("transport.max_batch_bytes", "<=", "transport.max_frame_bytes"),
+    ("server.answer_margin_ms", "<", "server.default_timeout_ms"),
+)
+_RELATION_WORDS = {"<": "less than", "<=": "at most"}
 # Normalised before validation: SQLite and users both treat these case-insensitively.
 _UPPER = frozenset({"storage.log_synchronous", "storage.kv_synchronous"})
 _LOWER = frozenset({"reads.default_mode", "log.level"})
@@ -225,6 +238,7 @@ def _check_peers(value: object, layers: _Layers) -> str | None:
 
 def _validate(layers: _Layers) -> None:
     """Semantic checks that types alone cannot express."""
+    failed: set[str] = set()
     for section, fields in _SCHEMA.items():
         for key, tp in fields.items():
             dotted = f"{section}.{key}"
@@ -238,6 +252,8 @@ def _validate(layers: _Layers) -> None:
                 floor = 0 if dotted in _ZERO_ALLOWED else 1
                 if value < floor:
                     problem = f"must be >= {floor}, got {value}"
+                elif dotted in _MAXIMUM and value > _MAXIMUM[dotted]:
+                    problem = f"must be <= {_MAXIMUM[dotted]}, got {value}"
             elif key.endswith("_addr") and isinstance(value, str):
                 problem = _check_address(value)
             elif dotted in _UPPER:
@@ -254,7 +270,23 @@ def _validate(layers: _Layers) -> None:
             elif tp is str and not value.strip():
                 problem = "must not be empty"
             if problem is not None:
+                failed.add(dotted)
                 layers.errors.append(f"{dotted}: {problem} (from {layers.source_of(dotted)})")
+    _check_relations(layers, failed)
+
+
+def _check_relations(layers: _Layers, failed: set[str]) -> None:
+    for dotted, relation, other in _RELATIONS:
+        if dotted in failed or other in failed:
+            continue  # already reported; a second message about it would only confuse
+        (section, key), (other_section, other_key) = dotted.split("."), other.split(".")
+        value, bound = layers.values[section][key], layers.values[other_section][other_key]
+        holds = value < bound if relation == "<" else value <= bound
+        if not holds:
+            layers.errors.append(
+                f"{dotted}: must be {_RELATION_WORDS[relation]} {other} "
+                f"({bound}, from {layers.source_of(other)}), got {value} (from {layers.source_of(dotted)})"
+            )
 
 
 def load_config(

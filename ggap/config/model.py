@@ -42,8 +42,6 @@ class StorageConfig:
     log_synchronous: str = "FULL"
     # SQLite synchronous mode for the KV state (rebuilt from the log if lost).
     kv_synchronous: str = "NORMAL"
-    # Most commands group-committed in one transaction.
-    max_batch: int = 1024
     busy_timeout_ms: int = 5000
 
 
@@ -51,6 +49,9 @@ class StorageConfig:
 class ReadsConfig:
     # Mode used when a request says READ_MODE_UNSPECIFIED.
     default_mode: str = "linearizable"
+    # Threads running scans (Range, History, watch replay, expiry), each with its own
+    # read-only connection; point reads run inline and are not counted here.
+    reader_threads: int = 3
 
 
 @attrs.frozen(slots=True)
@@ -80,6 +81,14 @@ class ServerConfig:
     write_all_timeout_ms: int = 5000
     # On SIGINT/SIGTERM: how long in-flight requests get to finish.
     shutdown_grace_ms: int = 3000
+    # Kept back from a request's deadline so the answer (an error, at worst) reaches the client.
+    answer_margin_ms: int = 50
+    # How often the node re-checks whether it knows a leader (what grpc.health.v1 reports).
+    health_interval_ms: int = 100
+    # Bound on dialling the leader's client port to forward a write that reached a follower.
+    forward_connect_timeout_ms: int = 1000
+    # Pause before retrying a forwarded write the target refused (it was no longer leader).
+    forward_retry_ms: int = 50
 
 
 @attrs.frozen(slots=True)
@@ -96,8 +105,46 @@ class RaftConfig:
     check_quorum: bool = True
     # Unacknowledged appends in flight per follower.
     max_inflight_msgs: int = 256
-    # Applied log entries kept behind the applied index (older ones are compacted away).
-    log_retain: int = 100_000
+    # Log entries kept behind the newest snapshot for slow followers.
+    log_retain: int = 5000
+    # Capacity of the Raft loop's bounded event channel (peer messages, ticks, proposals, reads).
+    event_queue: int = 16_384
+    # Most events stepped into the core per loop turn before its Ready is handled.
+    max_events_per_turn: int = 4096
+    # Recent log entries kept in memory (the count bound)...
+    entry_cache_entries: int = 4096
+    # ...and the bytes bound of their payloads; whichever is reached first evicts.
+    entry_cache_bytes: int = 16_777_216
+    # Log growth (entries) between snapshots.
+    snapshot_entries: int = 10_000
+
+
+@attrs.frozen(slots=True)
+class TransportConfig:
+    """The peer (Raft) transport, ggap/transport/peer.py: timeouts, keepalive, backoff, queues."""
+
+    # Bound on opening a TCP connection to a peer.
+    connect_timeout_ms: int = 1000
+    # Bound on the handshake, on both ends of a new connection.
+    handshake_timeout_ms: int = 2000
+    # Bound on writing one frame; a peer that stops reading for this long loses its connection.
+    send_timeout_ms: int = 2000
+    # An idle sender sends an empty frame this often...
+    keepalive_interval_ms: int = 1000
+    # ...and a receiver closes a connection silent for this long (must exceed keepalive_interval_ms).
+    idle_timeout_ms: int = 10_000
+    # First delay before reconnecting to a peer; doubles per failure (jittered to [d/2, d])...
+    reconnect_backoff_initial_ms: int = 50
+    # ...up to this; a successful handshake resets it.
+    reconnect_backoff_max_ms: int = 1000
+    # Messages queued per peer before new ones are dropped (Raft retransmits).
+    queue_messages: int = 4096
+    # Estimated encoded bytes queued per peer before new messages are dropped.
+    queue_bytes: int = 67_108_864
+    # Estimated bytes batched into one frame (one larger message still goes alone).
+    max_batch_bytes: int = 4_194_304
+    # Largest frame accepted from a peer or sent to one (at most 4294967295).
+    max_frame_bytes: int = 67_108_864
 
 
 @attrs.frozen(slots=True)
@@ -116,4 +163,5 @@ class Config:
     watch: WatchConfig = WatchConfig()
     server: ServerConfig = ServerConfig()
     raft: RaftConfig = RaftConfig()
+    transport: TransportConfig = TransportConfig()
     log: LogConfig = LogConfig()

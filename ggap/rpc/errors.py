@@ -3,6 +3,10 @@
 purerpc handlers cannot send trailing metadata, so an error's metadata (for example
 `ggap-leader-id`) travels folded into the status message as a trailing
 "(key=value; key=value)" group that `parse_status_message` takes apart again.
+
+A status code can stand for more than one error class: `ggap-reason` then names the class
+(`NOT_LEADER`: a NotLeader, not just any UNAVAILABLE), so a program never has to read the
+human part of the message.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ggap.types.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    NotLeader,
     OutOfRange,
     ResourceExhausted,
     StatusCode,
@@ -70,6 +75,10 @@ _GGAP_ERROR_CLASSES: dict[StatusCode, type[GgapError]] = {
     StatusCode.UNIMPLEMENTED: Unimplemented,
 }
 
+# Metadata naming the error class where the status code alone does not.
+REASON_KEY = "ggap-reason"
+NOT_LEADER_REASON = "NOT_LEADER"
+
 _KEY_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 _TRAILER_RE = re.compile(r"^(?P<message>.*) \((?P<pairs>[^()]*)\)$", re.DOTALL)
 # Values are percent-encoded so "(", ")", ";" and "=" in them cannot break parsing.
@@ -104,6 +113,9 @@ def parse_status_message(text: str) -> tuple[str, dict[str, str]]:
 
 def _metadata_of(exc: GgapError) -> dict[str, str]:
     md = dict(exc.metadata)
+    if isinstance(exc, NotLeader):
+        # "Refused before doing anything": a forwarding node may retry it elsewhere.
+        md.setdefault(REASON_KEY, NOT_LEADER_REASON)
     if isinstance(exc, OutOfRange):
         # Clients need these to resume a watch or pick a readable revision.
         if exc.compact_revision:
@@ -159,7 +171,12 @@ def error_from_status(code: StatusCode, text: str) -> GgapError:
     err: GgapError
     if code == StatusCode.UNAVAILABLE:
         leader = metadata.get("ggap-leader-id", "")
-        err = Unavailable(message, leader_id=int(leader) if leader.isdigit() else None)
+        leader_id = int(leader) if leader.isdigit() else None
+        if metadata.get(REASON_KEY) == NOT_LEADER_REASON:
+            # NotLeader adds its prefix to the message itself.
+            err = NotLeader(message.removeprefix(f"{NotLeader.PREFIX}: "), leader_id=leader_id)
+        else:
+            err = Unavailable(message, leader_id=leader_id)
     elif code == StatusCode.OUT_OF_RANGE:
         compact = metadata.get("ggap-compact-revision", "0")
         current = metadata.get("ggap-current-revision", "0")

@@ -20,17 +20,20 @@ from ggap.types import (
     Put,
     PutResult,
     RangeResult,
+    ReadMode,
     Txn,
     TxnGet,
     TxnOp,
     TxnOpResult,
     TxnRange,
+    TxnResult,
+    check_key,
 )
 
-READ_MODES: dict[int, str] = {
-    pb.READ_MODE_LINEARIZABLE: "linearizable",
-    pb.READ_MODE_SEQUENTIAL: "sequential",
-    pb.READ_MODE_EVENTUAL: "eventual",
+READ_MODES: dict[int, ReadMode] = {
+    pb.READ_MODE_LINEARIZABLE: ReadMode.LINEARIZABLE,
+    pb.READ_MODE_SEQUENTIAL: ReadMode.SEQUENTIAL,
+    pb.READ_MODE_EVENTUAL: ReadMode.EVENTUAL,
 }
 _EVENT_TYPES = {EventType.PUT: pb.EVENT_TYPE_PUT, EventType.DELETE: pb.EVENT_TYPE_DELETE}
 
@@ -38,20 +41,13 @@ _EVENT_TYPES = {EventType.PUT: pb.EVENT_TYPE_PUT, EventType.DELETE: pb.EVENT_TYP
 # -- requests -> validated values ----------------------------------------------------------
 
 
-def check_key(key: str, limits: LimitsConfig, what: str = "key") -> None:
-    if not key:
-        raise InvalidArgument(f"{what} must not be empty")
-    size = len(key.encode("utf-8", "surrogatepass"))
-    if size > limits.max_key_bytes:
-        raise InvalidArgument(f"{what} is {size} bytes, over the limit of {limits.max_key_bytes}")
-
-
 def check_value(value: bytes, limits: LimitsConfig) -> None:
     if len(value) > limits.max_value_bytes:
         raise InvalidArgument(f"value is {len(value)} bytes, over the limit of {limits.max_value_bytes}")
 
 
-def read_mode(value: int, default: str) -> str:
+def read_mode(value: int, default: ReadMode) -> ReadMode:
+    """The request's read mode; READ_MODE_UNSPECIFIED is the configured default."""
     if value == pb.READ_MODE_UNSPECIFIED:
         return default
     try:
@@ -75,7 +71,7 @@ def non_negative(value: int, name: str) -> int:
 
 
 def put_command(req: pb.PutRequest, limits: LimitsConfig, now_ms: int, max_ttl_ms: int) -> Put:
-    check_key(req.key, limits)
+    check_key(req.key, max_bytes=limits.max_key_bytes)
     check_value(req.value, limits)
     quorum_all(req.quorum)
     ttl = non_negative(req.ttl_ms, "ttl_ms")
@@ -85,7 +81,7 @@ def put_command(req: pb.PutRequest, limits: LimitsConfig, now_ms: int, max_ttl_m
 
 
 def delete_command(req: pb.DeleteRequest, limits: LimitsConfig) -> Delete:
-    check_key(req.key, limits)
+    check_key(req.key, max_bytes=limits.max_key_bytes)
     quorum_all(req.quorum)
     return Delete(key=req.key)
 
@@ -94,25 +90,25 @@ def range_bounds(prefix: str, start: str, end: str, limits: LimitsConfig) -> Non
     if prefix:
         if start or end:
             raise InvalidArgument("prefix cannot be combined with start/end")
-        check_key(prefix, limits, "prefix")
+        check_key(prefix, "prefix", max_bytes=limits.max_key_bytes)
         return
     if start:
-        check_key(start, limits, "start")
+        check_key(start, "start", max_bytes=limits.max_key_bytes)
     if end:
-        check_key(end, limits, "end")
+        check_key(end, "end", max_bytes=limits.max_key_bytes)
         if end.encode("utf-8", "surrogatepass") <= start.encode("utf-8", "surrogatepass"):
             raise InvalidArgument("end must be greater than start")
 
 
 def txn_get(req: pb.GetRequest, limits: LimitsConfig) -> TxnGet:
-    check_key(req.key, limits)
-    read_mode(req.read_mode, "linearizable")
+    check_key(req.key, max_bytes=limits.max_key_bytes)
+    read_mode(req.read_mode, ReadMode.LINEARIZABLE)
     return TxnGet(key=req.key, revision=req.revision)
 
 
 def txn_range(req: pb.RangeRequest, limits: LimitsConfig) -> TxnRange:
     range_bounds(req.prefix, req.start, req.end, limits)
-    read_mode(req.read_mode, "linearizable")
+    read_mode(req.read_mode, ReadMode.LINEARIZABLE)
     return TxnRange(
         prefix=req.prefix,
         start=req.start,
@@ -150,7 +146,7 @@ def _txn_ops(
 
 
 def _compare(c: pb.Compare, limits: LimitsConfig) -> Compare:
-    check_key(c.key, limits, "compare key")
+    check_key(c.key, "compare key", max_bytes=limits.max_key_bytes)
     try:
         target = CompareTarget(c.target)
     except ValueError:
@@ -234,3 +230,12 @@ def txn_op_pb(req_op: pb.TxnOp, res: TxnOpResult, header: pb.ResponseHeader) -> 
     if isinstance(res, GetResult):
         return pb.TxnOpResponse(get=get_pb(res.kv, header))
     return pb.TxnOpResponse(range=range_pb(res, header, req_op.range.keys_only))
+
+
+def txn_pb(res: TxnResult, req: pb.TxnRequest, header: pb.ResponseHeader) -> pb.TxnResponse:
+    ops = req.success if res.succeeded else req.failure
+    return pb.TxnResponse(
+        header=header,
+        succeeded=res.succeeded,
+        responses=[txn_op_pb(op, r, header) for op, r in zip(ops, res.responses, strict=True)],
+    )

@@ -3,7 +3,7 @@
 The client never has to find the leader (API.md). A forwarded request carries
 `ggap-forwarded` metadata so a node that is no longer leader refuses it instead of
 forwarding again; the origin then retries against whoever leads now, until the request's
-deadline. Only refusals are retried ("not leader", or no connection at all): a forward that
+deadline. Only refusals are retried (NotLeader, or no connection at all): a forward that
 failed after the leader may have applied it reports its error instead of risking a second
 application.
 
@@ -11,12 +11,16 @@ Connections to the leader are pooled: one purerpc channel per address, held open
 in the Forwarder's nursery (purerpc channels must be entered and exited by one task) and
 shared by every request task. A channel that fails a call is dropped and re-dialled on the
 next forward, since purerpc never notices a dead connection by itself.
+
+Its timeouts are `[server]` knobs: forward_connect_timeout_ms, forward_retry_ms and
+answer_margin_ms, given to the constructor.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -29,11 +33,9 @@ from ggap.types import NotLeader, StatusCode, Unavailable
 log = logging.getLogger(__name__)
 
 FORWARDED = "ggap-forwarded"
-# Time kept back from the deadline so the answer (an error, at worst) reaches the client.
-_MARGIN_S = 0.05
-_RETRY_PAUSE_S = 0.05
-_CONNECT_TIMEOUT_S = 1.0
-# Longest any single forwarded call may take; each call is also bounded by its deadline.
+_T = TypeVar("_T")
+# The pooled client's per-call default. Not a knob: every forwarded call passes the time
+# left before its request's deadline, which is the real bound.
 _CALL_LIMIT_S = 3600.0
 
 
@@ -55,7 +57,22 @@ class _Conn:
 class Forwarder:
     """Owns the pooled connections; `run` must be started in the node's nursery."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, connect_timeout_s: float, retry_pause_s: float, answer_margin_s: float) -> None:
+        """
+        Args:
+            connect_timeout_s: bound on dialling a leader's client port.
+            retry_pause_s: pause before retrying a refused write (`pause_or_give_up`).
+            answer_margin_s: kept back from the request's deadline so the answer (an error,
+                at worst) still reaches the client.
+        """
+        if not connect_timeout_s > 0 or not retry_pause_s > 0 or not answer_margin_s >= 0:
+            raise ValueError(
+                "connect_timeout_s and retry_pause_s must be positive, answer_margin_s >= 0; got "
+                f"{connect_timeout_s!r}, {retry_pause_s!r}, {answer_margin_s!r}"
+            )
+        self.connect_timeout_s = connect_timeout_s
+        self.retry_pause_s = retry_pause_s
+        self.answer_margin_s = answer_margin_s
         self._conns: dict[str, _Conn] = {}
         self._nursery: trio.Nursery | None = None
         self._dialling: dict[str, trio.Lock] = {}
@@ -70,28 +87,31 @@ class Forwarder:
             self._nursery = None
             self._conns.clear()
 
-    async def forward(self, addr: str, epoch: tuple[int, int], method: str, msg: Any) -> Any:
-        """Send `msg` to the leader at `addr`. Raises `RetryElsewhere` for a refusal that is
-        safe to retry, or the leader's own error as a GgapError.
+    async def forward(
+        self, addr: str, epoch: tuple[int, int], call: Callable[[Client, float], Awaitable[_T]]
+    ) -> _T:
+        """`call(client, timeout_s)` on a connection to the leader at `addr`: the request, sent
+        on, and the leader's response. Raises `RetryElsewhere` for a refusal that is safe to
+        retry, or the leader's own error as a GgapError.
 
         `epoch` is (leader id, term): a pooled connection dialled under another epoch is
         replaced, because a node that restarted can only lead again after an election, and
         purerpc would hang on the dead connection to its previous process."""
-        remaining = current_deadline() - trio.current_time() - _MARGIN_S
+        remaining = current_deadline() - trio.current_time() - self.answer_margin_s
         if remaining <= 0:
             raise Unavailable("no leader answered within the deadline")
         conn = await self._connection(addr, epoch)
         try:
-            return await getattr(conn.client, method)(msg, timeout_s=remaining)
+            return await call(conn.client, remaining)
         except ClientError as exc:
-            refused = exc.code == StatusCode.UNAVAILABLE and exc.message.startswith(NotLeader.PREFIX)
-            if not refused and exc.code in (StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED):
-                self._drop(addr, conn)  # the connection may be dead: dial again next time
-            if refused:
+            err = error_from_status(exc.code, exc.message)
+            if isinstance(err, NotLeader):
                 raise RetryElsewhere(exc.message) from None
+            if exc.code in (StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED):
+                self._drop(addr, conn)  # the connection may be dead: dial again next time
             if exc.code == StatusCode.DEADLINE_EXCEEDED:
                 raise Unavailable(f"leader at {addr} did not answer within the deadline") from None
-            raise error_from_status(exc.code, exc.message) from None
+            raise err from None
 
     async def _connection(self, addr: str, epoch: tuple[int, int]) -> _Conn:
         lock = self._dialling.setdefault(addr, trio.Lock())
@@ -116,7 +136,7 @@ class Forwarder:
         started = False
         try:
             async with open_client(
-                addr, timeout_s=_CONNECT_TIMEOUT_S, metadata=[(FORWARDED, "1")]
+                addr, timeout_s=self.connect_timeout_s, metadata=[(FORWARDED, "1")]
             ) as client:
                 client.timeout_s = _CALL_LIMIT_S
                 conn = _Conn(client, epoch)
@@ -133,9 +153,8 @@ class Forwarder:
         if self._conns.get(addr) is conn:
             del self._conns[addr]
 
-
-async def pause_or_give_up(leader_id: int) -> None:
-    """Wait a little before retrying; past the deadline, answer UNAVAILABLE."""
-    if trio.current_time() + _RETRY_PAUSE_S + _MARGIN_S >= current_deadline():
-        raise Unavailable("no leader accepted the write within the deadline", leader_id=leader_id or None)
-    await trio.sleep(_RETRY_PAUSE_S)
+    async def pause_or_give_up(self, leader_id: int) -> None:
+        """Wait a little before retrying; past the deadline, answer UNAVAILABLE."""
+        if trio.current_time() + self.retry_pause_s + self.answer_margin_s >= current_deadline():
+            raise Unavailable("no leader accepted the write within the deadline", leader_id=leader_id or None)
+        await trio.sleep(self.retry_pause_s)

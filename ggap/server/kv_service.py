@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import attrs
 import trio
 
+from ggap.client import Client
 from ggap.config import Config
-from ggap.consensus import Consensus
 from ggap.pb import kv_grpc
 from ggap.pb import kv_pb2 as pb
+from ggap.replica import Consensus
 from ggap.rpc import current_deadline
 from ggap.server import convert
-from ggap.server.forward import Forwarder, RetryElsewhere, is_forwarded, pause_or_give_up
+from ggap.server.forward import Forwarder, RetryElsewhere, is_forwarded
 from ggap.server.reads import ReaderPool
 from ggap.server.ttl import Expirer, is_expired
 from ggap.server.watch import Watcher, WatchHub
 from ggap.types import (
     Command,
     Compact,
+    CompactResult,
     DeleteResult,
     Event,
     InvalidArgument,
@@ -28,15 +30,18 @@ from ggap.types import (
     NotLeader,
     PutResult,
     RangeResult,
+    ReadMode,
     TxnResult,
     Unavailable,
+    check_key,
 )
 
 # A linearizable read that keeps finding keys past their TTL retries this often before
 # answering with what it has (each retry first makes the expiry durable).
 _EXPIRY_RETRIES = 3
-# Time kept back from a request's deadline so a wait ends with a clear UNAVAILABLE.
-_ANSWER_MARGIN_S = 0.05
+
+_R = TypeVar("_R")  # what consensus returns for a write
+_Resp = TypeVar("_Resp")  # the protobuf response to it
 
 
 @attrs.define
@@ -48,7 +53,7 @@ class NodeState:
     readers: ReaderPool
     hub: WatchHub
     expirer: Expirer
-    forwarder: Forwarder = attrs.field(factory=Forwarder)
+    forwarder: Forwarder
     draining: bool = False
 
     def header(self, revision: int) -> pb.ResponseHeader:
@@ -65,23 +70,18 @@ class NodeState:
         return self.hub.published_revision
 
 
-@attrs.frozen
-class Forwarded:
-    """The leader's answer to a write this node forwarded."""
-
-    response: Any
-
-
 class KvServicer(kv_grpc.KvServiceServicer):
     def __init__(self, node: NodeState) -> None:
         self._node = node
         self._limits = node.config.limits
         self._max_ttl = node.config.ttl.max_ttl_ms
-        self._default_mode = node.config.reads.default_mode
+        self._default_mode = ReadMode(node.config.reads.default_mode)  # config spells it as a string
+        # Kept back from a request's deadline so a wait ends with a clear UNAVAILABLE.
+        self._answer_margin_s = node.config.server.answer_margin_ms / 1000
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def _barrier(self, mode: str, min_revision: int) -> None:
+    async def _barrier(self, mode: ReadMode, min_revision: int) -> None:
         """Linearizable: ReadIndex, then wait to apply it. Any mode: wait for min_revision.
 
         The ReadIndex wait ends a little before the request's deadline with UNAVAILABLE (no
@@ -89,9 +89,9 @@ class KvServicer(kv_grpc.KvServiceServicer):
         into the deadline itself (DEADLINE_EXCEEDED), as the client asked to wait."""
         self._node.check_open()
         consensus = self._node.consensus
-        if mode == "linearizable":
+        if mode is ReadMode.LINEARIZABLE:
             confirmed = False
-            with trio.move_on_at(current_deadline() - _ANSWER_MARGIN_S):
+            with trio.move_on_at(current_deadline() - self._answer_margin_s):
                 await consensus.wait_applied(await consensus.read_index())
                 confirmed = True
             if not confirmed:
@@ -103,7 +103,7 @@ class KvServicer(kv_grpc.KvServiceServicer):
         if min_revision:
             await consensus.wait_revision(min_revision)
 
-    async def _expire_visible(self, mode: str, revision: int, kvs: Sequence[KeyValue]) -> bool:
+    async def _expire_visible(self, mode: ReadMode, revision: int, kvs: Sequence[KeyValue]) -> bool:
         """True when the read must be redone because it saw keys past their TTL (the leader
         first makes their expiry durable). Only a leader can expire: elsewhere such keys are
         hidden from the answer instead (see `_past_ttl`)."""
@@ -113,16 +113,16 @@ class KvServicer(kv_grpc.KvServiceServicer):
         await self._node.expirer.expire_now(stale)
         return True
 
-    def _past_ttl(self, mode: str, revision: int, kvs: Sequence[KeyValue]) -> list[KeyValue]:
+    def _past_ttl(self, mode: ReadMode, revision: int, kvs: Sequence[KeyValue]) -> list[KeyValue]:
         """Keys a linearizable read of the latest state must not return: past their TTL by
         the clock, even if the Expire write has not been applied yet."""
-        if mode != "linearizable" or revision:
+        if mode is not ReadMode.LINEARIZABLE or revision:
             return []
         now = self._node.expirer.now_ms()
         return [kv for kv in kvs if is_expired(kv, now)]
 
     async def Get(self, msg: pb.GetRequest) -> pb.GetResponse:
-        convert.check_key(msg.key, self._limits)
+        check_key(msg.key, max_bytes=self._limits.max_key_bytes)
         mode = convert.read_mode(msg.read_mode, self._default_mode)
         await self._barrier(mode, msg.min_revision)
         for _ in range(_EXPIRY_RETRIES):
@@ -158,7 +158,7 @@ class KvServicer(kv_grpc.KvServiceServicer):
         return convert.range_pb(res, self._node.header(rev), msg.keys_only)
 
     async def History(self, msg: pb.HistoryRequest) -> pb.HistoryResponse:
-        convert.check_key(msg.key, self._limits)
+        check_key(msg.key, max_bytes=self._limits.max_key_bytes)
         mode = convert.read_mode(msg.read_mode, self._default_mode)
         limit = convert.non_negative(msg.limit, "limit")
         await self._barrier(mode, 0)
@@ -169,72 +169,90 @@ class KvServicer(kv_grpc.KvServiceServicer):
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def _write(self, cmd: Command, all_replicas: bool, method: str, msg: Any, request: Any) -> Any:
-        """Propose here when leader; otherwise forward to the leader, retrying refusals
-        across leader changes until the deadline. Returns an ApplyResult, or the leader's
-        protobuf response when forwarded."""
+    async def _write(
+        self,
+        cmd: Command,
+        request: Any,
+        *,
+        all_replicas: bool,
+        result: type[_R],
+        answer: Callable[[_R], _Resp],
+        forward: Callable[[Client, float], Awaitable[_Resp]],
+    ) -> _Resp:
+        """The one write path: propose `cmd` here when leader and `answer` its `result`;
+        otherwise `forward` the request to the leader (the leader's response is the answer),
+        retrying refusals across leader changes until the deadline."""
         consensus = self._node.consensus
         while True:
             self._node.check_open()
             try:
-                if all_replicas:
-                    return await consensus.propose_all(cmd)
-                return await consensus.propose(cmd)
+                res = await (consensus.propose_all(cmd) if all_replicas else consensus.propose(cmd))
             except NotLeader as exc:
                 if is_forwarded(request):
                     raise  # the node that forwarded to us retries against the new leader
                 leader_id = exc.leader_id or 0
+            else:
+                if not isinstance(res, result):
+                    raise TypeError(f"{type(cmd).__name__} applied as {type(res).__name__}")
+                return answer(res)
             addr = consensus.leader_client_addr()
             role = consensus.role()
             if addr is not None and leader_id != role.member_id:
                 epoch = (role.leader_id, role.term)
                 try:
-                    return Forwarded(await self._node.forwarder.forward(addr, epoch, method, msg))
+                    return await self._node.forwarder.forward(addr, epoch, forward)
                 except RetryElsewhere:
                     pass
-            await pause_or_give_up(leader_id)
+            await self._node.forwarder.pause_or_give_up(leader_id)
 
     async def Put(self, msg: pb.PutRequest, request: Any = None) -> pb.PutResponse:
         self._node.check_open()
         cmd = convert.put_command(msg, self._limits, self._node.expirer.now_ms(), self._max_ttl)
-        res = await self._write(cmd, convert.quorum_all(msg.quorum), "put", msg, request)
-        if isinstance(res, Forwarded):
-            return res.response
-        assert isinstance(res, PutResult)
-        return convert.put_pb(res, self._node.header(res.revision), msg.prev_kv)
+        return await self._write(
+            cmd,
+            request,
+            all_replicas=convert.quorum_all(msg.quorum),
+            result=PutResult,
+            answer=lambda res: convert.put_pb(res, self._node.header(res.revision), msg.prev_kv),
+            forward=lambda leader, timeout_s: leader.put(msg, timeout_s=timeout_s),
+        )
 
     async def Delete(self, msg: pb.DeleteRequest, request: Any = None) -> pb.DeleteResponse:
         self._node.check_open()
         cmd = convert.delete_command(msg, self._limits)
-        res = await self._write(cmd, convert.quorum_all(msg.quorum), "delete", msg, request)
-        if isinstance(res, Forwarded):
-            return res.response
-        assert isinstance(res, DeleteResult)
-        return convert.delete_pb(res, self._node.header(res.revision), msg.prev_kv)
+        return await self._write(
+            cmd,
+            request,
+            all_replicas=convert.quorum_all(msg.quorum),
+            result=DeleteResult,
+            answer=lambda res: convert.delete_pb(res, self._node.header(res.revision), msg.prev_kv),
+            forward=lambda leader, timeout_s: leader.delete(msg, timeout_s=timeout_s),
+        )
 
     async def Txn(self, msg: pb.TxnRequest, request: Any = None) -> pb.TxnResponse:
         self._node.check_open()
         cmd = convert.txn_command(msg, self._limits, self._node.expirer.now_ms(), self._max_ttl)
-        res = await self._write(cmd, convert.quorum_all(msg.quorum), "txn", msg, request)
-        if isinstance(res, Forwarded):
-            return res.response
-        assert isinstance(res, TxnResult)
-        header = self._node.header(res.revision)
-        ops = msg.success if res.succeeded else msg.failure
-        return pb.TxnResponse(
-            header=header,
-            succeeded=res.succeeded,
-            responses=[convert.txn_op_pb(op, r, header) for op, r in zip(ops, res.responses, strict=True)],
+        return await self._write(
+            cmd,
+            request,
+            all_replicas=convert.quorum_all(msg.quorum),
+            result=TxnResult,
+            answer=lambda res: convert.txn_pb(res, msg, self._node.header(res.revision)),
+            forward=lambda leader, timeout_s: leader.txn(msg, timeout_s=timeout_s),
         )
 
     async def Compact(self, msg: pb.CompactRequest, request: Any = None) -> pb.CompactResponse:
         self._node.check_open()
         if msg.revision == 0:
             raise InvalidArgument("compact revision must be greater than 0")
-        res = await self._write(Compact(revision=msg.revision), False, "compact", msg, request)
-        if isinstance(res, Forwarded):
-            return res.response
-        return pb.CompactResponse(header=self._node.header(res.revision))
+        return await self._write(
+            Compact(revision=msg.revision),
+            request,
+            all_replicas=False,
+            result=CompactResult,
+            answer=lambda res: pb.CompactResponse(header=self._node.header(res.revision)),
+            forward=lambda leader, timeout_s: leader.compact(msg, timeout_s=timeout_s),
+        )
 
     # -- watch -----------------------------------------------------------------------------
 
@@ -243,10 +261,10 @@ class KvServicer(kv_grpc.KvServiceServicer):
         prefix: str | None = None
         key: str | None = None
         if msg.prefix:
-            convert.check_key(msg.prefix, self._limits, "prefix")
+            check_key(msg.prefix, "prefix", max_bytes=self._limits.max_key_bytes)
             prefix = msg.prefix
         else:
-            convert.check_key(msg.key, self._limits)
+            check_key(msg.key, max_bytes=self._limits.max_key_bytes)
             key = msg.key
         hub = self._node.hub
         cfg = self._node.config.watch

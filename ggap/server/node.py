@@ -2,7 +2,8 @@
 
     run_node(config)                  process entry: logging, signals, exit status
       serve_node(config)              opens storage, then in one nursery:
-        consensus.run                 the commit loop (owns the writer thread)
+        transport.run                 peer (Raft) traffic, when there are peers
+        consensus.run                 the raft loop (owns the writer thread)
         expirer.run / prune loop      leader-side TTL expiry, local history pruning
         serve_grpc                    the client port (KvService, ClusterService,
                                       health, reflection)
@@ -27,15 +28,19 @@ import trio
 from ggap import __version__
 from ggap.config import Config
 from ggap.config.peers import parse_peers, split_addr
-from ggap.consensus import Consensus, LocalConsensus
-from ggap.consensus.raft_driver import ClusterSpec, RaftConsensus
+from ggap.replica import ClusterSpec, Consensus, Mailbox, RaftReplica
+from ggap.replica.kv_machine import KvStateMachine
+from ggap.replica.node import SnapshotReceiver
 from ggap.rpc import HealthService, RpcPolicy, guarded_service, reflection_services, serve_grpc
 from ggap.server.cluster_service import ClusterServicer
+from ggap.server.forward import Forwarder
 from ggap.server.kv_service import KvServicer, NodeState
 from ggap.server.reads import ReaderPool
 from ggap.server.ttl import Expirer
 from ggap.server.watch import WatchHub
 from ggap.storage import KvStore, LogStore
+from ggap.storage.snapshot import snapshot_dir
+from ggap.transport import PeerTransport
 from ggap.types import FailedPrecondition, Unavailable
 
 log = logging.getLogger(__name__)
@@ -53,7 +58,12 @@ def _open_storage(config: Config) -> tuple[KvStore, LogStore, dict[int, str]]:
     flags that contradict it are refused (never silently used)."""
     data_dir = Path(config.node.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    log_store = LogStore.open(data_dir / "raft.db", config.storage)
+    log_store = LogStore.open(
+        data_dir / "raft.db",
+        config.storage,
+        cache_entries=config.raft.entry_cache_entries,
+        cache_bytes=config.raft.entry_cache_bytes,
+    )
     try:
         stored = log_store.get_meta("node_id")
         if stored is None:
@@ -99,8 +109,10 @@ def cluster_id(peers: dict[int, str]) -> str:
     return "ggap-" + hashlib.sha256(ids.encode()).hexdigest()[:16]
 
 
-async def _health_loop(consensus: Consensus, health: HealthService, names: Sequence[str]) -> None:
-    """Serving = this node knows a leader (API.md)."""
+async def _health_loop(
+    consensus: Consensus, health: HealthService, names: Sequence[str], interval_s: float
+) -> None:
+    """Serving = this node knows a leader (API.md); re-checked every `interval_s`."""
     serving: bool | None = None
     while True:
         now = consensus.role().leader_id != 0
@@ -108,7 +120,7 @@ async def _health_loop(consensus: Consensus, health: HealthService, names: Seque
             serving = now
             for name in names:
                 health.set_status(name, now)
-        await trio.sleep(0.1)
+        await trio.sleep(interval_s)
 
 
 async def _prune_loop(consensus: Consensus, kv: KvStore, config: Config) -> None:
@@ -127,29 +139,53 @@ async def serve_node(
     kv, log_store, peers = await trio.to_thread.run_sync(_open_storage, config)
     readers: ReaderPool | None = None
     try:
-        readers = ReaderPool(kv)
-        consensus: LocalConsensus | RaftConsensus
-        if peers:
-            consensus = RaftConsensus(
-                spec=ClusterSpec(
-                    node_id=config.node.id,
-                    peers=peers,
-                    client_addr=config.node.client_addr,
-                    cluster_id=cluster_id(peers),
-                ),
-                raft=config.raft,
-                log_store=log_store,
-                kv=kv,
-                write_all_timeout_s=config.server.write_all_timeout_ms / 1000,
+        readers = ReaderPool(kv, threads=config.reads.reader_threads)
+        # A node started without --peers is a group of one voter: the same engine, with no
+        # peer transport (nothing to talk to until members are added).
+        members = peers or {config.node.id: config.node.cluster_addr}
+        mailbox = Mailbox(config.raft.event_queue)
+        machine = KvStateMachine(
+            kv, snapshot_dir(config.node.data_dir), busy_timeout_ms=config.storage.busy_timeout_ms
+        )
+        snapshot_io_timeout_s = config.transport.send_timeout_ms / 1000
+        transport: PeerTransport | None = None
+        if len(members) > 1:
+            transport = PeerTransport(
+                node_id=config.node.id,
+                cluster_id=cluster_id(members),
+                listen=split_addr(members[config.node.id]),
+                peers={i: split_addr(a) for i, a in members.items() if i != config.node.id},
+                on_messages=mailbox.post_messages,
+                config=config.transport,
+                on_snapshot=SnapshotReceiver(machine, mailbox, io_timeout_s=snapshot_io_timeout_s),
             )
-        else:
-            consensus = LocalConsensus(
-                member_id=config.node.id, log_store=log_store, kv=kv, max_batch=config.storage.max_batch
-            )
+        consensus = RaftReplica(
+            spec=ClusterSpec(
+                node_id=config.node.id,
+                peers=members,
+                client_addr=config.node.client_addr,
+                cluster_id=cluster_id(members),
+            ),
+            raft=config.raft,
+            storage=log_store,
+            kv=kv,
+            mailbox=mailbox,
+            transport=transport,
+            machine=machine,
+            write_all_timeout_s=config.server.write_all_timeout_ms / 1000,
+            snapshot_io_timeout_s=snapshot_io_timeout_s,
+        )
         hub = WatchHub(published_revision=kv.revision)
         consensus.subscribe(hub.publish)
         expirer = Expirer(consensus, readers, config.ttl)
-        state = NodeState(config=config, consensus=consensus, readers=readers, hub=hub, expirer=expirer)
+        forwarder = Forwarder(
+            connect_timeout_s=config.server.forward_connect_timeout_ms / 1000,
+            retry_pause_s=config.server.forward_retry_ms / 1000,
+            answer_margin_s=config.server.answer_margin_ms / 1000,
+        )
+        state = NodeState(
+            config=config, consensus=consensus, readers=readers, hub=hub, expirer=expirer, forwarder=forwarder
+        )
         policy = RpcPolicy(
             default_timeout_s=config.server.default_timeout_ms / 1000,
             max_in_flight=config.limits.max_in_flight,
@@ -167,6 +203,8 @@ async def serve_node(
         host, port = split_addr(config.node.client_addr)
 
         async with trio.open_nursery() as nursery:
+            if transport is not None:
+                await nursery.start(transport.run)
             await nursery.start(consensus.run)
             await nursery.start(state.forwarder.run)
             nursery.start_soon(expirer.run)
@@ -180,7 +218,12 @@ async def serve_node(
 
             async def health_task() -> None:
                 with health_scope:
-                    await _health_loop(consensus, health, (KV_SERVICE, CLUSTER_SERVICE, ""))
+                    await _health_loop(
+                        consensus,
+                        health,
+                        (KV_SERVICE, CLUSTER_SERVICE, ""),
+                        config.server.health_interval_ms / 1000,
+                    )
 
             nursery.start_soon(health_task)
             log.info(

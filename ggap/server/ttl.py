@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 import trio
 
 from ggap.config.model import TtlConfig
-from ggap.consensus import Consensus
+from ggap.replica import Consensus
 from ggap.server.reads import ReaderPool
 from ggap.storage import KvReader
 from ggap.types import Expire, GgapError, KeyValue

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import trio
 
-from ggap.consensus import AppliedBatch
-from ggap.types import Event, GgapError, ResourceExhausted
+from ggap.replica import AppliedBatch
+from ggap.types import Event, GgapError, ResourceExhausted, Unavailable
 
 
 class Watcher:
@@ -79,6 +79,17 @@ class WatchHub:
         self._watchers: set[Watcher] = set()
 
     def publish(self, batch: AppliedBatch) -> None:
+        if batch.snapshot_installed:
+            # The state jumped with no events to show for it: end every live watch with where
+            # to resume; resuming replays from storage or answers OUT_OF_RANGE (compacted),
+            # so a watcher never sees a gap.
+            for w in list(self._watchers):
+                w.fail(
+                    Unavailable(
+                        f"this node installed a snapshot at revision {batch.revision}; "
+                        f"resume the watch from revision {w.next_revision}"
+                    )
+                )
         if batch.events:
             for w in list(self._watchers):
                 w.offer(batch.events)

@@ -12,7 +12,13 @@ import random
 
 import attrs
 
-PLANTED_BUGS = ("skip-persist-before-vote", "ack-before-commit", "stale-read")
+PLANTED_BUGS = (
+    "skip-persist-before-vote",
+    "ack-before-commit",
+    "stale-read",
+    "match-by-index",
+    "install-before-log",
+)
 PARTITION_MODES = ("none", "isolate-one", "random-halves", "uniform")
 DEFAULT_TICKS = 1000
 
@@ -59,6 +65,10 @@ class SimConfig:
     think_mean_ms: float
     request_timeout_ms: int
     max_attempts: int
+    # --- log compaction and snapshots (the engine's Retention) ---
+    snapshot_entries: int  # applied entries between snapshots
+    log_retain: int  # entries kept behind a snapshot when the log is compacted
+    max_lag: int  # a leader keeps entries for followers at most this far behind
     plant_bug: str | None = None
     # Seeds of the per-component RNG streams (network, disk, nodes, faults, clients), drawn
     # last so every component gets its own stream and the knobs above stay put.
@@ -115,6 +125,9 @@ class SimConfig:
         attempts = r.randint(2, 5)
         transfer = r.choice((0.0, r.uniform(0.0, 0.01)))
         streams = tuple(r.getrandbits(64) for _ in range(5))
+        snapshot_entries = r.choice((r.randint(3, 20), r.randint(20, 100), 1_000_000))
+        log_retain = r.randint(0, 2 * min(snapshot_entries, 100))
+        max_lag = r.choice((0, log_retain, 10 * log_retain))
         return cls(
             seed=seed,
             nodes=nodes if nodes is not None else n,
@@ -152,6 +165,9 @@ class SimConfig:
             think_mean_ms=round(think, 1),
             request_timeout_ms=timeout,
             max_attempts=attempts,
+            snapshot_entries=snapshot_entries,
+            log_retain=log_retain,
+            max_lag=max_lag,
             plant_bug=plant_bug,
             streams=streams,
         )

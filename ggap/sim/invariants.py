@@ -115,8 +115,9 @@ class Invariants:
 
     # --- leader completeness ---
 
-    def commit(self, node: int, commit: int, term_of: Callable[[int], int]) -> None:
-        """`node` says entries up to `commit` are committed; term_of(i) is its log's term at i.
+    def commit(self, node: int, commit: int, term_of: Callable[[int], int], first: int = 1) -> None:
+        """`node` says entries up to `commit` are committed; term_of(i) is its log's term at i
+        for i >= first - 1 (below that the log is compacted into a snapshot).
 
         Its log must agree with what is already known committed (checking the highest shared
         index suffices, given log matching), and extends that knowledge."""
@@ -124,35 +125,39 @@ class Invariants:
         committed = self.committed
         top = len(committed) - 1
         probe = min(commit, top)
-        if probe >= 1 and term_of(probe) != committed[probe]:
+        if probe >= max(1, first - 1) and term_of(probe) != committed[probe]:
             raise InvariantViolation(
                 "leader-completeness",
                 f"n{node} has commit index {commit} with {probe}@t{term_of(probe)} in its log, but "
                 f"{probe}@t{committed[probe]} is committed",
             )
         for i in range(top + 1, commit + 1):
+            if i < first - 1:
+                break  # compacted here: another node's commit will tell
             committed.append(term_of(i))
 
     def known_commit(self) -> int:
         return len(self.committed) - 1
 
-    def leader_log(self, node: int, term: int, log_term: list[int]) -> None:
-        """A new leader of `term` whose log has term log_term[i] at index i (index 0 unused)
-        must hold every entry committed so far."""
+    def leader_log(self, node: int, term: int, log_term: list[int], first: int = 0) -> None:
+        """A new leader of `term` whose log has term log_term[k] at index first + k must hold
+        every entry committed so far (below `first` its log is a snapshot of applied, hence
+        committed, entries)."""
         self.checks += 1
         committed = self.committed
         top = len(committed) - 1
-        if len(log_term) - 1 < top:
+        last = first + len(log_term) - 1
+        if last < top:
             raise InvariantViolation(
                 "leader-completeness",
-                f"n{node} became leader of t{term} with last index {len(log_term) - 1} but entries "
+                f"n{node} became leader of t{term} with last index {last} but entries "
                 f"up to {top} are committed",
             )
-        for i in range(1, top + 1):
-            if log_term[i] != committed[i]:
+        for i in range(max(1, first), top + 1):
+            if log_term[i - first] != committed[i]:
                 raise InvariantViolation(
                     "leader-completeness",
-                    f"n{node} became leader of t{term} with {i}@t{log_term[i]} in its log, but "
+                    f"n{node} became leader of t{term} with {i}@t{log_term[i - first]} in its log, but "
                     f"{i}@t{committed[i]} is committed",
                 )
 

@@ -70,7 +70,9 @@ def evaluate(data: dict[str, str], cmd: Command) -> object:
 
 
 class KVStateMachine:
-    """Volatile: lost on a crash and rebuilt by replaying the log from the start."""
+    """Volatile: lost on a crash and rebuilt from the node's last checkpoint (or from
+    scratch) plus the log. `applied_cmds` rides along in checkpoints and snapshots so the
+    final "every acknowledged write was applied everywhere" check still sees them."""
 
     def __init__(self) -> None:
         self.data: dict[str, str] = {}
@@ -93,6 +95,15 @@ class KVStateMachine:
         self.sessions[cmd.client] = (cmd.req, result)
         self.applied_cmds.add((cmd.client, cmd.req))
         return (cmd.client, cmd.req, result)
+
+    def copy(self) -> KVStateMachine:
+        """A deep enough copy to serve as a checkpoint or a snapshot's data."""
+        c = KVStateMachine()
+        c.data = dict(self.data)
+        c.applied = self.applied
+        c.sessions = dict(self.sessions)
+        c.applied_cmds = set(self.applied_cmds)
+        return c
 
     def get(self, key: str) -> str | None:
         return self.data.get(key)

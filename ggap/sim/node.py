@@ -1,31 +1,38 @@
-"""SimNode: the driver of one RawNode, i.e. the simulator's version of the raft loop.
+"""SimNode: one simulated replica running the production `ReplicaEngine`.
 
-It follows the Ready contract (ggap.consensus.raft.types.Ready) the way the real trio driver
-must: `messages` go out at once, the write takes simulated time, `messages_after_persist`
-leave only once it is durable, then committed entries are applied and reads released, then
-`advance`. While a write is in flight, everything addressed to the node (messages, ticks,
-client requests) waits in its inbox, exactly as it would wait in the raft task's channel.
+Only the I/O is the simulator's: the disk (`SimStorage`, which loses unsynced writes on a
+crash), the network (`SimNetwork`), time, and a small replicated dict as the state
+machine. Persisting, sending, applying, proposal matching, read serving, compaction and
+snapshot install are the engine's, exactly as the trio node runs them. A durable write
+takes simulated time: the engine's `write` runs at once and `sync` + `apply` + `finish`
+run when the simulated disk latency has passed. While a write is in flight, everything
+addressed to the node (messages, ticks, client requests) waits in its inbox, as it would
+wait in the trio node's mailbox. A crash can land anywhere, including inside that window.
 
-A crash can land anywhere, including inside a write's latency window, and loses what was
-not synced. The planted bugs (`--plant-bug`) live here and in the client read path, each
-behind one `if`, so what they break is easy to see.
+The planted bugs (`--plant-bug`, ggap/sim/bugs.py) are engine subclasses that break one
+rule each, so the simulator's checks are shown to catch a bug in the engine itself.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ggap.consensus.raft.core import ProposalDropped, RawNode
-from ggap.consensus.raft.types import (
-    CoreConfig,
-    Message,
-    MessageType,
-    Ready,
-    Role,
+import attrs
+
+from ggap.consensus.raft import CoreConfig, Entry, Message, MessageType, Ready, Role, SnapshotMeta
+from ggap.replica.engine import (
+    ApplyOutput,
+    Outcome,
+    ProposalCallback,
+    ReadCallback,
+    ReplicaEngine,
+    Retention,
+    Work,
 )
 from ggap.sim.kv import Command, KVStateMachine, evaluate
 from ggap.sim.storage import SimStorage
@@ -33,11 +40,111 @@ from ggap.sim.storage import SimStorage
 if TYPE_CHECKING:
     from ggap.sim.simulator import Simulator
 
-_TICK, _MSG, _PROPOSE, _READ, _TRANSFER = range(5)
+_TICK, _MSG, _PROPOSE, _READ, _TRANSFER, _SNAP_REPORT = range(6)
+_QUIET = logging.getLogger("ggap.sim.engine")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False  # the trace (--log=short) says what matters
 _LEADER_MSGS = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
 
 OnResult = Callable[[object], None]
 OnError = Callable[[str], None]
+
+
+@attrs.frozen(slots=True)
+class Reply:
+    """A client-visible result (a put's is None, which the engine would read as "no result")."""
+
+    value: object
+
+
+class SimMachine:
+    """The engine's StateMachine over the node's volatile dict and its durable checkpoint."""
+
+    def __init__(self, node: SimNode) -> None:
+        self._node = node
+
+    @property
+    def applied_index(self) -> int:
+        return self._node.kv.applied
+
+    @property
+    def revision(self) -> int:
+        return self._node.kv.applied
+
+    def apply(self, entries: Sequence[Entry]) -> ApplyOutput:
+        node = self._node
+        sim, kv = node.sim, node.kv
+        outcomes: list[Outcome] = []
+        for e in entries:
+            if e.index <= kv.applied:
+                outcomes.append(None)  # replayed after a snapshot put us ahead of the log
+                continue
+            sim.inv.apply(node.id, kv.applied, e)
+            out = kv.apply(e)
+            if out is None:
+                outcomes.append(None)
+                continue
+            sim.first_applied.setdefault((out[0], out[1]), (sim.now, out[2]))
+            outcomes.append(Reply(out[2]))
+        return ApplyOutput(outcomes=outcomes, revision=kv.applied)
+
+    def checkpoint(self) -> None:
+        node = self._node
+        node.disk_kv = node.kv.copy()
+
+    def take_snapshot(self) -> int:
+        node = self._node
+        node.snap_kv = node.kv.copy()
+        return node.snap_kv.applied
+
+    def restore(self, meta: SnapshotMeta) -> None:
+        node = self._node
+        staged = node.staged.pop(meta.index, None)
+        if staged is None and node.snap_kv is not None and node.snap_kv.applied == meta.index:
+            staged = node.snap_kv  # recovering into our own (or an installed) snapshot
+        if staged is None:
+            raise RuntimeError(f"n{node.id}: snapshot {meta.index} was accepted but never received")
+        node.staged = {i: d for i, d in node.staged.items() if i > meta.index}
+        node.kv = staged.copy()
+        node.disk_kv = staged.copy()
+        node.snap_kv = staged.copy()
+        node.sim.trace(node, f"installed snapshot {meta.index}@t{meta.term}")
+
+    def preview(self, data: bytes) -> Reply:
+        """What applying `data` now would answer (for the ack-before-commit planted bug)."""
+        return Reply(evaluate(dict(self._node.kv.data), Command.decode(data)))
+
+
+class SimTransport:
+    """The engine's Transport over the simulated network."""
+
+    def __init__(self, node: SimNode) -> None:
+        self._node = node
+
+    def send(self, msgs: Iterable[Message]) -> None:
+        node = self._node
+        for m in msgs:
+            if m.type is MessageType.APPLIED_REPORT:
+                continue  # only the trio node uses them (WRITE_QUORUM_ALL, forwarding)
+            node.sent(m)
+
+    def send_snapshot(self, msg: Message) -> None:
+        node = self._node
+        assert msg.snapshot is not None
+        data = node.snap_kv
+        if data is None or data.applied != msg.snapshot.index:
+            raise RuntimeError(
+                f"n{node.id}: snapshot {msg.snapshot.index} has no matching checkpoint "
+                f"({None if data is None else data.applied})"
+            )
+        node.sim.snapshot_data[(node.id, msg.snapshot.index)] = data.copy()
+        node.sent(msg)
+        # The transport has done its part: tell the core (on the next turn, like the trio
+        # node's mailbox). If the message is lost, the core probes and sends it again.
+        node.inbox.append((_SNAP_REPORT, msg.to, True))
+
+    def unreachable(self) -> Iterable[int]:
+        return ()
 
 
 class SimNode:
@@ -45,25 +152,43 @@ class SimNode:
         self.sim = sim
         self.id = node_id
         self.storage = SimStorage(node_id, sim.inv.durable_append)
-        self.raw: RawNode | None = None
+        self.disk_kv: KVStateMachine | None = None  # the durable state-machine checkpoint
+        self.snap_kv: KVStateMachine | None = None  # the durable snapshot (what is sent)
+        self.engine: ReplicaEngine | None = None
         self.up = False
         self.incarnation = 0
         self.inbox: deque[tuple[Any, ...]] = deque()
-        self.persisting: Ready | None = None
+        self.persisting: Work | None = None
         self.kv = KVStateMachine()
-        self.role = Role.FOLLOWER
-        self.leader = 0
-        self.term = 0
+        self.state_machine = SimMachine(self)
+        # Received snapshot data, by index: on disk (it survives crashes), as the trio
+        # node's verified files in <data dir>/snap/ do.
+        self.staged: dict[int, KVStateMachine] = {}
         self.commit = 0
         self.voted = (0, 0)  # (term, vote) of the last hard state written
         self.led_terms: set[int] = set()  # terms in which this node's log was checked as leader's
-        self.write_waiters: dict[tuple[int, int], OnResult] = {}
-        self.read_waiters: dict[bytes, Callable[[], None]] = {}
         self.pending_reads: list[tuple[int, int, Callable[[], None]]] = []
         self._read_seq = 0
         self.crashes = 0
         self.readies = 0
+        self.snapshots_installed = 0
+        self.snapshots_taken = 0
+        self.compactions = 0
         self._may_have_ready = False
+
+    # --- views the simulator reads ---
+
+    @property
+    def role(self) -> Role:
+        return self.engine.role if self.engine is not None else Role.FOLLOWER
+
+    @property
+    def leader(self) -> int:
+        return self.engine.leader if self.engine is not None else 0
+
+    @property
+    def term(self) -> int:
+        return self.engine.term if self.engine is not None else self.storage.durable_hard_state().term
 
     # --- lifecycle ---
 
@@ -74,13 +199,11 @@ class SimNode:
         self.up = True
         self.inbox.clear()
         self.persisting = None
-        self.kv = KVStateMachine()
+        self.kv = self.disk_kv.copy() if self.disk_kv is not None else KVStateMachine()
         hs, snap = self.storage.initial_state()
-        self.kv.applied = snap.index
-        self.term, self.commit = hs.term, hs.commit
+        self.commit = hs.commit
         self.voted = (hs.term, hs.vote)
-        self.role, self.leader = Role.FOLLOWER, 0
-        raft_cfg = CoreConfig(
+        config = CoreConfig(
             id=self.id,
             voters=sim.ids,
             election_tick=cfg.election_tick,
@@ -88,27 +211,41 @@ class SimNode:
             pre_vote=cfg.pre_vote,
             check_quorum=cfg.check_quorum,
         )
-        self.raw = RawNode(raft_cfg, self.storage, random.Random(sim.node_rng.getrandbits(64)))
+        self.engine = sim.engine_class(
+            config=config,
+            storage=self.storage,
+            state_machine=self.state_machine,
+            transport=SimTransport(self),
+            rng=random.Random(sim.node_rng.getrandbits(64)),
+            logger=_QUIET,
+            retention=Retention(
+                snapshot_entries=cfg.snapshot_entries, log_retain=cfg.log_retain, max_lag=cfg.max_lag
+            ),
+        )
         self._may_have_ready = True
-        sim.trace(self, f"start (incarnation {self.incarnation}) hs={hs.term}/{hs.vote}/{hs.commit}")
+        sim.trace(
+            self,
+            f"start (incarnation {self.incarnation}) hs={hs.term}/{hs.vote}/{hs.commit} "
+            f"snap={snap.index} kv@{self.kv.applied}",
+        )
         sim.schedule(sim.now + sim.node_rng.randint(1, cfg.tick_ms), self._tick, self.incarnation)
 
     def crash(self, why: str) -> None:
         sim = self.sim
+        engine = self.engine
         self.up = False
-        self.raw = None
+        self.engine = None
         self.incarnation += 1
         self.crashes += 1
         in_write = self.persisting is not None
         self.persisting = None
         self.inbox.clear()
-        self.write_waiters.clear()
-        self.read_waiters.clear()
         self.pending_reads.clear()
+        if engine is not None:
+            engine.closed = True  # callbacks of the dead incarnation never fire
         lost = self.storage.unsynced
         kept = self.storage.crash(sim.disk_rng, sim.cfg.torn_write if sim.faulty else 0.0)
         self.kv = KVStateMachine()
-        self.role, self.leader = Role.FOLLOWER, 0
         sim.trace(
             self,
             f"CRASH ({why}{', mid-write' if in_write else ''}): {lost} unsynced writes, {kept} survived",
@@ -154,80 +291,105 @@ class SimNode:
     def drive(self) -> None:
         """Run until blocked on a write or out of work."""
         if not self.inbox and not self._may_have_ready:
-            return  # RawNode output only changes after an input or an advance
+            return  # engine output only changes after an input or a finished Ready
         while self.up and self.persisting is None:
-            raw = self.raw
-            assert raw is not None
+            engine = self.engine
+            assert engine is not None
             if self.inbox:
                 while self.inbox:
-                    item = self.inbox.popleft()
-                    kind = item[0]
-                    if kind == _TICK:
-                        raw.tick()
-                    elif kind == _MSG:
-                        if self.sim.tracing:
-                            self.sim.trace(self, f"recv {_fmt_msg(item[1])}")
-                        raw.step(item[1])
-                    elif kind == _PROPOSE:
-                        _, cmd, on_ok, on_err = item
-                        try:
-                            raw.propose(cmd.encode())
-                        except ProposalDropped as e:
-                            on_err(f"dropped: {e}")
-                            continue
-                        if self.sim.cfg.plant_bug == "ack-before-commit":
-                            # PLANTED BUG: acknowledge when proposed, not when applied.
-                            on_ok(evaluate(dict(self.kv.data), cmd))
-                        else:
-                            self.write_waiters[(cmd.client, cmd.req)] = on_ok
-                    elif kind == _TRANSFER:
-                        try:
-                            raw.transfer_leader(item[1])
-                        except ProposalDropped:
-                            continue  # no longer the leader: nothing to transfer
-                        self.sim.trace(self, f"transfer leadership to n{item[1]}")
-                    else:
-                        _, ctx, key, on_ok, on_err = item
-                        if not raw.read_index(ctx):
-                            on_err("read dropped: no leader known")
-                            continue
-                        self.read_waiters[ctx] = self._reader(key, on_ok)
-            elif raw.has_ready():
-                self._handle_ready(raw.ready())
+                    self._step(engine, self.inbox.popleft())
             else:
-                self._may_have_ready = False
+                work = engine.take_ready()
+                if work is None:
+                    self._may_have_ready = False
+                    return
+                self._handle(engine, work)
+
+    def _step(self, engine: ReplicaEngine, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == _TICK:
+            engine.tick()
+        elif kind == _MSG:
+            msg: Message = item[1]
+            if self.sim.tracing:
+                self.sim.trace(self, f"recv {_fmt_msg(msg)}")
+            if msg.type is MessageType.SNAPSHOT and msg.snapshot is not None:
+                data = self.sim.snapshot_data.get((msg.frm, msg.snapshot.index))
+                if data is None:
+                    return  # its data never arrived: as if the transfer failed
+                self.staged[msg.snapshot.index] = data
+            engine.step(msg)
+        elif kind == _PROPOSE:
+            _, cmd, on_ok, on_err = item
+            engine.propose(cmd.encode(), self._proposal_callback(on_ok, on_err))
+        elif kind == _READ:
+            _, ctx, key, on_ok, on_err = item
+            engine.read_index(ctx, self._read_callback(key, on_ok, on_err))
+        elif kind == _TRANSFER:
+            try:
+                engine.transfer_leader(item[1])
+            except Exception:  # not the leader any more, or not a voter
+                return
+            self.sim.trace(self, f"transfer leadership to n{item[1]}")
+        else:
+            engine.report_snapshot(item[1], item[2])
+
+    def _proposal_callback(self, on_ok: OnResult, on_err: OnError) -> ProposalCallback:
+        incarnation = self.incarnation
+        answered = False
+
+        def done(_index: int, result: object, error: BaseException | None) -> None:
+            nonlocal answered
+            if answered or incarnation != self.incarnation:
+                return
+            answered = True
+            if error is not None:
+                on_err(f"{type(error).__name__}: {error}")
+            else:
+                assert isinstance(result, Reply), result
+                on_ok(result.value)
+
+        return done
+
+    def _read_callback(self, key: str, on_ok: OnResult, on_err: OnError) -> ReadCallback:
+        incarnation = self.incarnation
+
+        def done(index: int, error: BaseException | None) -> None:
+            if incarnation != self.incarnation:
+                return
+            if error is not None:
+                on_err(f"read: {error}")
                 return
 
-    def _reader(self, key: str, on_ok: OnResult) -> Callable[[], None]:
-        return lambda: on_ok(self.kv.get(key))
+            def serve() -> None:
+                on_ok(self.kv.get(key))
 
-    def _handle_ready(self, rd: Ready) -> None:
+            if self.kv.applied >= index:
+                serve()
+            else:
+                self._read_seq += 1
+                heapq.heappush(self.pending_reads, (index, self._read_seq, serve))
+
+        return done
+
+    def _handle(self, engine: ReplicaEngine, work: Work) -> None:
         sim = self.sim
+        rd = work.ready
         self.readies += 1
         if sim.tracing:
             sim.trace(self, "ready " + _fmt_ready(rd))
-        if rd.hard_state is not None:
-            self.term = rd.hard_state.term
-        if rd.soft_state is not None:
-            self.role, self.leader = rd.soft_state.role, rd.soft_state.leader
-        for m in rd.messages:
-            self._send(m)
-        if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
-            self.storage.write(rd.hard_state, rd.entries, rd.snapshot)
+        if rd.snapshot is not None:
+            self.snapshots_installed += 1
+        engine.write(work)
         if rd.hard_state is not None and rd.hard_state.commit > self.commit:
             self.commit = rd.hard_state.commit
-            sim.inv.commit(self.id, self.commit, self.storage.term)
-        if self.role == Role.LEADER:
+            sim.inv.commit(self.id, self.commit, self.storage.term, self.storage.first_index())
+        if engine.role == Role.LEADER:
             self._became_leader("ready")
-        if sim.cfg.plant_bug == "skip-persist-before-vote":
-            # PLANTED BUG: votes and append acks leave before the write they promise is
-            # durable, so a crash inside the write's latency window breaks the promise.
-            for m in rd.messages_after_persist:
-                self._send(m)
-        if rd.must_sync:
+        if work.must_sync:
             cfg = sim.cfg
             latency = sim.disk_rng.randint(cfg.persist_min_ms, cfg.persist_max_ms)
-            self.persisting = rd
+            self.persisting = work
             sim.schedule(sim.now + latency, self._persisted, self.incarnation)
             p = cfg.crash_in_persist
             hs = rd.hard_state
@@ -235,52 +397,50 @@ class SimNode:
                 if hs.vote and (hs.term, hs.vote) != self.voted:
                     p = max(p, cfg.crash_in_vote)  # this write records a new vote
                 self.voted = (hs.term, hs.vote)
+            if rd.snapshot is not None:
+                p = max(p, cfg.crash_in_vote)  # crash inside snapshot installs often too
             if sim.faulty and p and latency > 0 and sim.disk_rng.random() < p:
                 at = sim.now + sim.disk_rng.randint(0, max(0, latency - 1))
                 sim.schedule(at, sim.crash_node, self.id, self.incarnation, "during write")
         else:
-            self._finish(rd)
+            self._complete(engine, work)
 
     def _persisted(self, incarnation: int) -> None:
-        if incarnation != self.incarnation or self.persisting is None:
+        if incarnation != self.incarnation or self.persisting is None or self.engine is None:
             return
-        rd = self.persisting
-        self.storage.sync()
-        self.persisting = None
-        self._finish(rd)
+        work, self.persisting = self.persisting, None
+        self._complete(self.engine, work)
 
-    def _finish(self, rd: Ready) -> None:
+    def _complete(self, engine: ReplicaEngine, work: Work) -> None:
+        engine.sync(work)
         sim = self.sim
-        if sim.cfg.plant_bug != "skip-persist-before-vote":
-            for m in rd.messages_after_persist:
-                self._send(m)
-        if rd.committed:
-            kv, inv, waiters, first_applied = self.kv, sim.inv, self.write_waiters, sim.first_applied
-            for e in rd.committed:
-                inv.apply(self.id, kv.applied, e)
-                out = kv.apply(e)
-                if out is not None:
-                    first_applied.setdefault((out[0], out[1]), (sim.now, out[2]))
-                    cb = waiters.pop((out[0], out[1]), None)
-                    if cb is not None:
-                        cb(out[2])
-            pending = self.pending_reads
-            while pending and pending[0][0] <= kv.applied:
-                heapq.heappop(pending)[2]()
-        for rs in rd.read_states:
-            serve = self.read_waiters.pop(rs.context, None)
-            if serve is None:
-                continue
-            if self.kv.applied >= rs.index:
-                serve()
-            else:
-                self._read_seq += 1
-                heapq.heappush(self.pending_reads, (rs.index, self._read_seq, serve))
-        assert self.raw is not None
-        self.raw.advance(rd)
+        if (
+            work.ready.snapshot is not None
+            and sim.faulty
+            and sim.cfg.crash_in_vote
+            and sim.disk_rng.random() < sim.cfg.crash_in_vote
+        ):
+            # The log now records the snapshot; the state machine has not installed it.
+            sim.crash_node(self.id, self.incarnation, "between recording and installing a snapshot")
+            return
+        output = engine.apply(work)
+        engine.finish(work, output)
+        pending = self.pending_reads
+        while pending and pending[0][0] <= self.kv.applied:
+            heapq.heappop(pending)[2]()
+        if engine.snapshot_due():
+            # Taking it is instant here; the trio node does it on a thread meanwhile.
+            engine.snapshot_started()
+            index = self.state_machine.take_snapshot()
+            upto = engine.record_snapshot(index)
+            engine.snapshot_finished()
+            self.snapshots_taken += 1
+            if upto is not None:
+                self.compactions += 1
+            self.sim.trace(self, f"snapshot at {index}, log compacted through {upto}")
         self._may_have_ready = True
 
-    def _send(self, m: Message) -> None:
+    def sent(self, m: Message) -> None:
         if m.type in _LEADER_MSGS and m.term not in self.led_terms:
             self._became_leader(m.type.name, m.term)
         self.sim.net.send(m, self.sim.now)
@@ -292,9 +452,11 @@ class SimNode:
         self.sim.inv.leader(self.id, term, how)
         self.led_terms.add(term)
         st = self.storage
-        if st.snapshot().index == 0:
-            self.sim.inv.leader_log(self.id, term, [0] + [st.term(i) for i in range(1, st.last_index() + 1)])
-        self.sim.trace(self, f"LEADER of t{term} (via {how}), last index {st.last_index()}")
+        first = st.first_index()
+        self.sim.inv.leader_log(
+            self.id, term, [st.term(i) for i in range(first - 1, st.last_index() + 1)], first=first - 1
+        )
+        self.sim.trace(self, f"LEADER of t{term} (via {how}), log {first}-{st.last_index()}")
 
     # --- introspection ---
 
@@ -303,8 +465,8 @@ class SimNode:
             return f"n{self.id} DOWN  durable hs={self.storage.durable_hard_state()}"
         return (
             f"n{self.id} {self.role.value:13} t{self.term} leader={self.leader} commit={self.commit} "
-            f"applied={self.kv.applied} last={self.storage.last_index()} inbox={len(self.inbox)}"
-            f"{' writing' if self.persisting is not None else ''}"
+            f"applied={self.kv.applied} log={self.storage.first_index()}-{self.storage.last_index()} "
+            f"inbox={len(self.inbox)}{' writing' if self.persisting is not None else ''}"
         )
 
     def short(self) -> str:
@@ -328,6 +490,8 @@ def _fmt_msg(m: Message) -> str:
         s += f" last={m.index}/t{m.log_term}"
     elif m.type == MessageType.HEARTBEAT:
         s += f" c{m.commit}"
+    elif m.type == MessageType.SNAPSHOT and m.snapshot is not None:
+        s += f" snap={m.snapshot.index}/t{m.snapshot.term}"
     else:
         s += f" i{m.index}"
     if m.reject:
@@ -342,6 +506,8 @@ def _fmt_ready(rd: Ready) -> str:
     if rd.hard_state is not None:
         hs = rd.hard_state
         parts.append(f"hs={hs.term}/{hs.vote}/{hs.commit}")
+    if rd.snapshot is not None:
+        parts.append(f"snap={rd.snapshot.index}/t{rd.snapshot.term}")
     if rd.entries:
         parts.append(f"ents={rd.entries[0].index}-{rd.entries[-1].index}")
     if rd.committed:

@@ -30,9 +30,12 @@ from typing import Any, TextIO
 import attrs
 
 from ggap.consensus.raft.types import Role
+from ggap.replica.engine import ReplicaEngine
+from ggap.sim.bugs import ENGINE_BUGS
 from ggap.sim.client import SimClient
 from ggap.sim.config import SimConfig
 from ggap.sim.invariants import Invariants, InvariantViolation
+from ggap.sim.kv import KVStateMachine
 from ggap.sim.network import SimNetwork
 from ggap.sim.node import SimNode
 from ggap.testing.lincheck import Operation, OpKind, check
@@ -91,6 +94,10 @@ class Simulator:
         self._hash = hashlib.sha256()
 
         self.inv = Invariants()
+        # The production engine, or a planted-bug subclass of it.
+        self.engine_class: type[ReplicaEngine] = ENGINE_BUGS.get(cfg.plant_bug or "", ReplicaEngine)
+        # Snapshot data "in flight": (sender, index) -> the sender's checkpoint at that index.
+        self.snapshot_data: dict[tuple[int, int], KVStateMachine] = {}
         self.net = SimNetwork(cfg, self.ids, self.net_rng)
         self.nodes = {i: SimNode(self, i) for i in self.ids}
         crng = random.Random(client_seed)
@@ -203,8 +210,7 @@ class Simulator:
         self.inv.check_durable_logs(
             (
                 n.id,
-                n.storage.durable_snapshot().index,
-                n.storage.durable_snapshot().term,
+                *n.storage.durable_compacted(),
                 n.storage.durable_entries(),
             )
             for n in self.nodes.values()
@@ -357,6 +363,9 @@ class Simulator:
             "committed": self.inv.known_commit(),
             "crashes": sum(n.crashes for n in self.nodes.values()),
             "readies": sum(n.readies for n in self.nodes.values()),
+            "snapshots_taken": sum(n.snapshots_taken for n in self.nodes.values()),
+            "compactions": sum(n.compactions for n in self.nodes.values()),
+            "snapshots_installed": sum(n.snapshots_installed for n in self.nodes.values()),
             "ops": len(self.history),
             "ops_unknown": sum(op.pending for op in self.history),
             "acked_writes": len(self.acked_writes),

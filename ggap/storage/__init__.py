@@ -6,7 +6,7 @@ See ggap/storage/kv.py and log.py for the durability reasoning of each file.
 from ggap.storage._schema import KV_DB_NAME, KV_SCHEMA_VERSION, LOG_DB_NAME, LOG_SCHEMA_VERSION
 from ggap.storage.inspect import inspect_data_dir
 from ggap.storage.kv import Applied, KvReader, KvStore
-from ggap.storage.log import LogCompacted, LogStore, LogUnavailable
+from ggap.storage.log import CacheInfo, LogStore
 
 __all__ = [
     "KV_DB_NAME",
@@ -14,10 +14,9 @@ __all__ = [
     "LOG_DB_NAME",
     "LOG_SCHEMA_VERSION",
     "Applied",
+    "CacheInfo",
     "KvReader",
     "KvStore",
-    "LogCompacted",
     "LogStore",
-    "LogUnavailable",
     "inspect_data_dir",
 ]

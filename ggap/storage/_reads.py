@@ -19,7 +19,7 @@ from typing import Any
 
 from ggap.codec import visible_versions
 from ggap.types.errors import InvalidArgument, OutOfRange
-from ggap.types.kv import Event, EventType, KeyValue, RangeResult
+from ggap.types.kv import Event, EventType, KeyValue, RangeResult, check_key
 
 Row = tuple[Any, ...]
 
@@ -103,17 +103,6 @@ SQL_NEXT_EXPIRY = "SELECT min(expires_at_ms) FROM kv_ttl WHERE shard=?"
 # --- validation -------------------------------------------------------------------------
 
 
-def check_key(key: object, what: str = "key") -> str:
-    """A str that can be stored as UTF-8 (lone surrogates cannot)."""
-    if type(key) is not str:
-        raise InvalidArgument(f"{what} must be a string, got {type(key).__name__}")
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidArgument(f"{what} is not valid UTF-8: {exc.reason}") from None
-    return key
-
-
 def check_int(value: object, what: str, *, minimum: int = 0) -> int:
     if type(value) is not int:
         raise InvalidArgument(f"{what} must be an integer, got {type(value).__name__}")
@@ -166,9 +155,9 @@ def prefix_end(prefix: str) -> str | None:
 
 def key_bounds(prefix: str, start: str, end: str) -> tuple[str, str | None]:
     """[lo, hi) for a prefix, or for [start, end) with end "" unbounded."""
-    check_key(prefix, "prefix")
-    check_key(start, "start")
-    check_key(end, "end")
+    for bound, what in ((prefix, "prefix"), (start, "start"), (end, "end")):
+        if bound != "":  # "" is no bound; anything else must be a valid key
+            check_key(bound, what)
     if prefix:
         if start or end:
             raise InvalidArgument("prefix cannot be combined with start/end")

@@ -114,8 +114,25 @@ def _log_0001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+def _log_0002_snapshot(db: sqlite_utils.Database) -> None:
+    # The newest state-machine snapshot S, kept apart from the compaction point C
+    # (compacted_index/term), C <= S. voters/learners are JSON arrays of member ids. Files
+    # written before this step had no snapshot of their own: S starts at C.
+    for column, decl in (
+        ("snapshot_index", "INTEGER NOT NULL DEFAULT 0"),
+        ("snapshot_term", "INTEGER NOT NULL DEFAULT 0"),
+        ("snapshot_voters", "TEXT NOT NULL DEFAULT '[]'"),
+        ("snapshot_learners", "TEXT NOT NULL DEFAULT '[]'"),
+    ):
+        db.execute(f"ALTER TABLE log_state ADD COLUMN {column} {decl}")
+    db.execute("UPDATE log_state SET snapshot_index=compacted_index, snapshot_term=compacted_term")
+
+
 _KV_STEPS: list[tuple[str, Migration]] = [("0001_initial", _kv_0001_initial)]
-_LOG_STEPS: list[tuple[str, Migration]] = [("0001_initial", _log_0001_initial)]
+_LOG_STEPS: list[tuple[str, Migration]] = [
+    ("0001_initial", _log_0001_initial),
+    ("0002_snapshot", _log_0002_snapshot),
+]
 
 KV_MIGRATIONS = build_migrations(KV_MIGRATION_SET, _KV_STEPS)
 LOG_MIGRATIONS = build_migrations(LOG_MIGRATION_SET, _LOG_STEPS)

@@ -6,6 +6,7 @@ shows the last committed state) and never migrates or repairs anything.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -97,6 +98,17 @@ def _inspect_log(path: Path) -> dict[str, Any]:
         state = conn.execute(
             "SELECT compacted_index, compacted_term, term, vote, commit_index FROM log_state WHERE shard=0"
         ).fetchone() or (0, 0, 0, 0, 0)
+        # Files from before migration 0002 have no snapshot columns: their snapshot is the
+        # compaction point (which is what opening them with LogStore migrates it to).
+        snap: tuple[int, int, str, str] = (state[0], state[1], "[]", "[]")
+        if version >= 2:
+            snap = (
+                conn.execute(
+                    "SELECT snapshot_index, snapshot_term, snapshot_voters, snapshot_learners "
+                    "FROM log_state WHERE shard=0"
+                ).fetchone()
+                or snap
+            )
         bounds = conn.execute("SELECT min(idx), max(idx), count(*) FROM log_entries WHERE shard=0").fetchone()
         last = conn.execute("SELECT term FROM log_entries WHERE shard=0 ORDER BY idx DESC LIMIT 1").fetchone()
         meta = [r[0] for r in conn.execute("SELECT name FROM log_meta WHERE shard=0 ORDER BY name")]
@@ -115,6 +127,12 @@ def _inspect_log(path: Path) -> dict[str, Any]:
         "entries": bounds[2],
         "compacted_index": compacted_index,
         "compacted_term": compacted_term,
+        "snapshot": {
+            "index": snap[0],
+            "term": snap[1],
+            "voters": json.loads(snap[2]),
+            "learners": json.loads(snap[3]),
+        },
         "hard_state": {"term": state[2], "vote": state[3], "commit": state[4]},
         "meta_names": meta,
     }

@@ -22,15 +22,17 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
 
 from ggap.config.model import MvccConfig, StorageConfig
 from ggap.storage import _reads
-from ggap.storage._reads import Row, check_int, check_key, live_kv, make_event, read_state
+from ggap.storage._reads import Row, check_int, live_kv, make_event, read_state
 from ggap.storage._schema import KV_KNOWN, KV_MIGRATIONS
 from ggap.storage._sqlite import connect, connect_readonly, file_size, migrate, read_txn, write_txn
+from ggap.storage.snapshot import install_snapshot
 from ggap.types.commands import (
     Command,
     Compact,
@@ -60,6 +62,7 @@ from ggap.types.kv import (
     RangeResult,
     TxnOpResult,
     TxnResult,
+    check_key,
 )
 
 __all__ = ["Applied", "KvReader", "KvStore"]
@@ -188,6 +191,15 @@ class KvStore:
         busy, _log_frames, _done = self._conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
         if busy:
             raise sqlite3.OperationalError("wal_checkpoint(FULL) could not complete: database busy")
+
+    def install_snapshot(self, source: str | os.PathLike[str]) -> None:
+        """Replace the whole state with the snapshot file `source`, durably (see
+        ggap/storage/snapshot.py); readers see the old state or the new, never a mix."""
+        install_snapshot(self._conn, Path(source))
+        self._conn.execute(_SQL_META_INIT, (self._shard,))
+        applied, revision, compact = read_state(self._conn, self._shard)
+        self._state = _State(applied, revision, compact)
+        self._prune_cursor = None
 
     def reader(self) -> KvReader:
         """A new read-only connection; the caller owns it (and closes it)."""

@@ -373,8 +373,8 @@ def _prune(ops: list[Operation]) -> list[Operation]:
         ops = kept
 
 
-# Search modes of the loop in `_check_key`.
-_FRESH, _SCAN, _TIMED_OUT, _BACK = 0, 1, 2, 3
+# Search modes: what `_Search.run` does next, and how it ends.
+_FRESH, _SCAN, _TIMED_OUT, _BACK, _FOUND, _EXHAUSTED = 0, 1, 2, 3, 4, 5
 # Flags on stack entries.
 _FORCED, _DEAD_TRIED = 1, 2
 # Value ids inside the search: 0 is "missing", 1.. are values some op reads or compares
@@ -414,236 +414,327 @@ def _check_key(all_ops: list[Operation], budget: _Budget) -> _KeyReport:
     * using more timed-out ops only removes options, so the memo also skips a configuration
       that differs from an explored one only by using more of them (subsumption);
     * the search succeeds once every completed op is placed: the rest never happened.
+
+    The steps are `_Search`'s methods: encode the ops, link their events, then run.
     """
     ops = _prune(all_ops)
-    n = len(ops)
     orig = {id(op): i for i, op in enumerate(all_ops)}
     back = [orig[id(op)] for op in ops]
+    search = _Search(ops, budget)
+    outcome = search.run()
+    return _report(outcome, all_ops, ops, back, search.best, search.steps)
 
-    ids: dict[Any, int] = {}
-    for op in ops:
-        if op.kind is OpKind.GET and op.result is not None:
-            ids.setdefault(op.result, len(ids) + 1)
-        elif op.kind is OpKind.CAS and op.args[0] is not None:
-            ids.setdefault(op.args[0], len(ids) + 1)
 
-    def vid(v: Any) -> int:
-        return 0 if v is None else ids.get(v, _DEAD)
+class _Search:
+    """One key's search: the encoded ops, the event list, and the stack of choices.
 
-    kind: list[int] = []
-    arg1: list[int] = []
-    arg2: list[int] = []
-    result: list[Any] = []  # value id for gets, bool (or None) for CAS and delete
-    observes: list[int] = []  # the value id a get or CAS compares against (0: none)
-    checked: list[bool] = []
-    for op in ops:
-        k = _CODE[op.kind]
-        kind.append(k)
-        arg1.append(vid(op.args[0]) if k in (_PUT, _CAS) else 0)
-        arg2.append(vid(op.args[1]) if k == _CAS else 0)
-        result.append(vid(op.result) if k == _GET and not op.pending else op.result)
-        observes.append(max(0, result[-1] if k == _GET and not op.pending else arg1[-1] if k == _CAS else 0))
-        # Results are checked for completed ops, except deletes recorded without a result.
-        checked.append(not op.pending and not (k == _DEL and op.result is None))
-    noeffect = [
-        checked[i]
-        and (
-            kind[i] == _GET
-            or (kind[i] == _CAS and (result[i] is False or arg1[i] == arg2[i]))
-            or (kind[i] == _DEL and result[i] is False)
-        )
-        for i in range(n)
-    ]
-    observers = [0] * (len(ids) + 1)  # per value id: ops not yet linearized that observe it
-    for o in observes:
-        observers[o] += 1
-    observers[0] = 1 << 62  # "missing" is never merged away
-    bit = [1 << i for i in range(n)]
+    `run` is a loop over modes, one step per turn: _FRESH (a new configuration), _SCAN (try
+    the completed op at `entry`), _TIMED_OUT (try a timed-out op of class `c` or later) and
+    _BACK (undo the last choice). Each mode's method does one step and returns the next mode.
+    """
 
-    # Node ids: 2i = call of op i, 2i+1 = return of completed op i; then two sentinels.
-    n2 = 2 * n
-    head, tail = n2, n2 + 1
-    nxt = [0] * (n2 + 2)
-    prv = [0] * (n2 + 2)
-    ntime = [math.inf] * (n2 + 2)
-    events: list[tuple[float, int, int]] = []
-    classes: dict[tuple[int, int, int], list[int]] = {}
-    for i, op in enumerate(ops):
-        ntime[2 * i] = op.call
-        if op.pending:
-            classes.setdefault((kind[i], arg1[i], arg2[i]), []).append(i)
-        else:
-            assert op.ret is not None
-            ntime[2 * i + 1] = op.ret
-            # At equal times calls sort before returns: ties are treated as concurrent.
-            events.append((op.call, 0, 2 * i))
-            events.append((op.ret, 1, 2 * i + 1))
-    events.sort()
-    _link(nxt, prv, [head, *(e[2] for e in events), tail])
-    members = [sorted(m, key=lambda i: ntime[2 * i]) for m in classes.values()]
-    ptr = [0] * len(members)
-    nclasses = len(members)
+    __slots__ = (
+        "arg1",
+        "arg2",
+        "best",
+        "best_len",
+        "bit",
+        "bound",
+        "budget",
+        "c",
+        "cache",
+        "checked",
+        "dead_tried",
+        "entry",
+        "head",
+        "kind",
+        "lin",
+        "members",
+        "n2",
+        "noeffect",
+        "ntime",
+        "nxt",
+        "observers",
+        "observes",
+        "prv",
+        "ptr",
+        "remaining",
+        "result",
+        "state",
+        "steps",
+        "stk_bound",
+        "stk_flag",
+        "stk_node",
+        "stk_state",
+        "used",
+    )
 
-    remaining = len(events) // 2
-    state = 0
-    lin = 0  # bitmask of linearized completed ops
-    used = 0  # bitmask of timed-out ops taken into the linearization
-    # (completed set, state) -> the `used` sets explored with it. Using more timed-out ops
-    # only removes options, so a configuration whose `used` is a superset of one already
-    # explored (failed, or being explored above us) needs no search of its own.
-    cache: dict[tuple[int, int], list[int]] = {}
-    # Stack of choices: call node (completed op) or -(class + 1) (timed-out op), with the state
-    # and scan bound before it and _FORCED / _DEAD_TRIED flags.
-    stk_node: list[int] = []
-    stk_state: list[int] = []
-    stk_bound: list[float] = []
-    stk_flag: list[int] = []
-    best: tuple[list[int], list[int]] = ([], [])
-    best_len = -1
-    steps = 0
-    if remaining == 0:
-        return _report(_Outcome.OK, all_ops, ops, back, best, steps)
+    def __init__(self, ops: list[Operation], budget: _Budget) -> None:
+        self.budget = budget
+        self._encode(ops)
+        self._link_events(ops)
+        self.state = 0
+        self.lin = 0  # bitmask of linearized completed ops
+        self.used = 0  # bitmask of timed-out ops taken into the linearization
+        # (completed set, state) -> the `used` sets explored with it. Using more timed-out ops
+        # only removes options, so a configuration whose `used` is a superset of one already
+        # explored (failed, or being explored above us) needs no search of its own.
+        self.cache: dict[tuple[int, int], list[int]] = {}
+        # Stack of choices: call node (completed op) or -(class + 1) (timed-out op), with the
+        # state and scan bound before it and _FORCED / _DEAD_TRIED flags.
+        self.stk_node: list[int] = []
+        self.stk_state: list[int] = []
+        self.stk_bound: list[float] = []
+        self.stk_flag: list[int] = []
+        # The deepest stack seen: (its ops, the ops that could have come next).
+        self.best: tuple[list[int], list[int]] = ([], [])
+        self.best_len = -1
+        self.steps = 0
+        self.entry = self.head  # the event `_SCAN` looks at
+        self.bound = 0.0  # time of the first return still in the list, for timed-out ops
+        self.c = 0  # the timed-out class `_TIMED_OUT` tries next
+        self.dead_tried = False  # this step already tried a timed-out write of a dead value
 
-    mode = _FRESH
-    entry = head
-    bound = 0.0
-    c = 0
-    dead_tried = False  # this step already tried a timed-out write of a dead value
-    while True:
-        steps += 1
-        if not steps & 0xFFF and budget.expired(steps):
-            return _report(_Outcome.UNKNOWN, all_ops, ops, back, best, steps)
+    def _encode(self, ops: list[Operation]) -> None:
+        """Values become ids (see _DEAD) and each op a row of parallel arrays."""
+        n = len(ops)
+        ids: dict[Any, int] = {}
+        for op in ops:
+            if op.kind is OpKind.GET and op.result is not None:
+                ids.setdefault(op.result, len(ids) + 1)
+            elif op.kind is OpKind.CAS and op.args[0] is not None:
+                ids.setdefault(op.args[0], len(ids) + 1)
 
-        if mode == _SCAN or mode == _FRESH:
-            forced = mode == _FRESH
+        def vid(v: Any) -> int:
+            return 0 if v is None else ids.get(v, _DEAD)
+
+        kind: list[int] = []
+        arg1: list[int] = []
+        arg2: list[int] = []
+        result: list[Any] = []  # value id for gets, bool (or None) for CAS and delete
+        observes: list[int] = []  # the value id a get or CAS compares against (0: none)
+        checked: list[bool] = []
+        for op in ops:
+            k = _CODE[op.kind]
+            kind.append(k)
+            arg1.append(vid(op.args[0]) if k in (_PUT, _CAS) else 0)
+            arg2.append(vid(op.args[1]) if k == _CAS else 0)
+            result.append(vid(op.result) if k == _GET and not op.pending else op.result)
+            observes.append(
+                max(0, result[-1] if k == _GET and not op.pending else arg1[-1] if k == _CAS else 0)
+            )
+            # Results are checked for completed ops, except deletes recorded without a result.
+            checked.append(not op.pending and not (k == _DEL and op.result is None))
+        self.noeffect = [
+            checked[i]
+            and (
+                kind[i] == _GET
+                or (kind[i] == _CAS and (result[i] is False or arg1[i] == arg2[i]))
+                or (kind[i] == _DEL and result[i] is False)
+            )
+            for i in range(n)
+        ]
+        observers = [0] * (len(ids) + 1)  # per value id: ops not yet linearized that observe it
+        for o in observes:
+            observers[o] += 1
+        observers[0] = 1 << 62  # "missing" is never merged away
+        self.kind, self.arg1, self.arg2, self.result = kind, arg1, arg2, result
+        self.observes, self.checked, self.observers = observes, checked, observers
+        self.bit = [1 << i for i in range(n)]
+
+    def _link_events(self, ops: list[Operation]) -> None:
+        """Completed ops' calls and returns into one linked list sorted by time; timed-out ops
+        into classes of identical effect, each in call order."""
+        # Node ids: 2i = call of op i, 2i+1 = return of completed op i; then two sentinels.
+        n2 = 2 * len(ops)
+        head, tail = n2, n2 + 1
+        nxt = [0] * (n2 + 2)
+        prv = [0] * (n2 + 2)
+        ntime = [math.inf] * (n2 + 2)
+        events: list[tuple[float, int, int]] = []
+        classes: dict[tuple[int, int, int], list[int]] = {}
+        for i, op in enumerate(ops):
+            ntime[2 * i] = op.call
+            if op.pending:
+                classes.setdefault((self.kind[i], self.arg1[i], self.arg2[i]), []).append(i)
+            else:
+                assert op.ret is not None
+                ntime[2 * i + 1] = op.ret
+                # At equal times calls sort before returns: ties are treated as concurrent.
+                events.append((op.call, 0, 2 * i))
+                events.append((op.ret, 1, 2 * i + 1))
+        events.sort()
+        _link(nxt, prv, [head, *(e[2] for e in events), tail])
+        self.n2, self.head, self.nxt, self.prv, self.ntime = n2, head, nxt, prv, ntime
+        self.members = [sorted(m, key=lambda i: ntime[2 * i]) for m in classes.values()]
+        self.ptr = [0] * len(self.members)  # per class: how many members are in use
+        self.remaining = len(events) // 2  # completed ops not yet linearized
+
+    def run(self) -> _Outcome:
+        """Search until every completed op is placed (OK), every choice failed (VIOLATION) or
+        the budget ran out (UNKNOWN); `steps` counts the turns."""
+        if self.remaining == 0:
+            return _Outcome.OK
+        modes = (self._fresh, self._scan, self._timed_out, self._back)
+        budget = self.budget
+        mode = _FRESH
+        steps = 0
+        while mode < _FOUND:
+            steps += 1
+            if not steps & 0xFFF and budget.expired(steps):
+                self.steps = steps
+                return _Outcome.UNKNOWN
+            mode = modes[mode]()
+        self.steps = steps
+        return _Outcome.OK if mode == _FOUND else _Outcome.VIOLATION
+
+    def _fresh(self) -> int:
+        """A new configuration: take a forced op if there is one, else scan normally."""
+        nxt, n2, state = self.nxt, self.n2, self.state
+        kind, arg1, arg2, result, noeffect = self.kind, self.arg1, self.arg2, self.result, self.noeffect
+        node = nxt[self.head]
+        while node < n2 and not node & 1:
+            i = node >> 1
+            if noeffect[i] and _step(kind[i], arg1[i], arg2[i], result[i], True, state)[0]:
+                return self._take(node, state, True)
+            node = nxt[node]
+        self.entry = nxt[self.head]
+        return _SCAN
+
+    def _scan(self) -> int:
+        """Try the completed op at `entry` next; at the first return, the timed-out ops."""
+        entry = self.entry
+        if entry < self.n2 and not entry & 1:
+            i = entry >> 1
+            ok, new = _step(
+                self.kind[i], self.arg1[i], self.arg2[i], self.result[i], self.checked[i], self.state
+            )
+            if not ok:
+                self.entry = self.nxt[entry]
+                return _SCAN
+            return self._take(entry, new, False)
+        # Reached the first return: now try timed-out ops called by then.
+        self.bound = self.ntime[entry]
+        self.c = 0
+        self.dead_tried = False
+        return _TIMED_OUT
+
+    def _take(self, node: int, new: int, forced: bool) -> int:
+        """Linearize the completed op whose call is `node`, leaving state `new`, unless that
+        configuration was explored already."""
+        i = node >> 1
+        observers = self.observers
+        o = self.observes[i]
+        observers[o] -= 1
+        if new > 0 and not observers[new]:
+            new = _DEAD
+        nlin = self.lin | self.bit[i]
+        if _seen(self.cache, (nlin, new), self.used):
+            observers[o] += 1
             if forced:
-                # New configuration: take a forced op if there is one, else scan normally.
-                node = nxt[head]
-                while node < n2 and not node & 1:
-                    i = node >> 1
-                    if noeffect[i] and _step(kind[i], arg1[i], arg2[i], result[i], True, state)[0]:
-                        break
-                    node = nxt[node]
-                else:
-                    entry = nxt[head]
-                    mode = _SCAN
-                    continue
-                new = state
-            elif entry < n2 and not entry & 1:
-                node = entry
-                i = node >> 1
-                ok, new = _step(kind[i], arg1[i], arg2[i], result[i], checked[i], state)
-                if not ok:
-                    entry = nxt[entry]
-                    continue
-            else:
-                # Reached the first return: now try timed-out ops called by then.
-                bound = ntime[entry]
-                c = 0
-                dead_tried = False
-                mode = _TIMED_OUT
-                continue
-            o = observes[i]
-            observers[o] -= 1
-            if new > 0 and not observers[new]:
-                new = _DEAD
-            nlin = lin | bit[i]
-            if _seen(cache, (nlin, new), used):
-                observers[o] += 1
-                if forced:
-                    mode = _BACK
-                else:
-                    entry = nxt[entry]
-                continue
-            stk_node.append(node)
-            stk_state.append(state)
-            stk_bound.append(bound)
-            stk_flag.append(_FORCED if forced else 0)
-            lin = nlin
-            state = new
-            nxt[prv[node]] = nxt[node]
-            prv[nxt[node]] = prv[node]
-            r = node + 1
-            nxt[prv[r]] = nxt[r]
-            prv[nxt[r]] = prv[r]
-            remaining -= 1
-            if remaining == 0:
-                return _report(_Outcome.OK, all_ops, ops, back, best, steps)
-            mode = _FRESH
-            continue
+                return _BACK
+            self.entry = self.nxt[node]
+            return _SCAN
+        self._push(node, _FORCED if forced else 0)
+        self.lin = nlin
+        self.state = new
+        _unlink(self.nxt, self.prv, node)
+        _unlink(self.nxt, self.prv, node + 1)
+        self.remaining -= 1
+        return _FOUND if self.remaining == 0 else _FRESH
 
-        if mode == _TIMED_OUT:
-            while c < nclasses:
-                p = ptr[c]
-                group = members[c]
-                if p < len(group):
-                    i = group[p]
-                    if ntime[2 * i] <= bound:
-                        new = _step(kind[i], arg1[i], arg2[i], None, False, state)[1]
-                        if new != state:
-                            o = observes[i]
-                            observers[o] -= 1
-                            if new > 0 and not observers[new]:
-                                new = _DEAD
-                            dead_put = kind[i] == _PUT and new == _DEAD
-                            if (
-                                new != state
-                                and not (dead_put and dead_tried)
-                                and not _seen(cache, (lin, new), used | bit[i])
-                            ):
-                                break
-                            observers[o] += 1
-                c += 1
-            else:
-                mode = _BACK
-                continue
-            dead_tried = dead_tried or dead_put
-            stk_node.append(-(c + 1))
-            stk_state.append(state)
-            stk_bound.append(bound)
-            stk_flag.append(_DEAD_TRIED if dead_tried else 0)
-            ptr[c] += 1
-            used |= bit[i]
-            state = new
-            mode = _FRESH
-            continue
+    def _timed_out(self) -> int:
+        """Take the earliest unused member of the next class (from `c`) that was called by
+        `bound` and changes the state; none left: back up."""
+        kind, arg1, arg2, observes, observers = self.kind, self.arg1, self.arg2, self.observes, self.observers
+        members, ptr, ntime, bit = self.members, self.ptr, self.ntime, self.bit
+        state, bound, lin, used, dead_tried = self.state, self.bound, self.lin, self.used, self.dead_tried
+        c = self.c
+        nclasses = len(members)
+        while c < nclasses:
+            p = ptr[c]
+            group = members[c]
+            if p < len(group):
+                i = group[p]
+                if ntime[2 * i] <= bound:
+                    new = _step(kind[i], arg1[i], arg2[i], None, False, state)[1]
+                    if new != state:
+                        o = observes[i]
+                        observers[o] -= 1
+                        if new > 0 and not observers[new]:
+                            new = _DEAD
+                        dead_put = kind[i] == _PUT and new == _DEAD
+                        if (
+                            new != state
+                            and not (dead_put and dead_tried)
+                            and not _seen(self.cache, (lin, new), used | bit[i])
+                        ):
+                            break
+                        observers[o] += 1
+            c += 1
+        else:
+            self.c = c
+            return _BACK
+        self.c = c
+        self.dead_tried = dead_tried or dead_put
+        self._push(-(c + 1), _DEAD_TRIED if self.dead_tried else 0)
+        ptr[c] += 1
+        self.used = used | bit[i]
+        self.state = new
+        return _FRESH
 
-        # mode == _BACK: every choice here failed; undo the last one.
-        if len(stk_node) > best_len:
-            best_len = len(stk_node)
-            best = (
-                _prefix(stk_node, members),
-                _candidates(nxt, ntime, n2, members, ptr),
+    def _back(self) -> int:
+        """Every choice here failed: undo the last one and go on where it was made."""
+        stk_node = self.stk_node
+        if len(stk_node) > self.best_len:
+            self.best_len = len(stk_node)
+            self.best = (
+                _prefix(stk_node, self.members),
+                _candidates(self.nxt, self.ntime, self.n2, self.members, self.ptr),
             )
         if not stk_node:
-            return _report(_Outcome.VIOLATION, all_ops, ops, back, best, steps)
+            return _EXHAUSTED
         node = stk_node.pop()
-        state = stk_state.pop()
-        bound = stk_bound.pop()
-        flag = stk_flag.pop()
+        self.state = self.stk_state.pop()
+        self.bound = self.stk_bound.pop()
+        flag = self.stk_flag.pop()
         if node >= 0:
             i = node >> 1
-            lin ^= bit[i]
-            observers[observes[i]] += 1
-            remaining += 1
+            self.lin ^= self.bit[i]
+            self.observers[self.observes[i]] += 1
+            self.remaining += 1
             # Relink in reverse order of unlinking (dancing links).
-            r = node + 1
-            nxt[prv[r]] = r
-            prv[nxt[r]] = r
-            nxt[prv[node]] = node
-            prv[nxt[node]] = node
-            if not flag & _FORCED:
-                entry = nxt[node]
-                mode = _SCAN
-        else:
-            c = -node - 1
-            ptr[c] -= 1
-            i = members[c][ptr[c]]
-            used ^= bit[i]
-            observers[observes[i]] += 1
-            dead_tried = bool(flag & _DEAD_TRIED)
-            c += 1
-            mode = _TIMED_OUT
+            _relink(self.nxt, self.prv, node + 1)
+            _relink(self.nxt, self.prv, node)
+            if flag & _FORCED:
+                return _BACK
+            self.entry = self.nxt[node]
+            return _SCAN
+        c = -node - 1
+        self.ptr[c] -= 1
+        i = self.members[c][self.ptr[c]]
+        self.used ^= self.bit[i]
+        self.observers[self.observes[i]] += 1
+        self.dead_tried = bool(flag & _DEAD_TRIED)
+        self.c = c + 1
+        return _TIMED_OUT
+
+    def _push(self, choice: int, flag: int) -> None:
+        """Record a choice with the state and scan bound before it."""
+        self.stk_node.append(choice)
+        self.stk_state.append(self.state)
+        self.stk_bound.append(self.bound)
+        self.stk_flag.append(flag)
+
+
+def _unlink(nxt: list[int], prv: list[int], node: int) -> None:
+    nxt[prv[node]] = nxt[node]
+    prv[nxt[node]] = prv[node]
+
+
+def _relink(nxt: list[int], prv: list[int], node: int) -> None:
+    nxt[prv[node]] = node
+    prv[nxt[node]] = node
 
 
 def _seen(cache: dict[tuple[int, int], list[int]], key: tuple[int, int], used: int) -> bool:

@@ -10,13 +10,16 @@ Why this shape:
   messages; B's replies travel on B's own connection to A. The server side answers the
   handshake and then only reads.
 - Idle connections are kept honest by keepalives: a sender with nothing to send for
-  `keepalive_interval` sends an empty batch, and a receiver that hears nothing for
-  `idle_timeout` closes the connection (so a peer that vanished without a FIN does not
+  `keepalive_interval_ms` sends an empty batch, and a receiver that hears nothing for
+  `idle_timeout_ms` closes the connection (so a peer that vanished without a FIN does not
   pin a task and a socket forever). The sender also watches its socket for EOF, so a
   restarted peer is noticed at once rather than on the next failed write.
 
 All of this runs on one trio thread: `send`, `update_peers` and `statistics` must be called
 from the trio thread that runs `run` (or before it starts).
+
+Every limit and timeout is a `[transport]` knob (`ggap.config.model.TransportConfig`), given
+to the constructor as one object.
 """
 
 from __future__ import annotations
@@ -26,14 +29,16 @@ import functools
 import logging
 import random
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 
 import attrs
 import trio
 
+from ggap.config.model import TransportConfig
 from ggap.consensus.raft.types import Message
 from ggap.transport.wire import (
-    MAX_FRAME_SIZE,
+    PURPOSE_SNAPSHOT,
     FrameDecoder,
     Handshake,
     HandshakeReply,
@@ -48,14 +53,50 @@ from ggap.transport.wire import (
 )
 from ggap.types.errors import CodecError
 
-__all__ = ["Address", "PeerBindError", "PeerStatistics", "PeerTransport", "TransportStatistics"]
+__all__ = [
+    "Address",
+    "PeerBindError",
+    "PeerStatistics",
+    "PeerTransport",
+    "SnapshotHandler",
+    "SnapshotStream",
+    "TransportStatistics",
+]
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 
+
+class SnapshotStream:
+    """One snapshot connection after its handshake: whole frames in and out, each bounded
+    by a timeout. Bounded memory: one frame at a time (at most the transport's max frame)."""
+
+    def __init__(self, stream: trio.SocketStream, decoder: FrameDecoder, remote: str) -> None:
+        self._stream = stream
+        self._decoder = decoder
+        self.remote = remote
+
+    async def send(self, payload: bytes, timeout_s: float) -> None:
+        with trio.fail_after(timeout_s):
+            await self._stream.send_all(encode_frame(payload))
+
+    async def receive(self, timeout_s: float) -> bytes:
+        """The next frame's payload; BrokenResourceError if the peer closed instead."""
+        with trio.fail_after(timeout_s):
+            payload = await _read_frame(self._stream, self._decoder)
+        if payload is None:
+            raise trio.BrokenResourceError(f"{self.remote} closed the snapshot connection")
+        return payload
+
+
+# (peer id, stream) -> handled; the stream is closed once the handler returns.
+SnapshotHandler = Callable[[int, SnapshotStream], Awaitable[None]]
+
+# Socket read size and listen backlog: implementation details, not tuning knobs.
 _RECEIVE_SIZE = 256 * 1024
 _BACKLOG = 128
+_U32_MAX = (1 << 32) - 1
 _KEEPALIVE_FRAME = encode_frame(encode_messages(()))
 
 # What a broken or misbehaving connection raises; anything else is a bug and is logged loudly.
@@ -191,6 +232,24 @@ class _Link:
         )
 
 
+def _check_config(config: TransportConfig) -> None:
+    """The rules ggap/config/load.py applies to `[transport]`, for configs built in code."""
+    for field in attrs.fields(TransportConfig):
+        value = getattr(config, field.name)
+        if not value > 0:
+            raise ValueError(f"transport.{field.name} must be positive, got {value!r}")
+    if config.max_frame_bytes > _U32_MAX:
+        raise ValueError(f"transport.max_frame_bytes must be <= {_U32_MAX}, got {config.max_frame_bytes}")
+    if config.idle_timeout_ms <= config.keepalive_interval_ms:
+        raise ValueError("transport.idle_timeout_ms must exceed transport.keepalive_interval_ms")
+    if config.reconnect_backoff_initial_ms > config.reconnect_backoff_max_ms:
+        raise ValueError(
+            "transport.reconnect_backoff_initial_ms must be <= transport.reconnect_backoff_max_ms"
+        )
+    if config.max_batch_bytes > config.max_frame_bytes:
+        raise ValueError("transport.max_batch_bytes must be <= transport.max_frame_bytes")
+
+
 def _format_addr(addr: Address) -> str:
     host, port = addr
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -244,16 +303,9 @@ class PeerTransport:
         listen: Address,
         peers: Mapping[int, Address],
         on_messages: Callable[[list[Message]], None],
-        queue_limit: int = 4096,
-        connect_timeout: float = 1.0,
-        io_timeout: float = 2.0,
-        backoff: tuple[float, float] = (0.05, 1.0),
+        config: TransportConfig = TransportConfig(),
         rng: random.Random | None = None,
-        queue_bytes_limit: int = 64 << 20,
-        max_batch_bytes: int = 4 << 20,
-        max_frame: int = MAX_FRAME_SIZE,
-        keepalive_interval: float = 1.0,
-        idle_timeout: float = 10.0,
+        on_snapshot: SnapshotHandler | None = None,
     ) -> None:
         """
         Args:
@@ -265,54 +317,50 @@ class PeerTransport:
                 non-empty batch (only messages `to` this node `frm` the connected peer).
                 It must not block; a driver typically puts them on a channel, dropping
                 when full. If it raises, the error is logged and that connection closed.
-            queue_limit: messages queued per peer before `send` drops.
-            connect_timeout: bound on opening a TCP connection.
-            io_timeout: bound on the handshake and on writing each frame.
-            backoff: (first, max) delay between connection attempts; each failure
-                doubles it, a successful handshake resets it, and every delay is
-                drawn uniformly from [d/2, d] so nodes do not reconnect in lockstep.
-            rng: source of that jitter (inject a seeded one for reproducible tests).
-            queue_bytes_limit: estimated bytes queued per peer before `send` drops.
-            max_batch_bytes: estimated bytes taken into one frame.
-            max_frame: largest frame accepted from peers (and sent to them).
-            keepalive_interval: an idle sender sends an empty frame this often.
-            idle_timeout: a receiver closes a connection silent for this long; keep it
-                well above the peers' keepalive_interval.
+            config: the `[transport]` knobs (every field is documented in
+                config/default.toml):
+                connect_timeout_ms bounds opening a TCP connection;
+                handshake_timeout_ms the handshake, on both ends;
+                send_timeout_ms writing each frame;
+                keepalive_interval_ms is how often an idle sender sends an empty frame;
+                idle_timeout_ms how long a receiver lets a connection be silent (keep it
+                well above the peers' keepalive_interval_ms);
+                reconnect_backoff_initial_ms / _max_ms the delay between connection
+                attempts: each failure doubles it, a successful handshake resets it, and
+                every delay is drawn uniformly from [d/2, d] so nodes do not reconnect in
+                lockstep;
+                queue_messages / queue_bytes what is queued per peer before `send` drops;
+                max_batch_bytes the estimated bytes taken into one frame;
+                max_frame_bytes the largest frame accepted from peers (and sent to them).
+            rng: source of the backoff jitter (inject a seeded one for reproducible tests).
+            on_snapshot: serves inbound snapshot connections (handshake purpose
+                "snapshot"), one task per connection; without it they are refused.
+
+        Raises ValueError for a config the loader would have refused (the loader checks
+        the same rules with messages naming the key and its source).
         """
         if node_id <= 0:
             raise ValueError(f"node_id must be positive, got {node_id}")
         if not listen[0]:
             raise ValueError("listen host must be given; use 0.0.0.0 or :: for every interface")
-        for name, value in (
-            ("queue_limit", queue_limit),
-            ("connect_timeout", connect_timeout),
-            ("io_timeout", io_timeout),
-            ("queue_bytes_limit", queue_bytes_limit),
-            ("max_batch_bytes", max_batch_bytes),
-            ("max_frame", max_frame),
-            ("keepalive_interval", keepalive_interval),
-            ("idle_timeout", idle_timeout),
-        ):
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
-        if not 0 < backoff[0] <= backoff[1]:
-            raise ValueError(f"backoff must be (first, max) with 0 < first <= max, got {backoff!r}")
-        if idle_timeout <= keepalive_interval:
-            raise ValueError("idle_timeout must exceed keepalive_interval")
+        _check_config(config)
         self.node_id = node_id
         self.cluster_id = cluster_id
+        self.config = config
         self._listen = listen
         self._on_messages = on_messages
-        self._queue_limit = queue_limit
-        self._queue_bytes_limit = queue_bytes_limit
-        self._max_batch_bytes = max_batch_bytes
-        self._max_frame = max_frame
-        self._connect_timeout = connect_timeout
-        self._io_timeout = io_timeout
-        self._backoff = backoff
+        self._on_snapshot = on_snapshot
+        self._queue_limit = config.queue_messages
+        self._queue_bytes_limit = config.queue_bytes
+        self._max_batch_bytes = config.max_batch_bytes
+        self._max_frame = config.max_frame_bytes
+        self._connect_timeout = config.connect_timeout_ms / 1000
+        self._handshake_timeout = config.handshake_timeout_ms / 1000
+        self._send_timeout = config.send_timeout_ms / 1000
+        self._backoff = (config.reconnect_backoff_initial_ms / 1000, config.reconnect_backoff_max_ms / 1000)
         self._rng = rng if rng is not None else random.Random()
-        self._keepalive_interval = keepalive_interval
-        self._idle_timeout = idle_timeout
+        self._keepalive_interval = config.keepalive_interval_ms / 1000
+        self._idle_timeout = config.idle_timeout_ms / 1000
         self._links: dict[int, _Link] = {}
         self._nursery: trio.Nursery | None = None
         self._running = False
@@ -451,6 +499,35 @@ class PeerTransport:
 
     # -- outbound --------------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def open_snapshot_stream(self, peer: int) -> AsyncIterator[SnapshotStream]:
+        """A dedicated connection to `peer` for one snapshot transfer, so a large transfer
+        never queues behind (or in front of) Raft messages. Raises the connection's error
+        (OSError, trio.TooSlowError, BrokenResourceError, CodecError) or a ConnectionError
+        if the peer refuses the handshake."""
+        link = self._links.get(peer)
+        if link is None:
+            raise ConnectionError(f"peer {peer} is unknown")
+        addr = link.address
+        with trio.fail_after(self._connect_timeout):
+            stream = await trio.open_tcp_stream(*addr)
+        try:
+            decoder = FrameDecoder(max_frame=self._max_frame)
+            hello = Handshake(
+                cluster_id=self.cluster_id, from_id=self.node_id, to_id=peer, purpose=PURPOSE_SNAPSHOT
+            )
+            with trio.fail_after(self._handshake_timeout):
+                await stream.send_all(encode_frame(encode_handshake(hello)))
+                payload = await _read_frame(stream, decoder)
+            if payload is None:
+                raise trio.BrokenResourceError("closed by the peer during the handshake")
+            reply = decode_reply(payload)
+            if not reply.accepted:
+                raise ConnectionError(f"peer {peer} refused the snapshot connection: {reply.reason}")
+            yield SnapshotStream(stream, decoder, _format_addr(addr))
+        finally:
+            await trio.aclose_forcefully(stream)
+
     async def _sender(self, link: _Link) -> None:
         """Connect, pump, reconnect, forever (until the link's task scope is cancelled)."""
         first_delay, max_delay = self._backoff
@@ -485,7 +562,7 @@ class PeerTransport:
                 stream = await trio.open_tcp_stream(*addr)
             decoder = FrameDecoder(max_frame=self._max_frame)
             hello = Handshake(cluster_id=self.cluster_id, from_id=self.node_id, to_id=link.peer_id)
-            with trio.fail_after(self._io_timeout):
+            with trio.fail_after(self._handshake_timeout):
                 await stream.send_all(encode_frame(encode_handshake(hello)))
                 payload = await _read_frame(stream, decoder)
             if payload is None:
@@ -572,7 +649,7 @@ class PeerTransport:
             else:
                 frame = _KEEPALIVE_FRAME
             try:
-                with trio.fail_after(self._io_timeout):
+                with trio.fail_after(self._send_timeout):
                     await stream.send_all(frame)
             except BaseException:
                 link.dropped += len(batch)  # what was in flight is lost with the connection
@@ -607,12 +684,14 @@ class PeerTransport:
             return f"connection for node {hs.to_id} reached node {self.node_id}"
         if hs.from_id == 0 or hs.from_id == self.node_id:
             return f"invalid sender id {hs.from_id}"
+        if hs.purpose == PURPOSE_SNAPSHOT and self._on_snapshot is None:
+            return "this node does not accept snapshot connections"
         return ""
 
     async def _inbound(self, stream: trio.SocketStream, remote: str) -> None:
         decoder = FrameDecoder(max_frame=self._max_frame)
         try:
-            with trio.fail_after(self._io_timeout):
+            with trio.fail_after(self._handshake_timeout):
                 payload = await _read_frame(stream, decoder)
         except _CONNECTION_ERRORS as exc:
             self._inbound_rejected += 1
@@ -631,15 +710,20 @@ class PeerTransport:
         if reason:
             self._inbound_rejected += 1
             log.warning("rejecting peer connection from %s: %s", remote, reason)
-            with trio.move_on_after(self._io_timeout):
+            with trio.move_on_after(self._handshake_timeout):
                 await stream.send_all(
                     encode_frame(encode_reply(HandshakeReply(accepted=False, reason=reason)))
                 )
             return
-        with trio.fail_after(self._io_timeout):
+        with trio.fail_after(self._handshake_timeout):
             await stream.send_all(encode_frame(encode_reply(HandshakeReply(accepted=True))))
         self._inbound_accepted += 1
         peer = hello.from_id
+        if hello.purpose == PURPOSE_SNAPSHOT:
+            assert self._on_snapshot is not None
+            log.info("peer %d opened a snapshot connection from %s", peer, remote)
+            await self._on_snapshot(peer, SnapshotStream(stream, decoder, remote))
+            return
         log.info("peer %d connected from %s", peer, remote)
         while True:
             with trio.fail_after(self._idle_timeout):

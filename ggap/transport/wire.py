@@ -11,7 +11,10 @@ length happens to fit the bytes at hand.
 
 Payloads (all `ggap.codec.pack` values; lists decode as tuples):
   handshake  (client -> server, first frame):
-             ("ggap-peer", PROTOCOL_VERSION, cluster_id: str, from_id: int, to_id: int)
+             ("ggap-peer", PROTOCOL_VERSION, cluster_id: str, from_id: int, to_id: int
+              [, purpose: str])
+             purpose "raft" (the default, and the only one sent without the field) carries
+             message batches; "snapshot" carries one snapshot transfer (below).
   reply      (server -> client, answer to the handshake; the only frame a server sends):
              ("ggap-peer-ack", PROTOCOL_VERSION, accepted: bool, reason: str)
   batch      (client -> server, every later frame): a list of messages, possibly empty
@@ -20,6 +23,11 @@ Payloads (all `ggap.codec.pack` values; lists decode as tuples):
               context, snapshot)
              entry    = (index, term, kind, data)
              snapshot = None | (index, term, voters: list[int], learners: list[int])
+On a "snapshot" connection, after the reply:
+  header     (client -> server): ("ggap-snap", PROTOCOL_VERSION, message, size: int, sha256: str)
+             where message is the SNAPSHOT message the data belongs to
+  chunks     (client -> server): raw bytes frames, `size` bytes in all
+  verdict    (server -> client): ("ggap-snap-ack", PROTOCOL_VERSION, ok: bool, reason: str)
 Enums travel as their int values. Decoding is strict: exact shapes, exact types, known enum
 values, non-negative integers; anything else is a CodecError, never another exception.
 """
@@ -41,23 +49,35 @@ __all__ = [
     "MAGIC",
     "MAX_FRAME_SIZE",
     "PROTOCOL_VERSION",
+    "PURPOSE_RAFT",
+    "PURPOSE_SNAPSHOT",
     "REPLY_MAGIC",
     "FrameDecoder",
     "Handshake",
     "HandshakeReply",
+    "SnapshotHeader",
     "decode_frame",
     "decode_handshake",
     "decode_messages",
     "decode_reply",
+    "decode_snapshot_ack",
+    "decode_snapshot_header",
     "encode_frame",
     "encode_handshake",
     "encode_messages",
     "encode_reply",
+    "encode_snapshot_ack",
+    "encode_snapshot_header",
     "estimate_size",
 ]
 
 MAGIC = "ggap-peer"
 REPLY_MAGIC = "ggap-peer-ack"
+SNAPSHOT_MAGIC = "ggap-snap"
+SNAPSHOT_ACK_MAGIC = "ggap-snap-ack"
+PURPOSE_RAFT = "raft"
+PURPOSE_SNAPSHOT = "snapshot"
+_PURPOSES = (PURPOSE_RAFT, PURPOSE_SNAPSHOT)
 PROTOCOL_VERSION = 1
 FRAME_HEADER_SIZE = 8
 #: Largest payload a decoder accepts by default; a bigger announced length is rejected
@@ -163,6 +183,7 @@ class Handshake:
     from_id: int
     to_id: int
     version: int = PROTOCOL_VERSION
+    purpose: str = PURPOSE_RAFT
 
 
 @attrs.frozen(slots=True)
@@ -223,26 +244,74 @@ def _versioned(payload: bytes, magic: str, what: str) -> tuple[object, ...]:
 
 
 def encode_handshake(hs: Handshake) -> bytes:
-    return pack(
-        (
-            MAGIC,
-            hs.version,
-            _str(hs.cluster_id, "cluster_id"),
-            _uint(hs.from_id, "from_id"),
-            _uint(hs.to_id, "to_id"),
-        )
+    fields: tuple[object, ...] = (
+        MAGIC,
+        hs.version,
+        _str(hs.cluster_id, "cluster_id"),
+        _uint(hs.from_id, "from_id"),
+        _uint(hs.to_id, "to_id"),
     )
+    if hs.purpose != PURPOSE_RAFT:
+        if hs.purpose not in _PURPOSES:
+            raise CodecError(f"handshake: unknown purpose {hs.purpose!r}")
+        fields += (hs.purpose,)
+    return pack(fields)
 
 
 def decode_handshake(payload: bytes) -> Handshake:
     """Inverse of encode_handshake; CodecError for a wrong magic, version or shape."""
     value = _versioned(payload, MAGIC, "handshake")
-    _tuple(value, "handshake", 5)
+    if len(value) != 6:
+        _tuple(value, "handshake", 5)
+    purpose = PURPOSE_RAFT
+    if len(value) == 6:
+        purpose = _str(value[5], "handshake purpose")
+        if purpose not in _PURPOSES:
+            raise CodecError(f"handshake: unknown purpose {purpose!r}")
     return Handshake(
         cluster_id=_str(value[2], "handshake cluster_id"),
         from_id=_uint(value[3], "handshake from_id"),
         to_id=_uint(value[4], "handshake to_id"),
+        purpose=purpose,
     )
+
+
+@attrs.frozen(slots=True)
+class SnapshotHeader:
+    """What a snapshot connection carries: the SNAPSHOT message and its data's size and hash."""
+
+    message: Message
+    size: int
+    sha256: str
+
+
+def encode_snapshot_header(h: SnapshotHeader) -> bytes:
+    if h.message.type is not MessageType.SNAPSHOT or h.message.snapshot is None:
+        raise CodecError("snapshot header: the message must be a SNAPSHOT with metadata")
+    fields = (SNAPSHOT_MAGIC, PROTOCOL_VERSION, _message_value(h.message), _uint(h.size, "size"), h.sha256)
+    return pack(fields)
+
+
+def decode_snapshot_header(payload: bytes) -> SnapshotHeader:
+    value = _versioned(payload, SNAPSHOT_MAGIC, "snapshot header")
+    _tuple(value, "snapshot header", 5)
+    msg = _decode_message(value[2])
+    if msg.type is not MessageType.SNAPSHOT or msg.snapshot is None:
+        raise CodecError("snapshot header: the message is not a SNAPSHOT with metadata")
+    sha = _str(value[4], "snapshot sha256")
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise CodecError("snapshot header: sha256 must be 64 lowercase hex digits")
+    return SnapshotHeader(message=msg, size=_uint(value[3], "snapshot size"), sha256=sha)
+
+
+def encode_snapshot_ack(ok: bool, reason: str = "") -> bytes:
+    return pack((SNAPSHOT_ACK_MAGIC, PROTOCOL_VERSION, _bool(ok, "ok"), _str(reason, "reason")))
+
+
+def decode_snapshot_ack(payload: bytes) -> tuple[bool, str]:
+    value = _versioned(payload, SNAPSHOT_ACK_MAGIC, "snapshot verdict")
+    _tuple(value, "snapshot verdict", 4)
+    return _bool(value[2], "snapshot ok"), _str(value[3], "snapshot reason")
 
 
 def encode_reply(reply: HandshakeReply) -> bytes:

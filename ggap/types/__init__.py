@@ -46,8 +46,10 @@ from ggap.types.kv import (
     NoopResult,
     PutResult,
     RangeResult,
+    ReadMode,
     TxnOpResult,
     TxnResult,
+    check_key,
 )
 
 __all__ = [
@@ -81,6 +83,7 @@ __all__ = [
     "Put",
     "PutResult",
     "RangeResult",
+    "ReadMode",
     "ReadOp",
     "ResourceExhausted",
     "StatusCode",
@@ -94,4 +97,5 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "WriteOp",
+    "check_key",
 ]

@@ -67,8 +67,10 @@ class Unavailable(GgapError):
 class NotLeader(Unavailable):
     """This node cannot order a write; the server forwards it to `leader_id` (None: unknown).
 
-    The message always starts with PREFIX, so a forwarding node can tell "refused, safe to
-    retry elsewhere" from an outcome it does not know."""
+    Refused before anything happened, so a forwarding node may retry it elsewhere. On the
+    wire it is UNAVAILABLE with `ggap-reason=NOT_LEADER` (ggap.rpc.errors), which is how a
+    program tells it from an outcome it does not know; the message starts with PREFIX for
+    people to read."""
 
     PREFIX = "not leader"
 

@@ -14,8 +14,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -34,7 +33,8 @@ MAX_TXN_OPS = 8
 MAX_IN_FLIGHT = 16
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 
-LIMITS_ENV = {
+# The shared `node` fixture (tests/conftest.py) starts the node with these.
+NODE_ENV = {
     "GINNUNGAGAP_LIMITS__MAX_KEY_BYTES": str(MAX_KEY),
     "GINNUNGAGAP_LIMITS__MAX_VALUE_BYTES": str(MAX_VALUE),
     "GINNUNGAGAP_LIMITS__MAX_TXN_OPS": str(MAX_TXN_OPS),
@@ -45,17 +45,6 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 OUT_OF_RANGE = grpc.StatusCode.OUT_OF_RANGE
 
 _LEAK = re.compile(r"(?i)traceback|File \"|\.pyx?\b|site-packages|/ggap/|object at 0x|<class '")
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    proc = NodeProcess(Path(tmp_path_factory.mktemp("errors")) / "node1", env=LIMITS_ENV)
-    try:
-        proc.start_and_wait()
-        yield proc
-    finally:
-        code = proc.close()
-        assert code == 0, f"node exit code {code}; log:\n{proc.log_tail()}"
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -23,17 +22,6 @@ from tests.procs import NodeProcess
 pytestmark = pytest.mark.slow
 
 T = 5.0  # per-call deadline: a liveness bound, never a measurement
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    proc = NodeProcess(Path(tmp_path_factory.mktemp("kv_api")) / "node1")
-    try:
-        proc.start_and_wait()
-        yield proc
-    finally:
-        code = proc.close()
-        assert code == 0, f"node exit code {code}; log:\n{proc.log_tail()}"
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,8 @@ each test as a whole has an outer bound too (a channel's exit can hang, §1.3).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from pathlib import Path
 
 import purerpc
 import pytest
@@ -21,17 +20,6 @@ from tests.procs import NodeProcess
 pytestmark = pytest.mark.slow
 
 T = 5.0
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    proc = NodeProcess(Path(tmp_path_factory.mktemp("purerpc")) / "node1")
-    try:
-        proc.start_and_wait()
-        yield proc
-    finally:
-        code = proc.close()
-        assert code == 0, f"node exit code {code}; log:\n{proc.log_tail()}"
 
 
 @asynccontextmanager

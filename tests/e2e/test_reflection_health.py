@@ -10,8 +10,6 @@ import base64
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import grpc
@@ -34,17 +32,6 @@ T = 5.0
 KV = "ginnungagap.v1.KvService"
 CLUSTER = "ginnungagap.v1.ClusterService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    proc = NodeProcess(Path(tmp_path_factory.mktemp("reflection")) / "node1")
-    try:
-        proc.start_and_wait()
-        yield proc
-    finally:
-        code = proc.close()
-        assert code == 0, f"node exit code {code}; log:\n{proc.log_tail()}"
 
 
 # -- health --------------------------------------------------------------------------------

@@ -10,8 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -26,17 +25,8 @@ T = 5.0
 PUT, DELETE = pb.EVENT_TYPE_PUT, pb.EVENT_TYPE_DELETE
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    proc = NodeProcess(
-        Path(tmp_path_factory.mktemp("watch")) / "node1", env={"GINNUNGAGAP_WATCH__REPLAY_BATCH": "8"}
-    )
-    try:
-        proc.start_and_wait()
-        yield proc
-    finally:
-        code = proc.close()
-        assert code == 0, f"node exit code {code}; log:\n{proc.log_tail()}"
+# The shared `node` fixture (tests/conftest.py) starts the node with these.
+NODE_ENV = {"GINNUNGAGAP_WATCH__REPLAY_BATCH": "8"}
 
 
 @pytest.fixture(scope="module")

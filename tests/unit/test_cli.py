@@ -160,6 +160,13 @@ def test_node_config_errors_exit_2(tmp_path: Path, fake_server_module: list[Conf
     expected = "mvcc.history_depth: expected int, got 'abc' (from env GINNUNGAGAP_MVCC__HISTORY_DEPTH)"
     assert expected in result.stderr
 
+    result = run("node", env={"GINNUNGAGAP_TRANSPORT__SEND_TIMEOUT_MS": "0"})
+    assert result.exit_code == 2
+    expected = (
+        "transport.send_timeout_ms: must be >= 1, got 0 (from env GINNUNGAGAP_TRANSPORT__SEND_TIMEOUT_MS)"
+    )
+    assert expected in result.stderr
+
     conf = tmp_path / "bad.toml"
     conf.write_text("[mvcc]\nbogus = 1\n")
     result = run("node", "--config", str(conf))

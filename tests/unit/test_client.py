@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import bisect
 import functools
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,6 +28,7 @@ from ggap.pb import kv_grpc, kv_pb2
 from ggap.types.errors import StatusCode
 
 HANG_KEY = "hang"
+REPO = str(Path(__file__).resolve().parents[2])
 
 
 class FakeKv(kv_grpc.KvServiceServicer):
@@ -416,3 +421,17 @@ async def test_server_gone_mid_session_never_hangs(nursery: trio.Nursery) -> Non
             with pytest.raises(ClientError) as info:
                 await client.get(key="a")
             assert info.value.code in (StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_the_client_loads_the_status_mapping_but_no_server_code() -> None:
+    # ggap.rpc.errors is the one status mapping, shared with the server; importing it must
+    # not pull in the serving side of ggap.rpc, let alone the node.
+    code = (
+        "import sys, ggap.client\n"
+        "serving = ('ggap.rpc.server', 'ggap.rpc.health', 'ggap.rpc.reflection', 'ggap.server',"
+        " 'ggap.consensus', 'ggap.storage', 'ggap.config')\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(serving))\n"
+        "assert 'ggap.rpc.errors' in sys.modules and not loaded, loaded\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)

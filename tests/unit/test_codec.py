@@ -438,6 +438,22 @@ def test_command_entry_round_trip(index: int, term: int, cmd: Command) -> None:
     assert ggap.codec.decode_entry(frame)[2] == ggap.codec.ENTRY_KIND_COMMAND
 
 
+def test_entry_kind_bytes_are_the_raft_entry_kinds() -> None:
+    # One enum (Raft's), one set of frame bytes (the codec's, which imports no consensus code).
+    from ggap.consensus.raft.types import EntryKind
+
+    codec_kinds = {
+        name.removeprefix("ENTRY_KIND_"): value
+        for name, value in vars(ggap.codec).items()
+        if name.startswith("ENTRY_KIND_")
+    }
+    assert codec_kinds == {"COMMAND": 1, "CONF_CHANGE": 2, "NOOP": 3}
+    assert {k.value for k in EntryKind} == set(codec_kinds.values())
+    assert EntryKind.NORMAL == ggap.codec.ENTRY_KIND_COMMAND
+    assert EntryKind.CONF_CHANGE == ggap.codec.ENTRY_KIND_CONF_CHANGE
+    assert EntryKind.NOOP == ggap.codec.ENTRY_KIND_NOOP
+
+
 def test_decode_command_entry_rejects_other_kinds() -> None:
     frame = ggap.codec.encode_entry(1, 1, ggap.codec.ENTRY_KIND_CONF_CHANGE, b"\x00")
     with pytest.raises(CodecError, match="not a command entry"):

@@ -9,7 +9,7 @@ import attrs
 import pytest
 
 from ggap.config import Config, ConfigError, config_to_dict, load_config
-from ggap.config.model import MvccConfig, NodeConfig
+from ggap.config.model import MvccConfig, NodeConfig, RaftConfig, ReadsConfig, ServerConfig, TransportConfig
 
 DEFAULT_TOML = Path(__file__).resolve().parents[2] / "config" / "default.toml"
 
@@ -194,6 +194,15 @@ def test_override_errors() -> None:
         ("storage.log_synchronous", "fast", "must be one of OFF, NORMAL, FULL, EXTRA, got 'FAST'"),
         ("log.level", "loud", "must be one of debug, info, warning, error, critical, got 'loud'"),
         ("node.data_dir", " ", "must not be empty"),
+        ("transport.queue_messages", 0, "must be >= 1, got 0"),
+        ("transport.connect_timeout_ms", -1, "must be >= 1, got -1"),
+        ("transport.max_frame_bytes", 1 << 32, "must be <= 4294967295, got 4294967296"),
+        ("reads.reader_threads", 0, "must be >= 1, got 0"),
+        ("raft.event_queue", 0, "must be >= 1, got 0"),
+        ("raft.snapshot_entries", 0, "must be >= 1, got 0"),
+        ("server.answer_margin_ms", -1, "must be >= 0, got -1"),
+        ("server.forward_retry_ms", 0, "must be >= 1, got 0"),
+        ("server.health_interval_ms", 0, "must be >= 1, got 0"),
     ],
 )
 def test_semantic_errors(key: str, value: object, problem: str) -> None:
@@ -208,9 +217,75 @@ def test_semantic_error_from_file(tmp_path: Path) -> None:
 
 
 def test_zero_allowed_where_it_means_something() -> None:
-    cfg = load_config(env={}, overrides={"ttl.max_ttl_ms": 0, "server.shutdown_grace_ms": 0})
-    assert cfg.ttl.max_ttl_ms == 0 and cfg.server.shutdown_grace_ms == 0
+    cfg = load_config(
+        env={}, overrides={"ttl.max_ttl_ms": 0, "server.shutdown_grace_ms": 0, "server.answer_margin_ms": 0}
+    )
+    assert cfg.ttl.max_ttl_ms == 0 and cfg.server.shutdown_grace_ms == 0 and cfg.server.answer_margin_ms == 0
     assert load_config(env={}, overrides={"node.client_addr": "0.0.0.0:0"}).node.client_addr == "0.0.0.0:0"
+
+
+# --- the transport, reads, server and raft loop knobs ------------------------------------
+
+
+def test_transport_section_from_toml_and_env(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[transport]\nconnect_timeout_ms = 250\nqueue_messages = 64\nidle_timeout_ms = 4000\n"
+        "[reads]\nreader_threads = 8\n[server]\nforward_retry_ms = 20\n",
+    )
+    env = {
+        "GINNUNGAGAP_TRANSPORT__QUEUE_MESSAGES": "128",
+        "GINNUNGAGAP_TRANSPORT__MAX_FRAME_BYTES": "8388608",
+        "GINNUNGAGAP_SERVER__HEALTH_INTERVAL_MS": "500",
+        "GINNUNGAGAP_RAFT__EVENT_QUEUE": "1024",
+    }
+    cfg = load_config(path, env=env)
+    assert cfg.transport == attrs.evolve(
+        TransportConfig(),
+        connect_timeout_ms=250,
+        queue_messages=128,
+        idle_timeout_ms=4000,
+        max_frame_bytes=8_388_608,
+    )
+    assert cfg.reads == attrs.evolve(ReadsConfig(), reader_threads=8)
+    assert cfg.server == attrs.evolve(ServerConfig(), forward_retry_ms=20, health_interval_ms=500)
+    assert cfg.raft == attrs.evolve(RaftConfig(), event_queue=1024)
+
+
+def test_raft_loop_knobs_have_the_agreed_names_and_defaults() -> None:
+    raft = config_to_dict(Config())["raft"]
+    assert {k: raft[k] for k in ("event_queue", "max_events_per_turn", "entry_cache_entries")} == {
+        "event_queue": 16384,
+        "max_events_per_turn": 4096,
+        "entry_cache_entries": 4096,
+    }
+    assert (raft["entry_cache_bytes"], raft["snapshot_entries"]) == (16_777_216, 10_000)
+    assert raft["log_retain"] == 5000
+
+
+def test_transport_relations_name_both_keys_and_sources(tmp_path: Path) -> None:
+    env = {"GINNUNGAGAP_TRANSPORT__KEEPALIVE_INTERVAL_MS": "20000"}
+    assert errors_of(env=env) == [
+        "transport.keepalive_interval_ms: must be less than transport.idle_timeout_ms "
+        "(10000, from defaults), got 20000 (from env GINNUNGAGAP_TRANSPORT__KEEPALIVE_INTERVAL_MS)"
+    ]
+    path = write(tmp_path, "[transport]\nreconnect_backoff_max_ms = 10\nmax_frame_bytes = 1024\n")
+    assert errors_of(config_file=path, env={}) == [
+        "transport.reconnect_backoff_initial_ms: must be at most transport.reconnect_backoff_max_ms "
+        f"(10, from {path}), got 50 (from defaults)",
+        "transport.max_batch_bytes: must be at most transport.max_frame_bytes "
+        f"(1024, from {path}), got 4194304 (from defaults)",
+    ]
+    assert errors_of(env={}, overrides={"server.answer_margin_ms": 10_000}) == [
+        "server.answer_margin_ms: must be less than server.default_timeout_ms "
+        "(10000, from defaults), got 10000 (from command line)"
+    ]
+    # Equal backoff bounds are fine (no growth), and a value already refused is not
+    # reported a second time through its relation.
+    load_config(env={}, overrides={"transport.reconnect_backoff_initial_ms": 1000})
+    assert errors_of(env={}, overrides={"transport.idle_timeout_ms": 0}) == [
+        "transport.idle_timeout_ms: must be >= 1, got 0 (from command line)"
+    ]
 
 
 def test_all_problems_reported_at_once() -> None:

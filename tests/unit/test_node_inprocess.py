@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -10,7 +11,10 @@ import trio
 
 from ggap.client import open_client
 from ggap.config import Config
+from ggap.server import node as node_mod
 from ggap.server import serve_node
+from ggap.server.forward import Forwarder
+from ggap.server.reads import ReaderPool
 from ggap.storage import KvStore
 
 
@@ -55,3 +59,53 @@ async def test_a_crashing_background_task_brings_the_node_down(
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_node, node_config(tmp_path))
             await trio.sleep_forever()
+
+
+async def test_serve_node_hands_the_configured_knobs_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reads.reader_threads reaches the ReaderPool; the server's forward and health knobs
+    reach the Forwarder and the health loop, converted to seconds."""
+    seen: dict[str, Any] = {}
+
+    class Pool(ReaderPool):
+        def __init__(self, kv: KvStore, *, threads: int) -> None:
+            super().__init__(kv, threads=threads)
+            seen["pool"] = self
+
+    class Fwd(Forwarder):
+        def __init__(self, **kw: float) -> None:
+            super().__init__(**kw)
+            seen["forwarder"] = self
+
+    real_health_loop = node_mod._health_loop
+
+    async def health_loop(*args: Any) -> None:
+        seen["health_interval_s"] = args[-1]
+        await real_health_loop(*args)
+
+    monkeypatch.setattr(node_mod, "ReaderPool", Pool)
+    monkeypatch.setattr(node_mod, "Forwarder", Fwd)
+    monkeypatch.setattr(node_mod, "_health_loop", health_loop)
+    cfg = node_config(tmp_path)
+    cfg = attrs.evolve(
+        cfg,
+        reads=attrs.evolve(cfg.reads, reader_threads=5),
+        server=attrs.evolve(
+            cfg.server,
+            forward_connect_timeout_ms=1500,
+            forward_retry_ms=70,
+            answer_margin_ms=30,
+            health_interval_ms=250,
+        ),
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_node, cfg)
+            while "health_interval_s" not in seen:  # the health task starts just after
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert seen["pool"].threads == 5
+    fwd = seen["forwarder"]
+    assert (fwd.connect_timeout_s, fwd.retry_pause_s, fwd.answer_margin_s) == (1.5, 0.07, 0.03)
+    assert seen["health_interval_s"] == 0.25

@@ -102,11 +102,15 @@ def test_contradicting_peers_are_refused_and_stored_ones_reused(tmp_path: Path) 
         _open_storage(other)
 
 
-async def test_logs_are_compacted_behind_the_applied_index(tmp_path: Path) -> None:
+async def test_snapshots_are_taken_and_logs_compacted_behind_them(tmp_path: Path) -> None:
     from ggap.config.model import MvccConfig, StorageConfig
     from ggap.storage import KvStore, LogStore
+    from ggap.storage.snapshot import read_snapshot_state, snapshot_path
 
-    configs = [attrs.evolve(c, raft=attrs.evolve(c.raft, log_retain=10)) for c in cluster_configs(tmp_path)]
+    configs = [
+        attrs.evolve(c, raft=attrs.evolve(c.raft, log_retain=10, snapshot_entries=20))
+        for c in cluster_configs(tmp_path)
+    ]
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             for cfg in configs:
@@ -121,8 +125,12 @@ async def test_logs_are_compacted_behind_the_applied_index(tmp_path: Path) -> No
         kv = KvStore.open(data / "kv.db", mvcc=MvccConfig(), storage=StorageConfig())
         try:
             assert kv.revision == 60
-            assert log_store.first_index > 1  # compacted...
-            assert kv.applied_index - log_store.first_index >= 9  # ...but log_retain kept
+            snap = log_store.snapshot()
+            assert snap.index >= 20  # a snapshot was recorded...
+            found = snapshot_path(data / "snap", snap.index)
+            assert read_snapshot_state(found)[0] == snap.index  # ...with its file
+            assert log_store.first_index() > 1  # compacted...
+            assert snap.index - log_store.first_index() >= 9  # ...but log_retain kept behind it
         finally:
             kv.close()
             log_store.close()

@@ -35,9 +35,12 @@ def test_every_ggap_error_keeps_its_code_and_message(cls: type[E.GgapError]) -> 
     original = cls("went wrong")
     err = to_rpc_error(original)
     assert isinstance(err, RpcFailedError)
-    code, message = status_from_rpc_error(err)
+    code, text = status_from_rpc_error(err)
     expected = cls.code if cls.code != E.StatusCode.OK else E.StatusCode.INTERNAL
     assert code == expected
+    # Only a class that shares its code with another names itself in the metadata.
+    message, metadata = parse_status_message(text)
+    assert metadata == ({"ggap-reason": "NOT_LEADER"} if cls is E.NotLeader else {})
     assert message == original.message and message.endswith("went wrong")
 
 
@@ -57,6 +60,21 @@ def test_leader_id_is_folded_into_message_and_parsed_back() -> None:
     assert back.leader_id == 3
     assert back.message == "no leader"
     assert back.metadata == {"ggap-leader-id": "3"}
+
+
+def test_not_leader_is_recognised_by_its_reason_not_its_text() -> None:
+    code, text = status_from_rpc_error(to_rpc_error(E.NotLeader("leadership moved", leader_id=2)))
+    assert code == E.StatusCode.UNAVAILABLE
+    # What existing clients see: UNAVAILABLE, the same message, one more metadata pair.
+    assert text == "not leader: leadership moved (ggap-leader-id=2; ggap-reason=NOT_LEADER)"
+    back = error_from_status(code, text)
+    assert isinstance(back, E.NotLeader)
+    assert back.message == "not leader: leadership moved" and back.leader_id == 2
+    # The words alone are only an Unavailable now; the reason alone on another code is ignored.
+    assert type(error_from_status(code, "not leader: leadership moved")) is E.Unavailable
+    assert type(error_from_status(E.StatusCode.INTERNAL, "x (ggap-reason=NOT_LEADER)")) is E.Internal
+    # Rebuilt and sent on again, it still says the same.
+    assert status_from_rpc_error(to_rpc_error(back)) == (code, text)
 
 
 def test_out_of_range_revisions_travel() -> None:

@@ -7,10 +7,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
-from ggap.codec import encode_command_entry
+from ggap.codec import encode_command
 from ggap.config.model import MvccConfig, StorageConfig
-from ggap.storage import KV_SCHEMA_VERSION, KvStore, LogStore, inspect_data_dir
+from ggap.consensus.raft.types import Entry, HardState, SnapshotMeta
+from ggap.storage import KV_SCHEMA_VERSION, LOG_SCHEMA_VERSION, KvStore, LogStore, inspect_data_dir
+from ggap.storage._schema import LOG_MIGRATIONS
 from ggap.types import Command, Delete, FailedPrecondition, NotFound, Put
 
 
@@ -25,9 +28,11 @@ def _fill(tmp_path: Path) -> None:
             Put("b", b"1", expires_at_ms=5),
             Delete("c"),
         ]
-        log.append(
-            [(i, 1, encode_command_entry(i, 1, c)) for i, c in enumerate(cmds, 1)], hard_state=(1, 1, 5)
+        log.save(
+            HardState(term=1, vote=1, commit=5),
+            [Entry(index=i, term=1, data=encode_command(c)) for i, c in enumerate(cmds, 1)],
         )
+        log.set_snapshot(SnapshotMeta(index=3, term=1, voters=(1, 2, 3)))
         log.compact(1)
         log.set_meta("node_id", b"1")
         kv.apply(list(enumerate(cmds, 1)))
@@ -47,7 +52,24 @@ def test_inspect_reports_both_files(tmp_path: Path) -> None:
     assert kv["size_bytes"] > 0
     assert (log["first_index"], log["last_index"], log["last_term"], log["entries"]) == (2, 5, 1, 4)
     assert log["hard_state"] == {"term": 1, "vote": 1, "commit": 5}
-    assert log["meta_names"] == ["node_id"] and log["schema_version"] == 1
+    assert log["meta_names"] == ["node_id"] and log["schema_version"] == LOG_SCHEMA_VERSION
+    assert (log["compacted_index"], log["compacted_term"]) == (1, 1)
+    assert log["snapshot"] == {"index": 3, "term": 1, "voters": [1, 2, 3], "learners": []}
+
+
+def test_inspect_a_file_from_before_the_snapshot_columns(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "raft.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    LOG_MIGRATIONS.apply(sqlite_utils.Database(conn), stop_before="0002_snapshot")
+    conn.execute(
+        "INSERT INTO log_state (shard, compacted_index, compacted_term, term, vote, commit_index) "
+        "VALUES (0, 4, 2, 2, 1, 4)"
+    )
+    conn.close()
+    log = inspect_data_dir(tmp_path)["log"]
+    assert log["schema_version"] == 1 and log["schema_version_supported"] == LOG_SCHEMA_VERSION
+    assert (log["first_index"], log["last_index"], log["last_term"]) == (5, 4, 2)
+    assert log["snapshot"] == {"index": 4, "term": 2, "voters": [], "learners": []}
 
 
 def test_inspect_is_read_only(tmp_path: Path) -> None:

@@ -17,12 +17,15 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ggap.codec import pack
+from ggap.config import load_config
+from ggap.config.model import TransportConfig
 from ggap.consensus.raft.types import Entry, EntryKind, Message, MessageType, SnapshotMeta
 from ggap.transport import PeerBindError, PeerTransport
 from ggap.transport.wire import (
@@ -332,20 +335,34 @@ async def wait_until(pred: Callable[[], bool]) -> None:
         await trio.sleep(0.005)
 
 
+#: Short timeouts and fast reconnects, so the failure tests run quickly.
+FAST = TransportConfig(
+    connect_timeout_ms=500,
+    handshake_timeout_ms=500,
+    send_timeout_ms=500,
+    reconnect_backoff_initial_ms=10,
+    reconnect_backoff_max_ms=100,
+)
+
+
 def make(
-    node_id: int, inbox: Inbox | None = None, peers: dict[int, tuple[str, int]] | None = None, **kw: Any
+    node_id: int,
+    inbox: Inbox | None = None,
+    peers: dict[int, tuple[str, int]] | None = None,
+    *,
+    port: int = 0,
+    config: TransportConfig | None = None,
+    **knobs: int,
 ) -> PeerTransport:
-    kw.setdefault("backoff", (0.01, 0.1))
-    kw.setdefault("io_timeout", 0.5)
-    kw.setdefault("connect_timeout", 0.5)
-    kw.setdefault("rng", random.Random(node_id))
+    """A transport on LOCAL; `knobs` override TransportConfig fields of `config` (FAST)."""
     return PeerTransport(
         node_id=node_id,
         cluster_id=CLUSTER,
-        listen=(LOCAL, kw.pop("port", 0)),
+        listen=(LOCAL, port),
         peers=peers or {},
         on_messages=inbox if inbox is not None else Inbox(),
-        **kw,
+        config=attrs.evolve(config or FAST, **knobs),
+        rng=random.Random(node_id),
     )
 
 
@@ -443,7 +460,7 @@ async def test_queue_overflow_drops_and_counts(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
         in2 = Inbox()
         a2 = await start(nursery, make(2, in2))
-        t1 = make(1, peers={2: a2}, queue_limit=10)
+        t1 = make(1, peers={2: a2}, queue_messages=10)
         t1.send(msg(2, 1, index=i) for i in range(25))  # not running yet: nothing drains
         s = t1.statistics().peers[2]
         assert (s.queued, s.dropped) == (10, 15)
@@ -457,12 +474,12 @@ async def test_queue_overflow_drops_and_counts(nursery: trio.Nursery) -> None:
 def test_queue_byte_limit_drops() -> None:
     big = msg(2, 1, context=b"x" * 400)
     small = msg(2, 1)
-    t1 = make(1, peers={2: (LOCAL, 1)}, queue_bytes_limit=estimate_size(big) + estimate_size(small))
+    t1 = make(1, peers={2: (LOCAL, 1)}, queue_bytes=estimate_size(big) + estimate_size(small))
     t1.send([big, big, small])
     s = t1.statistics().peers[2]
     assert (s.queued, s.dropped) == (2, 1)
     # A message bigger than the whole budget still goes alone, so it is never unsendable.
-    t2 = make(1, peers={2: (LOCAL, 1)}, queue_bytes_limit=10)
+    t2 = make(1, peers={2: (LOCAL, 1)}, queue_bytes=10)
     t2.send([big])
     assert t2.statistics().peers[2].queued == 1
 
@@ -470,7 +487,7 @@ def test_queue_byte_limit_drops() -> None:
 async def test_peer_down_drops_without_blocking_then_recovers(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
         port = closed_port()
-        t1 = make(1, peers={2: (LOCAL, port)}, queue_limit=100)
+        t1 = make(1, peers={2: (LOCAL, port)}, queue_messages=100)
         await start(nursery, t1)
         before = time.perf_counter()
         for i in range(10_000):  # synchronous and bounded: never waits, never grows unbounded
@@ -522,7 +539,7 @@ async def _fake_peer(
 async def test_peer_that_never_reads_times_out_and_is_recycled(nursery: trio.Nursery) -> None:
     with trio.fail_after(15):
         port, streams = await nursery.start(_fake_peer)
-        t1 = make(1, peers={2: (LOCAL, port)}, io_timeout=0.3, max_batch_bytes=1 << 20)
+        t1 = make(1, peers={2: (LOCAL, port)}, send_timeout_ms=300, max_batch_bytes=1 << 20)
         await start(nursery, t1)
         chunk = msg(2, 1, entries=(Entry(1, 1, data=b"\0" * (512 << 10)),))
         while len(streams) < 2:
@@ -619,7 +636,7 @@ async def test_bad_connections_are_rejected_without_affecting_others(
 async def test_handshake_and_idle_timeouts(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
         in2 = Inbox()
-        t2 = make(2, in2, io_timeout=0.2, keepalive_interval=0.05, idle_timeout=0.3)
+        t2 = make(2, in2, handshake_timeout_ms=200, keepalive_interval_ms=50, idle_timeout_ms=300)
         a2 = await start(nursery, t2)
         silent = await _raw_connect(a2[1])  # never sends a handshake
         t0 = trio.current_time()
@@ -632,7 +649,7 @@ async def test_handshake_and_idle_timeouts(nursery: trio.Nursery) -> None:
         await _assert_closed_by_server(idle)
         assert 0.25 < trio.current_time() - t0 < 2
         # A real sender keeps its idle connection alive with keepalives.
-        t1 = make(1, peers={2: a2}, keepalive_interval=0.05)
+        t1 = make(1, peers={2: a2}, keepalive_interval_ms=50)
         await start(nursery, t1)
         await trio.sleep(1.0)
         s = t1.statistics().peers[2]
@@ -709,12 +726,63 @@ async def test_cancelling_run_closes_every_socket() -> None:
 def test_constructor_validates() -> None:
     with pytest.raises(ValueError):
         make(0)
-    with pytest.raises(ValueError):
-        make(1, queue_limit=0)
-    with pytest.raises(ValueError):
-        make(1, backoff=(1.0, 0.5))
-    with pytest.raises(ValueError):
-        make(1, keepalive_interval=2.0, idle_timeout=1.0)
+    with pytest.raises(ValueError, match=r"transport\.queue_messages must be positive"):
+        make(1, queue_messages=0)
+    with pytest.raises(ValueError, match="reconnect_backoff_initial_ms"):
+        make(1, reconnect_backoff_initial_ms=1000, reconnect_backoff_max_ms=500)
+    with pytest.raises(ValueError, match="idle_timeout_ms"):
+        make(1, keepalive_interval_ms=2000, idle_timeout_ms=1000)
+    with pytest.raises(ValueError, match="max_batch_bytes"):
+        make(1, max_batch_bytes=2048, max_frame_bytes=1024)
+    with pytest.raises(ValueError, match="max_frame_bytes"):
+        make(1, max_frame_bytes=1 << 32)
+
+
+def test_every_config_field_reaches_the_transport() -> None:
+    """Each [transport] knob lands where it is used, converted from ms to seconds."""
+    cfg = TransportConfig(
+        connect_timeout_ms=1100,
+        handshake_timeout_ms=1200,
+        send_timeout_ms=1300,
+        keepalive_interval_ms=1400,
+        idle_timeout_ms=15_000,
+        reconnect_backoff_initial_ms=60,
+        reconnect_backoff_max_ms=1700,
+        queue_messages=18,
+        queue_bytes=19_000,
+        max_batch_bytes=20_000,
+        max_frame_bytes=21_000,
+    )
+    t = make(1, config=cfg)
+    assert t.config == cfg
+    assert (t._connect_timeout, t._handshake_timeout, t._send_timeout) == (1.1, 1.2, 1.3)
+    assert (t._keepalive_interval, t._idle_timeout, t._backoff) == (1.4, 15.0, (0.06, 1.7))
+    assert (t._queue_limit, t._queue_bytes_limit) == (18, 19_000)
+    assert (t._max_batch_bytes, t._max_frame) == (20_000, 21_000)
+
+
+def test_loaded_config_bounds_the_peer_queue() -> None:
+    """From the environment, through load_config, to what `send` drops."""
+    cfg = load_config(env={"GINNUNGAGAP_TRANSPORT__QUEUE_MESSAGES": "2"}).transport
+    t = make(1, peers={2: (LOCAL, 1)}, config=cfg)
+    t.send([msg(2, 1, index=i) for i in range(5)])
+    s = t.statistics().peers[2]
+    assert (s.queued, s.dropped) == (2, 3)
+
+
+async def test_configured_max_frame_limits_inbound_frames(nursery: trio.Nursery) -> None:
+    with trio.fail_after(5):  # well under idle_timeout_ms: the close is the frame limit's
+        in2 = Inbox()
+        a2 = await start(nursery, make(2, in2, max_batch_bytes=512, max_frame_bytes=1024))
+        raw = await _raw_connect(a2[1])
+        await raw.send_all(_hello())
+        assert (await _read_reply(raw)).accepted
+        await raw.send_all(encode_frame(encode_messages([msg(2, 3, index=1)])))
+        await in2.wait(1)
+        big = [msg(2, 3, index=2, entries=(Entry(2, 1, data=b"x" * 2048),))]
+        await raw.send_all(encode_frame(encode_messages(big)))
+        await _assert_closed_by_server(raw)
+        assert [m.index for m in in2.messages] == [1]
 
 
 async def _keep_sending(t: PeerTransport, inbox: Inbox, m: Message) -> None:
@@ -729,8 +797,8 @@ async def _keep_sending(t: PeerTransport, inbox: Inbox, m: Message) -> None:
 async def test_transports_through_fault_proxies(nursery: trio.Nursery) -> None:
     with trio.fail_after(20):
         in1, in2 = Inbox(), Inbox()
-        t1 = make(1, in1, keepalive_interval=0.05, idle_timeout=0.5)
-        t2 = make(2, in2, keepalive_interval=0.05, idle_timeout=0.5)
+        t1 = make(1, in1, keepalive_interval_ms=50, idle_timeout_ms=500)
+        t2 = make(2, in2, keepalive_interval_ms=50, idle_timeout_ms=500)
         addrs = {1: await start(nursery, t1), 2: await start(nursery, t2)}
         with LinkTable(addrs) as links:
             t1.update_peers(links.peers(1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from ggap.consensus import AppliedBatch
+from ggap.replica import AppliedBatch
 from ggap.server.watch import Watcher, WatchHub
 from ggap.types import Event, EventType, KeyValue, ResourceExhausted
 

@@ -29,6 +29,8 @@ class AppliedBatch:
     applied_index: int
     revision: int
     events: Sequence[Event]
+    # The state was replaced by a snapshot from the leader (no events describe the jump).
+    snapshot_installed: bool = False
 
 
 class Consensus(Protocol):

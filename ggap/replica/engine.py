@@ -1,0 +1,551 @@
+"""The replica engine: what happens to a Ready, written once.
+
+`ReplicaEngine` wraps the sans-I/O `RawNode` and owns every rule between the core and the
+outside world: persist before acknowledging, send, apply, match proposals to results,
+answer reads, decide compaction and snapshots. It does no I/O of its own: it is handed a
+`DurableStorage` (the log), a `StateMachine` and a `Transport`, and it is driven
+synchronously. The trio node (`ggap.replica.node`) and the deterministic simulator
+(`ggap.sim.node`) both run this same code; they differ only in what they plug in and in
+how they spread one Ready's handling over time:
+
+    work = engine.take_ready()           # 1. soft/hard state, send `messages`
+    engine.write(work)                   # 2. save entries, hard state, a received
+                                         #    snapshot's metadata
+    engine.sync(work)                    #    ... durable once this returns
+    output = engine.apply(work)          # 3. install that snapshot, apply committed
+    engine.finish(work, output)          # 4. send `messages_after_persist`, answer
+                                         #    proposals and reads, publish, advance
+
+The trio node runs 2-3 in one writer-thread hop (`engine.durable(work)`); the simulator runs
+`write` at once and the rest after a simulated disk latency, with crashes in between.
+
+A proposal is matched to its result by (index, term): the leader learns the index when it
+appends; when that index is applied, the same term means our entry won, another term
+means a new leader overwrote it and the write never happened.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+import attrs
+
+from ggap.consensus.raft import (
+    CoreConfig,
+    DurableStorage,
+    Entry,
+    HardState,
+    Message,
+    MessageType,
+    ProgressState,
+    ProposalDropped,
+    RawNode,
+    Ready,
+    Role,
+    SnapshotMeta,
+)
+from ggap.replica.api import AppliedBatch
+from ggap.types import Event, GgapError, Internal, NotLeader, Unavailable
+
+log = logging.getLogger(__name__)
+
+# What a state machine gives back for one applied entry: the client-visible result, the
+# GgapError the command failed with (having changed nothing), or None (no result: a no-op,
+# or an entry at or below the applied index replayed after a crash).
+Outcome = object
+ProposalCallback = Callable[[int, object, BaseException | None], None]  # (index, result, error)
+ReadCallback = Callable[[int, BaseException | None], None]
+
+
+@attrs.frozen(slots=True)
+class ApplyOutput:
+    """What applying one Ready's committed entries produced."""
+
+    outcomes: Sequence[Outcome]  # one per committed entry, in order
+    revision: int  # the state machine's revision after the batch
+    events: Sequence[Event] = ()  # published to subscribers (watchers) in order
+
+
+class StateMachine(Protocol):
+    """The replicated state. `apply` must be idempotent for indexes at or below
+    `applied_index` (a restarted node may be handed them again)."""
+
+    @property
+    def applied_index(self) -> int: ...
+
+    @property
+    def revision(self) -> int: ...
+
+    def apply(self, entries: Sequence[Entry]) -> ApplyOutput: ...
+
+    def checkpoint(self) -> None:
+        """Make everything applied durable, so the log below applied_index can go."""
+        ...
+
+    def take_snapshot(self) -> int:
+        """Record a consistent snapshot of the state (durably) and return the log index it
+        holds. May run beside `apply` (the trio node runs it on its own thread)."""
+        ...
+
+    def restore(self, meta: SnapshotMeta) -> None:
+        """Replace the state with the received snapshot staged for `meta` (durably)."""
+        ...
+
+
+class Transport(Protocol):
+    def send(self, msgs: Iterable[Message]) -> None:
+        """Best effort: Raft tolerates loss, duplication and reordering."""
+        ...
+
+    def send_snapshot(self, msg: Message) -> None:
+        """Deliver a SNAPSHOT message together with the snapshot's data; the transport
+        calls `ReplicaEngine.report_snapshot(to, ok)` when it is done or gave up."""
+        ...
+
+    def unreachable(self) -> Iterable[int]:
+        """Peers whose connection is known broken right now."""
+        ...
+
+
+@attrs.frozen(slots=True)
+class Retention:
+    """When to snapshot and compact: a snapshot once `snapshot_entries` entries were applied
+    since the last one; then the log behind it is dropped except the last `log_retain`
+    entries. A leader also keeps what a follower within `max_lag` entries still needs, so
+    that follower catches up from the log rather than by snapshot."""
+
+    snapshot_entries: int = 10_000
+    log_retain: int = 5000
+    max_lag: int = 5000
+
+
+@attrs.define(eq=False, slots=True)
+class Proposal:
+    data: bytes
+    done: ProposalCallback
+    index: int = 0
+    term: int = 0
+
+
+@attrs.frozen(slots=True)
+class Work:
+    """One Ready on its way through the steps of the module docstring."""
+
+    ready: Ready
+    persist: bool  # something to save (and, with must_sync, to fsync)
+    number: int  # sequence number of this Ready on this engine (for traces)
+
+    @property
+    def must_sync(self) -> bool:
+        return self.persist and self.ready.must_sync
+
+
+class ReplicaEngine:
+    def __init__(
+        self,
+        *,
+        config: CoreConfig,
+        storage: DurableStorage,
+        state_machine: StateMachine,
+        transport: Transport,
+        rng: random.Random,
+        retention: Retention | None = None,
+        logger: logging.Logger | None = None,
+        report_context: bytes = b"",
+    ) -> None:
+        """`report_context` rides on every APPLIED_REPORT (the node's client address, so
+        followers learn where to forward writes)."""
+        self.id = config.id
+        self.storage = storage
+        self.state_machine = state_machine
+        self.transport = transport
+        self.retention = retention or Retention()
+        self._log = logger or log
+        self._report_context = report_context
+        self.voters = tuple(sorted(config.voters))
+        self.learners = tuple(sorted(config.learners))
+        self._recover(storage, state_machine)
+        applied = min(state_machine.applied_index, storage.last_index())
+        self.node = RawNode(config, storage, rng, self._log, applied=applied)
+        hs, _snap = storage.initial_state()
+        self.term = hs.term
+        self.commit = max(hs.commit, applied)
+        self.leader = 0
+        self.role = Role.FOLLOWER
+        self.applied = state_machine.applied_index
+        self.revision = state_machine.revision
+        self.peer_applied: dict[int, int] = {}
+        self.peer_context: dict[int, bytes] = {}
+        self._proposals: dict[int, Proposal] = {}
+        self._reads: dict[bytes, ReadCallback] = {}
+        self._reads_without_leader: set[bytes] = set()
+        self._subscribers: list[Callable[[AppliedBatch], None]] = []
+        self._peer_applied_listeners: list[Callable[[], None]] = []
+        self._readies = itertools.count(1)
+        self._snapshotting = False
+        self.closed = False
+
+    def _recover(self, storage: DurableStorage, state_machine: StateMachine) -> None:
+        """A state machine behind the log's snapshot: a crash came between the log recording
+        a received snapshot and the state machine installing it (or a power loss rolled an
+        unsynced state machine back past the compaction point). Install it now."""
+        snap = storage.snapshot()
+        if state_machine.applied_index < snap.index:
+            self._log.warning(
+                "node %d: state machine at %d is behind the snapshot at %d; installing it",
+                self.id,
+                state_machine.applied_index,
+                snap.index,
+            )
+            state_machine.restore(snap)
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        self.node.tick()
+        self.report_applied()
+        self._report_unreachable()
+        if self._reads_without_leader:
+            self._request_reads(list(self._reads_without_leader))
+
+    def step(self, msg: Message) -> None:
+        if msg.type is MessageType.APPLIED_REPORT:
+            self.peer_applied[msg.frm] = max(self.peer_applied.get(msg.frm, 0), msg.index)
+            if msg.context:
+                self.peer_context[msg.frm] = msg.context
+            for listener in self._peer_applied_listeners:
+                listener()
+        else:
+            self.node.step(msg)
+
+    def campaign(self) -> None:
+        self.node.campaign()
+
+    def propose(self, data: bytes, done: ProposalCallback) -> None:
+        """Append `data` if this node leads; `done(index, result, error)` runs once it is applied
+        (or failed). Never raises: refusals go to `done` at once."""
+        node = self.node
+        # The core's role, not our copy: a message stepped earlier in this same batch may
+        # have deposed us, and a follower core would forward the entry instead of appending
+        # it (then last_index would belong to someone else's entry).
+        if self.closed:
+            done(0, None, Unavailable("node is shutting down"))
+            return
+        if node.role is not Role.LEADER:
+            done(0, None, NotLeader("this node is not the leader", leader_id=node.leader or None))
+            return
+        before = node.log.last_index()
+        try:
+            node.propose(data)
+        except ProposalDropped as exc:
+            done(0, None, NotLeader(f"proposal dropped: {exc}", leader_id=node.leader or None))
+            return
+        if node.log.last_index() != before + 1:
+            done(0, None, Internal("proposal was not appended locally"))
+            return
+        proposal = Proposal(data=data, done=done, index=before + 1, term=node.term)
+        self._proposals[proposal.index] = proposal
+        self._proposed(proposal)
+
+    def read_index(self, context: bytes, done: ReadCallback) -> None:
+        """Ask for a linearizable read index; `done(index, None)` once a quorum confirmed
+        it (then wait for applied >= index), or `done(0, error)`."""
+        if self.closed:
+            done(0, Unavailable("node is shutting down"))
+            return
+        self._reads[context] = done
+        self._request_reads([context])
+
+    def _request_reads(self, contexts: Sequence[bytes]) -> None:
+        """Ask the core (the leader, or this node if it leads) for a read index. With no
+        leader known the request waits here and is asked again on every tick and every
+        leadership change, until answered or cancelled (the caller's deadline)."""
+        waiting = self._reads_without_leader
+        for ctx in contexts:
+            if ctx not in self._reads:
+                waiting.discard(ctx)
+            elif self.node.read_index(ctx):
+                waiting.discard(ctx)
+            else:
+                waiting.add(ctx)
+
+    def cancel_read(self, context: bytes) -> None:
+        self._reads.pop(context, None)
+        self._reads_without_leader.discard(context)
+
+    def transfer_leader(self, target: int) -> None:
+        self.node.transfer_leader(target)
+
+    def report_snapshot(self, peer: int, ok: bool) -> None:
+        self.node.report_snapshot(peer, ok)
+
+    def subscribe(self, callback: Callable[[AppliedBatch], None]) -> None:
+        """`callback` runs after each applied batch, before proposers are answered."""
+        self._subscribers.append(callback)
+
+    def on_peer_applied(self, listener: Callable[[], None]) -> None:
+        self._peer_applied_listeners.append(listener)
+
+    def close(self, error: BaseException) -> None:
+        """Fail every waiting proposal and read with `error`; refuse new ones."""
+        self.closed = True
+        proposals, self._proposals = list(self._proposals.values()), {}
+        reads, self._reads = list(self._reads.values()), {}
+        self._reads_without_leader.clear()
+        for p in proposals:
+            p.done(p.index, None, error)
+        for done in reads:
+            done(0, error)
+
+    # -- the Ready, step by step ------------------------------------------------------------
+
+    def take_ready(self) -> Work | None:
+        node = self.node
+        if not node.has_ready():
+            return None
+        rd = node.ready()
+        if rd.soft_state is not None:
+            self._on_soft_state(rd)
+        if rd.hard_state is not None:
+            self.term = rd.hard_state.term
+        self._send_messages(rd.messages)
+        persist = bool(rd.entries) or rd.snapshot is not None or (rd.hard_state is not None and rd.must_sync)
+        work = Work(ready=rd, persist=persist, number=next(self._readies))
+        self._taken(work)
+        return work
+
+    def write(self, work: Work) -> None:
+        """Save the Ready's log changes. A hard state that only moved the commit index is
+        not written (must_sync is False): after a crash the core recovers commit from the
+        applied index."""
+        if work.persist:
+            rd = work.ready
+            self.storage.save(rd.hard_state, rd.entries, rd.snapshot)
+
+    def sync(self, work: Work) -> None:
+        if work.must_sync:
+            self.storage.sync()
+
+    def apply(self, work: Work) -> ApplyOutput:
+        """Install a received snapshot, then apply the committed entries (once the Ready is
+        durable).
+
+        The log records a snapshot before the state machine installs it, and the snapshot's
+        data is durable (staged with the state machine) before either: a crash in between
+        leaves a state machine behind the log's snapshot, which `recover` installs again at
+        the next start. The other order is not recoverable: a state machine ahead of a log
+        whose uncommitted tail conflicts with what it applied makes the core count that
+        tail as committed (ggap/sim/bugs.py InstallBeforeLog shows the simulator catch it).
+        """
+        rd = work.ready
+        sm = self.state_machine
+        if rd.snapshot is not None and rd.snapshot.index > sm.applied_index:
+            sm.restore(rd.snapshot)
+        if not rd.committed:
+            return ApplyOutput(outcomes=(), revision=sm.revision)
+        return sm.apply(rd.committed)
+
+    def durable(self, work: Work) -> ApplyOutput:
+        """Steps 2-3 in one go: what the trio node runs on its writer thread."""
+        self.write(work)
+        self.sync(work)
+        return self.apply(work)
+
+    def finish(self, work: Work, output: ApplyOutput) -> None:
+        rd = work.ready
+        if rd.hard_state is not None:
+            self.commit = max(self.commit, rd.hard_state.commit)
+        self._send_after_persist(rd)
+        if rd.snapshot is not None:
+            self.commit = max(self.commit, rd.snapshot.index)
+            self.applied = max(self.applied, self.state_machine.applied_index)
+            self.revision = self.state_machine.revision
+            self._fail_unknown(rd.snapshot.index)
+            jump = AppliedBatch(
+                applied_index=self.applied, revision=self.revision, events=(), snapshot_installed=True
+            )
+            for callback in self._subscribers:
+                callback(jump)
+        if rd.committed:
+            self._finish_applied(rd.committed, output)
+        for rs in rd.read_states:
+            self._reads_without_leader.discard(rs.context)
+            done = self._reads.pop(rs.context, None)
+            if done is not None:
+                done(rs.index, None)
+        self.node.advance(rd)
+        if rd.committed or rd.snapshot is not None:
+            self.report_applied()
+
+    # -- snapshots and compaction -----------------------------------------------------------
+
+    def snapshot_due(self, *, force: bool = False) -> bool:
+        """The log has grown by `snapshot_entries` since the last snapshot (or `force`, and
+        anything was applied since): take one (with `state_machine.take_snapshot`, off the
+        raft loop), then `record_snapshot`."""
+        if self._snapshotting:
+            return False
+        grown = self.applied - self.storage.snapshot().index
+        return grown >= self.retention.snapshot_entries or (force and grown > 0)
+
+    def snapshot_started(self) -> None:
+        self._snapshotting = True
+
+    def snapshot_finished(self) -> None:
+        self._snapshotting = False
+
+    def record_snapshot(self, index: int) -> int | None:
+        """A state-machine snapshot at `index` exists: make it the storage's snapshot, then
+        compact the log behind it. Returns the index compacted through, if any. Runs where
+        storage writes run (the trio node's writer thread), never beside the core."""
+        storage = self.storage
+        if index > storage.snapshot().index:
+            term = storage.term(index)
+            meta = SnapshotMeta(index=index, term=term, voters=self.voters, learners=self.learners)
+            storage.set_snapshot(meta)
+        upto = self._compaction_point(storage.snapshot().index)
+        if upto is None:
+            return None
+        # Entries may go only once the state machine holds them durably.
+        self.state_machine.checkpoint()
+        storage.compact(upto)
+        return upto
+
+    def _compaction_point(self, snap_index: int) -> int | None:
+        retention = self.retention
+        upto = snap_index - retention.log_retain
+        if self.role is Role.LEADER:
+            matches = [m for peer, (m, _n, _s) in self.node.status().progress.items() if peer != self.id]
+            if matches:
+                # Keep what a follower within max_lag still needs: it catches up from the log.
+                upto = min(upto, max(min(matches), self.applied - retention.max_lag))
+        return upto if upto >= self.storage.first_index() else None
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _send_messages(self, msgs: Sequence[Message]) -> None:
+        if not msgs:
+            return
+        snapshots = [m for m in msgs if m.type is MessageType.SNAPSHOT]
+        if snapshots:
+            for m in snapshots:
+                self.transport.send_snapshot(m)
+            msgs = [m for m in msgs if m.type is not MessageType.SNAPSHOT]
+        self.transport.send(msgs)
+
+    def _send_after_persist(self, rd: Ready) -> None:
+        """Votes and append acks promise what was just written: only now may they leave."""
+        self._send_messages(rd.messages_after_persist)
+
+    def _on_soft_state(self, rd: Ready) -> None:
+        soft = rd.soft_state
+        assert soft is not None
+        was_leader = self.role is Role.LEADER
+        self.leader, self.role = soft.leader, soft.role
+        if soft.role is Role.LEADER and not was_leader:
+            self._log.info("node %d is now leader (term %d)", self.id, self.node.term)
+        elif was_leader and soft.role is not Role.LEADER:
+            self._log.info("node %d lost leadership; leader now %d", self.id, soft.leader)
+        if self._reads:
+            # Reads queued on a deposed leader, or sent to a leader that changed, may never
+            # be answered: ask again (whichever answer comes first is a valid read index,
+            # since each was confirmed by a quorum after the read began).
+            self._request_reads(list(self._reads))
+
+    def _finish_applied(self, committed: Sequence[Entry], output: ApplyOutput) -> None:
+        outcomes = output.outcomes
+        if len(outcomes) != len(committed):
+            raise Internal(f"state machine gave {len(outcomes)} outcomes for {len(committed)} entries")
+        last = committed[-1].index
+        self.commit = max(self.commit, last)
+        self.applied = max(self.applied, last)
+        self.revision = output.revision
+        batch = AppliedBatch(applied_index=last, revision=output.revision, events=list(output.events))
+        for callback in self._subscribers:
+            callback(batch)
+        for entry, outcome in zip(committed, outcomes, strict=True):
+            proposal = self._proposals.pop(entry.index, None)
+            if proposal is not None:
+                self._answer(proposal, entry, outcome)
+        self._fail_overwritten(last)
+
+    def _answer(self, proposal: Proposal, entry: Entry, outcome: Outcome) -> None:
+        i = proposal.index
+        if proposal.term != entry.term:
+            proposal.done(
+                i, None, Unavailable("leadership changed before the write committed; it was not applied")
+            )
+        elif outcome is None:
+            proposal.done(i, None, Internal(f"entry {entry.index} was skipped at apply"))
+        elif isinstance(outcome, GgapError):
+            proposal.done(i, None, outcome)
+        else:
+            proposal.done(i, outcome, None)
+
+    def _fail_overwritten(self, upto: int) -> None:
+        """Any proposal at or below `upto` still waiting was overwritten without reaching
+        apply (or was covered by an installed snapshot)."""
+        for index in [i for i in self._proposals if i <= upto]:
+            self._proposals.pop(index).done(index, None, Unavailable("write was overwritten by a new leader"))
+
+    def _fail_unknown(self, upto: int) -> None:
+        """A snapshot replaced the log through `upto`: whether a deposed leader's proposal
+        below it won is not known here, so say exactly that."""
+        for index in [i for i in self._proposals if i <= upto]:
+            self._proposals.pop(index).done(
+                index, None, Unavailable("leadership changed; the write's outcome is unknown")
+            )
+
+    def report_applied(self) -> None:
+        self.transport.send(
+            Message(
+                type=MessageType.APPLIED_REPORT,
+                to=peer,
+                frm=self.id,
+                term=self.term,
+                index=self.applied,
+                context=self._report_context,
+            )
+            for peer in self.voters + self.learners
+            if peer != self.id
+        )
+
+    def _report_unreachable(self) -> None:
+        """Appends sent into a broken connection are lost; tell the core so it probes the
+        peer again instead of waiting on acknowledgments that will never come."""
+        if self.role is not Role.LEADER:
+            return
+        progress = self.node.status().progress
+        for peer in self.transport.unreachable():
+            state = progress.get(peer)
+            if state is not None and state[2] is ProgressState.REPLICATE:
+                self.node.report_unreachable(peer)
+
+    # Hooks for observers (the simulator's invariant checks); no-ops here.
+
+    def _proposed(self, proposal: Proposal) -> None:
+        pass
+
+    def _taken(self, work: Work) -> None:
+        pass
+
+    def status_hard_state(self) -> HardState:
+        return HardState(term=self.term, vote=self.node.status().vote, commit=self.commit)
+
+
+__all__ = [
+    "ApplyOutput",
+    "Outcome",
+    "Proposal",
+    "ProposalCallback",
+    "ReadCallback",
+    "ReplicaEngine",
+    "Retention",
+    "StateMachine",
+    "Transport",
+    "Work",
+]

@@ -1,0 +1,498 @@
+"""The trio face of the replica engine: the `Consensus` the server talks to.
+
+One task (the raft loop) owns the `ReplicaEngine`. Everything else reaches it through one
+bounded `Mailbox` of typed events (peer messages, ticks, proposals, read requests, snapshot
+reports); each loop turn steps everything queued, then takes every Ready and hands the
+durable part of it (save, fsync, apply) to ONE dedicated writer thread in one hop:
+everything that arrived during one loop turn shares that fsync (group commit).
+
+The node is handed its transport (the peer transport for a group of several voters, none
+for a group of one) and its mailbox, which the transport posts received messages into.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+import attrs
+import trio
+
+from ggap import codec
+from ggap.config.model import RaftConfig as RaftKnobs
+from ggap.consensus.raft import CoreConfig, DurableStorage, Message, Role
+from ggap.replica.api import AppliedBatch, RoleInfo
+from ggap.replica.engine import ApplyOutput, ReplicaEngine, Retention, Work
+from ggap.replica.kv_machine import KvStateMachine
+from ggap.replica.progress import AppliedProgress
+from ggap.replica.transfer import SnapshotTransferError, receive_snapshot, send_snapshot
+from ggap.storage import KvStore
+from ggap.transport import PeerTransport
+from ggap.transport.peer import SnapshotStream
+from ggap.types import ApplyResult, Command, NotLeader, Unavailable
+from ggap.types.errors import CodecError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class _Tick:
+    pass
+
+
+@attrs.frozen(slots=True)
+class _Messages:
+    msgs: list[Message]
+
+
+@attrs.define(eq=False, slots=True)
+class _Proposal:
+    command: Command
+    done: trio.Event = attrs.field(factory=trio.Event)
+    index: int = 0
+    result: object = None
+    error: BaseException | None = None
+
+    def finish(self, index: int, result: object, error: BaseException | None) -> None:
+        if not self.done.is_set():
+            self.index, self.result, self.error = index, result, error
+            self.done.set()
+
+
+@attrs.define(eq=False, slots=True)
+class _Read:
+    context: bytes
+    done: trio.Event = attrs.field(factory=trio.Event)
+    index: int = 0
+    error: BaseException | None = None
+
+    def finish(self, index: int, error: BaseException | None) -> None:
+        if not self.done.is_set():
+            self.index, self.error = index, error
+            self.done.set()
+
+
+@attrs.frozen(slots=True)
+class _SnapshotReport:
+    peer: int
+    ok: bool
+
+
+@attrs.frozen(slots=True)
+class _SnapshotTaken:
+    index: int  # 0: taking it failed
+
+
+_Event = _Tick | _Messages | _Proposal | _Read | _SnapshotReport | _SnapshotTaken
+_TICK = _Tick()
+_TRANSFER_ERRORS = (
+    SnapshotTransferError,
+    ConnectionError,
+    OSError,
+    trio.BrokenResourceError,
+    trio.TooSlowError,
+)
+
+
+class Mailbox:
+    """The raft loop's one bounded inbox. Posting never blocks: a full mailbox drops peer
+    messages and ticks (Raft tolerates that) and refuses client requests with UNAVAILABLE."""
+
+    def __init__(self, capacity: int) -> None:
+        self._send, self._recv = trio.open_memory_channel[_Event](capacity)
+
+    def post_messages(self, msgs: list[Message]) -> None:
+        try:
+            self._send.send_nowait(_Messages(msgs))
+        except trio.WouldBlock:
+            pass  # the sender retransmits
+
+    def post_tick(self) -> None:
+        try:
+            self._send.send_nowait(_TICK)
+        except trio.WouldBlock:
+            pass
+
+    def post_snapshot_report(self, peer: int, ok: bool) -> None:
+        try:
+            self._send.send_nowait(_SnapshotReport(peer, ok))
+        except trio.WouldBlock:
+            pass  # the core probes the peer again on its own
+
+    async def post_internal(self, event: _SnapshotTaken) -> None:
+        """For events that must not be lost: waits for room."""
+        await self._send.send(event)
+
+    def post_request(self, event: _Proposal | _Read) -> None:
+        try:
+            self._send.send_nowait(event)
+        except trio.WouldBlock:
+            raise Unavailable("raft loop overloaded; try again") from None
+
+    async def receive_batch(self, limit: int) -> list[_Event]:
+        events = [await self._recv.receive()]
+        while len(events) < limit:
+            try:
+                events.append(self._recv.receive_nowait())
+            except trio.WouldBlock:
+                break
+        return events
+
+
+# -- the engine's transport ------------------------------------------------------------------
+
+
+class _EngineTransport:
+    """The engine's Transport over the peer transport (or over nothing, for a group of one)."""
+
+    def __init__(self, peers: PeerTransport | None, start_snapshot_send: Callable[[Message], None]) -> None:
+        self._peers = peers
+        self._start_snapshot_send = start_snapshot_send
+
+    def send(self, msgs: Iterable[Message]) -> None:
+        if self._peers is not None:
+            self._peers.send(msgs)
+
+    def send_snapshot(self, msg: Message) -> None:
+        self._start_snapshot_send(msg)
+
+    def unreachable(self) -> Iterable[int]:
+        if self._peers is None:
+            return ()
+        return [pid for pid, st in self._peers.statistics().peers.items() if not st.connected]
+
+
+@attrs.frozen
+class ClusterSpec:
+    node_id: int
+    peers: dict[int, str]  # voter id -> cluster address (this node included)
+    client_addr: str
+    cluster_id: str
+
+
+class SnapshotReceiver:
+    """Serves inbound snapshot connections for the peer transport: receive, verify, stage
+    the file with the state machine, then hand the SNAPSHOT message to the raft loop."""
+
+    def __init__(self, machine: KvStateMachine, mailbox: Mailbox, *, io_timeout_s: float) -> None:
+        self._machine = machine
+        self._mailbox = mailbox
+        self._io_timeout_s = io_timeout_s
+
+    async def __call__(self, peer: int, stream: SnapshotStream) -> None:
+        try:
+            directory = self._machine.directory
+            msg, path = await receive_snapshot(stream, directory, io_timeout_s=self._io_timeout_s)
+        except SnapshotTransferError as exc:
+            log.warning("%s", exc)
+            return
+        if msg.frm != peer:
+            log.warning("snapshot connection from node %d carried a message from %d; dropped", peer, msg.frm)
+            path.unlink(missing_ok=True)
+            return
+        assert msg.snapshot is not None
+        self._machine.stage(msg.snapshot.index, path)
+        self._mailbox.post_messages([msg])
+
+
+class RaftReplica:
+    """The Consensus protocol (ggap/replica/api.py) over one Raft group."""
+
+    def __init__(
+        self,
+        *,
+        spec: ClusterSpec,
+        raft: RaftKnobs,
+        storage: DurableStorage,
+        kv: KvStore,
+        mailbox: Mailbox,
+        transport: PeerTransport | None,
+        machine: KvStateMachine,
+        write_all_timeout_s: float = 5.0,
+        snapshot_io_timeout_s: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._spec = spec
+        self._knobs = raft
+        self._kv = kv
+        self._mailbox = mailbox
+        self._write_all_timeout_s = write_all_timeout_s
+        self._writer = trio.CapacityLimiter(1)
+        voters = tuple(sorted(spec.peers))
+        self._machine = machine
+        self._peers = transport
+        self._snapshot_io_timeout_s = snapshot_io_timeout_s
+        self._sending_snapshot: set[int] = set()
+        self._snapshot_wanted = False
+        self._engine = ReplicaEngine(
+            config=CoreConfig(
+                id=spec.node_id,
+                voters=voters,
+                election_tick=raft.election_tick,
+                heartbeat_tick=raft.heartbeat_tick,
+                pre_vote=raft.pre_vote,
+                check_quorum=raft.check_quorum,
+                max_inflight_msgs=raft.max_inflight_msgs,
+            ),
+            storage=storage,
+            state_machine=self._machine,
+            transport=_EngineTransport(transport, self._start_snapshot_send),
+            rng=rng or random.Random(),
+            retention=Retention(
+                snapshot_entries=raft.snapshot_entries, log_retain=raft.log_retain, max_lag=raft.log_retain
+            ),
+            logger=log,
+            report_context=spec.client_addr.encode(),
+        )
+        # The file that matches the log's snapshot is the one followers get.
+        machine.settle(storage.snapshot().index)
+        self._engine.subscribe(self._on_applied)
+        self._engine.on_peer_applied(self._on_peer_applied)
+        self._progress = AppliedProgress(kv.applied_index, kv.revision)
+        self._read_ids = itertools.count(1)
+        self._applied_changed = trio.Event()
+        self._closed = False
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def engine(self) -> ReplicaEngine:
+        return self._engine
+
+    # -- the Consensus protocol ------------------------------------------------------------
+
+    async def _propose(self, command: Command) -> _Proposal:
+        if self._closed:
+            raise Unavailable("node is shutting down")
+        engine = self._engine
+        if engine.role is not Role.LEADER:
+            raise NotLeader("this node is not the leader", leader_id=engine.leader or None)
+        proposal = _Proposal(command=command)
+        self._mailbox.post_request(proposal)
+        await proposal.done.wait()
+        if proposal.error is not None:
+            raise proposal.error
+        return proposal
+
+    async def propose(self, command: Command) -> ApplyResult:
+        return (await self._propose(command)).result  # type: ignore[return-value]
+
+    async def propose_all(self, command: Command) -> ApplyResult:
+        """WRITE_QUORUM_ALL: committed, then durable and applied on every voter."""
+        proposal = await self._propose(command)
+        result = proposal.result
+        index = proposal.index
+        with trio.move_on_after(self._write_all_timeout_s):
+            while not self._all_applied(index):
+                await self._applied_changed.wait()
+            return result  # type: ignore[return-value]
+        applied = self._engine.peer_applied
+        missing = sorted(p for p in self._others() if applied.get(p, 0) < index)
+        raise Unavailable(
+            f"write committed at revision {getattr(result, 'revision', 0)} but not applied on "
+            f"all members within {self._write_all_timeout_s:g}s (missing: {missing})"
+        )
+
+    def _others(self) -> list[int]:
+        return [p for p in self._spec.peers if p != self._spec.node_id]
+
+    def _all_applied(self, index: int) -> bool:
+        applied = self._engine.peer_applied
+        return all(applied.get(p, 0) >= index for p in self._others())
+
+    async def read_index(self) -> int:
+        if self._closed:
+            raise Unavailable("node is shutting down")
+        read = _Read(context=next(self._read_ids).to_bytes(8, "big"))
+        self._mailbox.post_request(read)
+        try:
+            await read.done.wait()
+        finally:
+            if not read.done.is_set():
+                self._engine.cancel_read(read.context)
+        if read.error is not None:
+            raise read.error
+        return read.index
+
+    async def wait_applied(self, index: int) -> None:
+        await self._progress.wait_applied(index)
+
+    async def wait_revision(self, revision: int) -> None:
+        await self._progress.wait_revision(revision)
+
+    def role(self) -> RoleInfo:
+        e = self._engine
+        role = e.role if e.role is not Role.PRE_CANDIDATE else Role.CANDIDATE
+        return RoleInfo(
+            member_id=self._spec.node_id,
+            leader_id=e.leader,
+            term=e.term,
+            role=role.value,
+            commit_index=e.commit,
+            applied_index=self._progress.applied,
+        )
+
+    def leader_client_addr(self) -> str | None:
+        e = self._engine
+        if e.leader == self._spec.node_id:
+            return self._spec.client_addr
+        ctx = e.peer_context.get(e.leader)
+        return ctx.decode("utf-8", "replace") if ctx else None
+
+    def subscribe(self, callback: Callable[[AppliedBatch], None]) -> None:
+        self._engine.subscribe(callback)
+
+    def release_readers(self) -> None:
+        self._closed = True
+        self._progress.close()
+        self._engine.close(Unavailable("node is shutting down"))
+
+    async def maintain(self, fn: Callable[[], T]) -> T:
+        return await trio.to_thread.run_sync(fn, limiter=self._writer)
+
+    @property
+    def revision(self) -> int:
+        return self._progress.revision
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _on_applied(self, batch: AppliedBatch) -> None:
+        self._progress.advance(batch.applied_index, batch.revision)
+
+    def _on_peer_applied(self) -> None:
+        # Wake every WRITE_QUORUM_ALL waiter; later ones wait on a fresh event.
+        self._applied_changed.set()
+        self._applied_changed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._ticker)
+                if len(self._spec.peers) == 1:
+                    self._engine.campaign()
+                await self._handle_readies()
+                task_status.started()
+                await self._loop()
+        finally:
+            self._closed = True
+            self._engine.close(Unavailable("node is shutting down"))
+            self._progress.close()
+
+    async def _ticker(self) -> None:
+        interval = self._knobs.tick_ms / 1000
+        while True:
+            await trio.sleep(interval)
+            self._mailbox.post_tick()
+
+    async def _loop(self) -> None:
+        limit = self._knobs.max_events_per_turn
+        while True:
+            for event in await self._mailbox.receive_batch(limit):
+                if isinstance(event, _SnapshotTaken):
+                    await self._record_snapshot(event.index)
+                else:
+                    self._step(event)
+            await self._handle_readies()
+
+    def _step(self, event: _Event) -> None:
+        engine = self._engine
+        if isinstance(event, _Messages):
+            for msg in event.msgs:
+                engine.step(msg)
+        elif isinstance(event, _Tick):
+            engine.tick()
+        elif isinstance(event, _Proposal):
+            engine.propose(codec.encode_command(event.command), event.finish)
+        elif isinstance(event, _Read):
+            engine.read_index(event.context, event.finish)
+        elif isinstance(event, _SnapshotReport):
+            engine.report_snapshot(event.peer, event.ok)
+
+    async def _handle_readies(self) -> None:
+        engine = self._engine
+        while (work := engine.take_ready()) is not None:
+            if work.persist or work.ready.committed:
+                output = await trio.to_thread.run_sync(engine.durable, work, limiter=self._writer)
+            else:
+                output = _nothing_applied(engine, work)
+            engine.finish(work, output)
+            if engine.snapshot_due(force=self._snapshot_wanted):
+                self._snapshot_wanted = False
+                engine.snapshot_started()
+                assert self._nursery is not None
+                self._nursery.start_soon(self._take_snapshot)
+
+    def _start_snapshot_send(self, msg: Message) -> None:
+        """The core wants `msg.to` to get our snapshot: one transfer per follower at a time
+        (the core sends nothing else to it until `report_snapshot`)."""
+        if msg.to in self._sending_snapshot:
+            return
+        assert self._nursery is not None
+        self._sending_snapshot.add(msg.to)
+        self._nursery.start_soon(self._send_snapshot, msg)
+
+    async def _send_snapshot(self, msg: Message) -> None:
+        ok = False
+        try:
+            snap = self._machine.latest
+            meta = msg.snapshot
+            if self._peers is None or snap is None or meta is None or snap.index != meta.index:
+                log.warning("no snapshot file for index %s to send to node %d", meta and meta.index, msg.to)
+                self._snapshot_wanted = True  # take a fresh one now rather than after more entries
+                return
+            log.info("sending snapshot %d (%d bytes) to node %d", snap.index, snap.size, msg.to)
+            started = time.monotonic()
+            await send_snapshot(
+                self._peers,
+                msg,
+                snap,
+                io_timeout_s=self._snapshot_io_timeout_s,
+                verdict_timeout_s=30 + snap.size / (20 << 20),
+            )
+            ok = True
+            log.info("node %d has snapshot %d (%.1fs)", msg.to, snap.index, time.monotonic() - started)
+        except _TRANSFER_ERRORS as exc:
+            log.warning("sending snapshot to node %d failed: %s", msg.to, exc)
+        except CodecError as exc:
+            log.warning("sending snapshot to node %d failed: bad verdict: %s", msg.to, exc)
+        finally:
+            self._sending_snapshot.discard(msg.to)
+            self._mailbox.post_snapshot_report(msg.to, ok)
+
+    async def _take_snapshot(self) -> None:
+        """Off the raft loop and off the writer thread: a read transaction on kv.db."""
+        index = 0
+        started = time.monotonic()
+        try:
+            index = await trio.to_thread.run_sync(self._machine.take_snapshot)
+            log.info("snapshot at index %d (off the raft loop) took %.2fs", index, time.monotonic() - started)
+        except Exception:
+            log.exception("taking a snapshot failed; will retry after more entries")
+        await self._mailbox.post_internal(_SnapshotTaken(index))
+
+    async def _record_snapshot(self, index: int) -> None:
+        engine = self._engine
+        try:
+            if index:
+                upto = await trio.to_thread.run_sync(engine.record_snapshot, index, limiter=self._writer)
+                self._machine.settle(engine.storage.snapshot().index)
+                if upto is not None:
+                    log.info("log compacted through %d (snapshot %d)", upto, index)
+        finally:
+            engine.snapshot_finished()
+
+
+def _nothing_applied(engine: ReplicaEngine, work: Work) -> ApplyOutput:
+    return ApplyOutput(outcomes=(), revision=engine.revision)
+
+
+__all__ = ["ClusterSpec", "Mailbox", "RaftReplica", "SnapshotReceiver"]
