@@ -31,7 +31,7 @@ def entry_command(entry: Entry) -> Command:
 
 
 class KvStateMachine:
-    """apply/checkpoint/restore run on the writer thread; take_snapshot on a thread of its
+    """apply/restore run on the writer thread; take_snapshot on a thread of its
     own (a read transaction, so writes go on meanwhile)."""
 
     def __init__(self, kv: KvStore, snapshot_dir: Path, *, busy_timeout_ms: int = 5000) -> None:
@@ -89,9 +89,6 @@ class KvStateMachine:
                 outcomes.append(item.result)
                 events.extend(item.events)
         return ApplyOutput(outcomes=outcomes, revision=self._kv.revision, events=events)
-
-    def checkpoint(self) -> None:
-        self._kv.checkpoint()
 
     def take_snapshot(self) -> int:
         """The file is kept beside the previous one until the log records it (`settle`):

@@ -88,10 +88,6 @@ class SimMachine:
             outcomes.append(Reply(out[2]))
         return ApplyOutput(outcomes=outcomes, revision=kv.applied)
 
-    def checkpoint(self) -> None:
-        node = self._node
-        node.disk_kv = node.kv.copy()
-
     def take_snapshot(self) -> int:
         node = self._node
         node.snap_kv = node.kv.copy()

@@ -584,7 +584,9 @@ class RawNode:
     def _handle_heartbeat(self, m: Message) -> None:
         # The leader sends min(match, commit), so this never commits an unverified entry.
         self.log.commit_to(min(m.commit, self.log.last_index()))
-        self._send(MT.HEARTBEAT_RESP, m.frm, context=m.context)
+        # Our last index lets the leader notice a follower that lost its log (restarted
+        # with a wiped data dir) although it once acknowledged more.
+        self._send(MT.HEARTBEAT_RESP, m.frm, context=m.context, index=self.log.last_index())
 
     def _handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot
@@ -695,6 +697,18 @@ class RawNode:
     def _handle_heartbeat_resp(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
         pr.probe_sent = False
+        if m.index < pr.match:
+            # It holds less than it acknowledged: a wiped data dir, or a stale reply. Either
+            # way probing again from what it says it has is safe (match only drives commit
+            # forward, and the commit index never moves back).
+            self._logger.warning(
+                "%d: node %d reports last index %d below its match %d; probing it again",
+                self._id,
+                m.frm,
+                m.index,
+                pr.match,
+            )
+            pr.reset_to(m.index)
         if pr.state is ProgressState.REPLICATE and pr.inflights.full():
             pr.inflights.free_first_one()  # an ack may have been lost: let one more through
         if pr.match < self.log.last_index():

@@ -135,6 +135,12 @@ class Progress:
         self.probe_sent = False
         return True
 
+    def reset_to(self, last_index: int) -> None:
+        """The follower's log ends at `last_index`, below `match`: forget the match, probe."""
+        self.match = last_index
+        self.become_probe()
+        self.next = last_index + 1
+
     def sent_entries(self, last_index: int | None, nbytes: int) -> None:
         """Record an APPEND just sent; `last_index` is its last entry (None when it had none)."""
         if self.state is ProgressState.REPLICATE:

@@ -311,3 +311,23 @@ def test_restart_trusts_applied_over_a_lagging_stored_commit() -> None:
     assert not n.ready().committed
     with pytest.raises(ValueError):
         RawNode(cfg(1, [1, 2, 3]), st, random.Random(0), applied=4)
+
+
+def test_a_follower_that_lost_its_log_is_probed_again_and_repaired() -> None:
+    """A follower restarted with a wiped data dir holds less than it acknowledged; with no
+    new writes the leader would never notice (heartbeats say nothing of the log) unless
+    heartbeat responses carry the follower's last index."""
+    c = Cluster([1, 2, 3], seed=3)
+    c.elect(1)
+    for data in (b"a", b"b", b"c"):
+        c.propose(1, data)
+    c.stabilize()
+    assert c[1].status().progress[3][0] == 4
+    c.storages[3] = MemoryStorage()  # wiped
+    c.applied[3] = []
+    c.nodes.pop(3)
+    c.start(3)
+    c.tick(n=3)
+    c.stabilize()
+    assert c.log_of(3) == c.log_of(1)
+    assert [e.data for e in c.applied[3]] == [b"", b"a", b"b", b"c"]
