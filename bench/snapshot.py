@@ -110,8 +110,9 @@ def main(keys: int, snapshot_entries: int, duration: float, clients: int) -> Non
         for label, entries in runs:
             run_dir = base / label.replace(" ", "-")
             group, summary, preload_s = _one_run(tree, run_dir, keys, entries, duration, clients)
-            lat = summary.get("latency_ms", {})
-            ops = summary.get("ops_per_s")
+            total = summary.get("total", {})
+            lat = total.get("latency_ms", {})
+            ops = total.get("ops_per_s")
             rows.append((label, preload_s, ops, lat.get("p50"), lat.get("p99"), lat.get("max")))
             if entries == snapshot_entries:
                 leader = _leader(group)
