@@ -26,7 +26,6 @@ means a new leader overwrote it and the write never happened.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -38,7 +37,6 @@ from ggap.consensus.raft import (
     CoreConfig,
     DurableStorage,
     Entry,
-    HardState,
     Message,
     MessageType,
     ProgressState,
@@ -133,7 +131,6 @@ class Work:
 
     ready: Ready
     persist: bool  # something to save (and, with must_sync, to fsync)
-    number: int  # sequence number of this Ready on this engine (for traces)
 
     @property
     def must_sync(self) -> bool:
@@ -181,7 +178,6 @@ class ReplicaEngine:
         self._reads_without_leader: set[bytes] = set()
         self._subscribers: list[Callable[[AppliedBatch], None]] = []
         self._peer_applied_listeners: list[Callable[[], None]] = []
-        self._readies = itertools.count(1)
         self._snapshotting = False
         self.closed = False
 
@@ -310,9 +306,7 @@ class ReplicaEngine:
             self.term = rd.hard_state.term
         self._send_messages(rd.messages)
         persist = bool(rd.entries) or rd.snapshot is not None or (rd.hard_state is not None and rd.must_sync)
-        work = Work(ready=rd, persist=persist, number=next(self._readies))
-        self._taken(work)
-        return work
+        return Work(ready=rd, persist=persist)
 
     def write(self, work: Work) -> None:
         """Save the Ready's log changes. A hard state that only moved the commit index is
@@ -523,16 +517,10 @@ class ReplicaEngine:
             if state is not None and state[2] is ProgressState.REPLICATE:
                 self.node.report_unreachable(peer)
 
-    # Hooks for observers (the simulator's invariant checks); no-ops here.
+    # A hook for the planted bugs (ggap/sim/bugs.py); a no-op here.
 
     def _proposed(self, proposal: Proposal) -> None:
         pass
-
-    def _taken(self, work: Work) -> None:
-        pass
-
-    def status_hard_state(self) -> HardState:
-        return HardState(term=self.term, vote=self.node.status().vote, commit=self.commit)
 
 
 __all__ = [

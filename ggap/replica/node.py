@@ -26,7 +26,7 @@ from ggap import codec
 from ggap.config.model import RaftConfig as RaftKnobs
 from ggap.consensus.raft import CoreConfig, DurableStorage, Message, Role
 from ggap.replica.api import AppliedBatch, RoleInfo
-from ggap.replica.engine import ApplyOutput, ReplicaEngine, Retention, Work
+from ggap.replica.engine import ApplyOutput, ReplicaEngine, Retention
 from ggap.replica.kv_machine import KvStateMachine
 from ggap.replica.progress import AppliedProgress
 from ggap.replica.transfer import SnapshotTransferError, receive_snapshot, send_snapshot
@@ -423,7 +423,7 @@ class RaftReplica:
             if work.persist or work.ready.committed:
                 output = await trio.to_thread.run_sync(engine.durable, work, limiter=self._writer)
             else:
-                output = _nothing_applied(engine, work)
+                output = ApplyOutput(outcomes=(), revision=engine.revision)
             engine.finish(work, output)
             if engine.snapshot_due(force=self._snapshot_wanted):
                 self._snapshot_wanted = False
@@ -489,10 +489,6 @@ class RaftReplica:
                     log.info("log compacted through %d (snapshot %d)", upto, index)
         finally:
             engine.snapshot_finished()
-
-
-def _nothing_applied(engine: ReplicaEngine, work: Work) -> ApplyOutput:
-    return ApplyOutput(outcomes=(), revision=engine.revision)
 
 
 __all__ = ["ClusterSpec", "Mailbox", "RaftReplica", "SnapshotReceiver"]

@@ -144,8 +144,14 @@ async def serve_node(
         # peer transport (nothing to talk to until members are added).
         members = peers or {config.node.id: config.node.cluster_addr}
         mailbox = Mailbox(config.raft.event_queue)
-        machine = KvStateMachine(
-            kv, snapshot_dir(config.node.data_dir), busy_timeout_ms=config.storage.busy_timeout_ms
+        # Off the loop: it reads and hashes the latest snapshot file (hundreds of MiB).
+        machine = await trio.to_thread.run_sync(
+            functools.partial(
+                KvStateMachine,
+                kv,
+                snapshot_dir(config.node.data_dir),
+                busy_timeout_ms=config.storage.busy_timeout_ms,
+            )
         )
         snapshot_io_timeout_s = config.transport.send_timeout_ms / 1000
         transport: PeerTransport | None = None

@@ -38,6 +38,7 @@ import trio
 from ggap.config.model import TransportConfig
 from ggap.consensus.raft.types import Message
 from ggap.transport.wire import (
+    PURPOSE_RAFT,
     PURPOSE_SNAPSHOT,
     FrameDecoder,
     Handshake,
@@ -512,21 +513,25 @@ class PeerTransport:
         with trio.fail_after(self._connect_timeout):
             stream = await trio.open_tcp_stream(*addr)
         try:
-            decoder = FrameDecoder(max_frame=self._max_frame)
-            hello = Handshake(
-                cluster_id=self.cluster_id, from_id=self.node_id, to_id=peer, purpose=PURPOSE_SNAPSHOT
-            )
-            with trio.fail_after(self._handshake_timeout):
-                await stream.send_all(encode_frame(encode_handshake(hello)))
-                payload = await _read_frame(stream, decoder)
-            if payload is None:
-                raise trio.BrokenResourceError("closed by the peer during the handshake")
-            reply = decode_reply(payload)
+            decoder, reply = await self._handshake(stream, peer, PURPOSE_SNAPSHOT)
             if not reply.accepted:
                 raise ConnectionError(f"peer {peer} refused the snapshot connection: {reply.reason}")
             yield SnapshotStream(stream, decoder, _format_addr(addr))
         finally:
             await trio.aclose_forcefully(stream)
+
+    async def _handshake(
+        self, stream: trio.SocketStream, peer: int, purpose: str = PURPOSE_RAFT
+    ) -> tuple[FrameDecoder, HandshakeReply]:
+        """Send our handshake on a new outbound connection and read the peer's verdict."""
+        decoder = FrameDecoder(max_frame=self._max_frame)
+        hello = Handshake(cluster_id=self.cluster_id, from_id=self.node_id, to_id=peer, purpose=purpose)
+        with trio.fail_after(self._handshake_timeout):
+            await stream.send_all(encode_frame(encode_handshake(hello)))
+            payload = await _read_frame(stream, decoder)
+        if payload is None:
+            raise trio.BrokenResourceError("closed by the peer during the handshake")
+        return decoder, decode_reply(payload)
 
     async def _sender(self, link: _Link) -> None:
         """Connect, pump, reconnect, forever (until the link's task scope is cancelled)."""
@@ -560,14 +565,7 @@ class PeerTransport:
         try:
             with trio.fail_after(self._connect_timeout):
                 stream = await trio.open_tcp_stream(*addr)
-            decoder = FrameDecoder(max_frame=self._max_frame)
-            hello = Handshake(cluster_id=self.cluster_id, from_id=self.node_id, to_id=link.peer_id)
-            with trio.fail_after(self._handshake_timeout):
-                await stream.send_all(encode_frame(encode_handshake(hello)))
-                payload = await _read_frame(stream, decoder)
-            if payload is None:
-                raise trio.BrokenResourceError("closed by the peer during the handshake")
-            reply = decode_reply(payload)
+            _decoder, reply = await self._handshake(stream, link.peer_id)
             if not reply.accepted:
                 link.last_error = f"handshake rejected: {reply.reason}"
                 if not link.quiet:

@@ -581,11 +581,12 @@ def test_client_disconnects_mid_watch(
         channel.close()  # abandon the stream mid-watch
     # Writes after the watchers vanished: the node must not trip over their dead streams.
     for i in range(50):
-        kv.Put(pb.PutRequest(key="dc/k", value=str(i).encode()), timeout=T)
-    # Abrupt TCP-level disconnects as well (no RST_STREAM, no GOAWAY).
+        last = kv.Put(pb.PutRequest(key="dc/k", value=str(i).encode()), timeout=T).header.revision
+    # Abrupt TCP-level disconnects as well (no RST_STREAM, no GOAWAY). They start at the last
+    # write: 50 versions exceed history_depth, so the pruner may already have dropped `start`.
     for _ in range(3):
         channel = grpc.insecure_channel(node.client_addr)
-        watch = kv_pb2_grpc.KvServiceStub(channel).Watch(pb.WatchRequest(prefix="dc/", start_revision=start))
+        watch = kv_pb2_grpc.KvServiceStub(channel).Watch(pb.WatchRequest(prefix="dc/", start_revision=last))
         next(watch)
         t = threading.Thread(target=channel.close)
         t.start()
