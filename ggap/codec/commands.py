@@ -25,6 +25,7 @@ from ggap.types.commands import (
     Delete,
     Expire,
     Noop,
+    Prune,
     Put,
     Txn,
     TxnGet,
@@ -44,6 +45,7 @@ TAG_EXPIRE = 5
 TAG_NOOP = 6
 TAG_TXN_GET = 7
 TAG_TXN_RANGE = 8
+TAG_PRUNE = 9
 
 _TARGETS = {t.value: t for t in CompareTarget}
 _OPS = {o.value: o for o in CompareOp}
@@ -162,6 +164,9 @@ def command_to_value(cmd: Command) -> tuple[object, ...]:
             key, rev = _shape(item, 2, "Expire item")
             items.append((_str(key, "Expire item key"), _int(rev, "Expire item mod_revision")))
         return (v, TAG_EXPIRE, tuple(items))
+    if isinstance(cmd, Prune):
+        keys = tuple(_str(k, "Prune key") for k in _seq(cmd.keys, "Prune.keys"))
+        return (v, TAG_PRUNE, _int(cmd.depth, "Prune.depth"), keys)
     if isinstance(cmd, Noop):
         return (v, TAG_NOOP)
     _fail(f"not a command: {type(cmd).__name__}")
@@ -265,6 +270,11 @@ def command_from_value(value: object) -> Command:
             key, rev = _shape(item, 2, "Expire item")
             items.append((_str(key, "Expire item key"), _int(rev, "Expire item mod_revision")))
         return Expire(items=tuple(items))
+    if tag == TAG_PRUNE:
+        if len(f) != 2:
+            _fail(f"Prune must have 2 fields, got {len(f)}")
+        keys = tuple(_str(k, "Prune key") for k in _seq(f[1], "Prune.keys"))
+        return Prune(depth=_int(f[0], "Prune.depth"), keys=keys)
     if tag == TAG_NOOP:
         if f:
             _fail(f"Noop must have 0 fields, got {len(f)}")

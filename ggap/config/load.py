@@ -26,7 +26,16 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Integer knobs where 0 is meaningful; every other integer knob must be >= 1.
 _ZERO_ALLOWED = frozenset(
-    {"ttl.max_ttl_ms", "storage.busy_timeout_ms", "server.shutdown_grace_ms", "server.answer_margin_ms"}
+    {
+        "ttl.max_ttl_ms",
+        "storage.busy_timeout_ms",
+        "server.shutdown_grace_ms",
+        "server.answer_margin_ms",
+        "mvcc.auto_compact_revisions",
+        "mvcc.auto_compact_interval_ms",
+        "storage.quota_bytes",
+        "storage.wal_keep_bytes",
+    }
 )
 # Integer knobs with an upper bound: a frame's length travels as a u32.
 _MAXIMUM = {"transport.max_frame_bytes": (1 << 32) - 1}

@@ -29,11 +29,21 @@ class LimitsConfig:
 
 @attrs.frozen(slots=True)
 class MvccConfig:
-    # Each key keeps at least its newest history_depth versions.
+    """History retention, decided by the leader and replicated (ggap/server/maintenance.py)."""
+
+    # Each key keeps at least its newest history_depth versions (the leader's value rules).
     history_depth: int = 16
-    # How often the background pruner runs, and how many keys it visits per pass.
+    # How often the leader prunes history and checks automatic compaction.
     prune_interval_ms: int = 1000
-    prune_batch_keys: int = 512
+    # Keys the leader examines per pass, and keys per replicated Prune command.
+    prune_scan_keys: int = 4096
+    prune_batch_keys: int = 128
+    # Automatic compaction: keep the last N revisions (0 = off)...
+    auto_compact_revisions: int = 0
+    # ...and/or the revisions of the last this many ms (0 = off); either rule compacts.
+    auto_compact_interval_ms: int = 3_600_000
+    # Largest step (in revisions) of one automatic Compact command.
+    compact_step_revisions: int = 10_000
 
 
 @attrs.frozen(slots=True)
@@ -43,6 +53,15 @@ class StorageConfig:
     # SQLite synchronous mode for the KV state (rebuilt from the log if lost).
     kv_synchronous: str = "NORMAL"
     busy_timeout_ms: int = 5000
+    # Past this many bytes in use (kv.db + raft.db pages holding data), Put and writing Txns
+    # get RESOURCE_EXHAUSTED (0 = no quota).
+    quota_bytes: int = 2_147_483_648
+    # How often a node measures its space and gives free pages back to the file system...
+    reclaim_interval_ms: int = 1000
+    # ...this many pages per step (one short write transaction each).
+    reclaim_pages: int = 1024
+    # After a checkpoint, a WAL file larger than this is truncated to it.
+    wal_keep_bytes: int = 67_108_864
 
 
 @attrs.frozen(slots=True)

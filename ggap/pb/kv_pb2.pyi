@@ -317,7 +317,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("member_id", "leader_id", "raft_term", "role", "commit_index", "applied_index", "revision", "compact_revision", "db_size_bytes", "version")
+    __slots__ = ("member_id", "leader_id", "raft_term", "role", "commit_index", "applied_index", "revision", "compact_revision", "db_size_bytes", "version", "db_size_in_use_bytes")
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     RAFT_TERM_FIELD_NUMBER: _ClassVar[int]
@@ -328,6 +328,7 @@ class StatusResponse(_message.Message):
     COMPACT_REVISION_FIELD_NUMBER: _ClassVar[int]
     DB_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    DB_SIZE_IN_USE_BYTES_FIELD_NUMBER: _ClassVar[int]
     member_id: int
     leader_id: int
     raft_term: int
@@ -338,7 +339,8 @@ class StatusResponse(_message.Message):
     compact_revision: int
     db_size_bytes: int
     version: str
-    def __init__(self, member_id: _Optional[int] = ..., leader_id: _Optional[int] = ..., raft_term: _Optional[int] = ..., role: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., revision: _Optional[int] = ..., compact_revision: _Optional[int] = ..., db_size_bytes: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    db_size_in_use_bytes: int
+    def __init__(self, member_id: _Optional[int] = ..., leader_id: _Optional[int] = ..., raft_term: _Optional[int] = ..., role: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., revision: _Optional[int] = ..., compact_revision: _Optional[int] = ..., db_size_bytes: _Optional[int] = ..., version: _Optional[str] = ..., db_size_in_use_bytes: _Optional[int] = ...) -> None: ...
 
 class Member(_message.Message):
     __slots__ = ("id", "client_addr", "cluster_addr", "learner")

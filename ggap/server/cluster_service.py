@@ -21,6 +21,7 @@ class ClusterServicer(kv_grpc.ClusterServiceServicer):
 
     async def Status(self, msg: pb.StatusRequest) -> pb.StatusResponse:
         role = self._node.consensus.role()
+        space = await self._node.space.refresh()
         return pb.StatusResponse(
             member_id=role.member_id,
             leader_id=role.leader_id,
@@ -30,7 +31,8 @@ class ClusterServicer(kv_grpc.ClusterServiceServicer):
             applied_index=role.applied_index,
             revision=self._kv.revision,
             compact_revision=self._kv.compact_revision,
-            db_size_bytes=self._kv.db_size_bytes(),
+            db_size_bytes=space.total_bytes,
+            db_size_in_use_bytes=space.in_use_bytes,
             version=__version__,
         )
 

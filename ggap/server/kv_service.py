@@ -16,6 +16,7 @@ from ggap.replica import Consensus
 from ggap.rpc import current_deadline
 from ggap.server import convert
 from ggap.server.forward import Forwarder, RetryElsewhere, is_forwarded
+from ggap.server.maintenance import SpaceKeeper
 from ggap.server.reads import ReaderPool
 from ggap.server.ttl import Expirer, is_expired
 from ggap.server.watch import Watcher, WatchHub
@@ -28,6 +29,7 @@ from ggap.types import (
     InvalidArgument,
     KeyValue,
     NotLeader,
+    Put,
     PutResult,
     RangeResult,
     ReadMode,
@@ -54,6 +56,7 @@ class NodeState:
     hub: WatchHub
     expirer: Expirer
     forwarder: Forwarder
+    space: SpaceKeeper
     draining: bool = False
 
     def header(self, revision: int) -> pb.ResponseHeader:
@@ -208,6 +211,7 @@ class KvServicer(kv_grpc.KvServiceServicer):
     async def Put(self, msg: pb.PutRequest, request: Any = None) -> pb.PutResponse:
         self._node.check_open()
         cmd = convert.put_command(msg, self._limits, self._node.expirer.now_ms(), self._max_ttl)
+        self._node.space.check_quota()
         return await self._write(
             cmd,
             request,
@@ -232,6 +236,8 @@ class KvServicer(kv_grpc.KvServiceServicer):
     async def Txn(self, msg: pb.TxnRequest, request: Any = None) -> pb.TxnResponse:
         self._node.check_open()
         cmd = convert.txn_command(msg, self._limits, self._node.expirer.now_ms(), self._max_ttl)
+        if any(isinstance(op, Put) for op in (*cmd.success, *cmd.failure)):
+            self._node.space.check_quota()  # a Txn that only reads or deletes always goes
         return await self._write(
             cmd,
             request,

@@ -4,7 +4,9 @@
       serve_node(config)              opens storage, then in one nursery:
         transport.run                 peer (Raft) traffic, when there are peers
         consensus.run                 the raft loop (owns the writer thread)
-        expirer.run / prune loop      leader-side TTL expiry, local history pruning
+        expirer.run                   leader-side TTL expiry
+        history.run                   leader-side replicated pruning and auto compaction
+        space.run                     local space measurement and reclaiming (quota)
         serve_grpc                    the client port (KvService, ClusterService,
                                       health, reflection)
         shutdown on SIGINT/SIGTERM    drain in-flight requests, then cancel the nursery
@@ -35,6 +37,7 @@ from ggap.rpc import HealthService, RpcPolicy, guarded_service, reflection_servi
 from ggap.server.cluster_service import ClusterServicer
 from ggap.server.forward import Forwarder
 from ggap.server.kv_service import KvServicer, NodeState
+from ggap.server.maintenance import HistoryKeeper, SpaceKeeper
 from ggap.server.reads import ReaderPool
 from ggap.server.ttl import Expirer
 from ggap.server.watch import WatchHub
@@ -123,15 +126,6 @@ async def _health_loop(
         await trio.sleep(interval_s)
 
 
-async def _prune_loop(consensus: Consensus, kv: KvStore, config: Config) -> None:
-    interval = config.mvcc.prune_interval_ms / 1000
-    while True:
-        await trio.sleep(interval)
-        pruned = await consensus.maintain(lambda: kv.prune(config.mvcc.prune_batch_keys))
-        if pruned:
-            log.debug("pruned %d old versions", pruned)
-
-
 async def serve_node(
     config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -189,8 +183,18 @@ async def serve_node(
             retry_pause_s=config.server.forward_retry_ms / 1000,
             answer_margin_s=config.server.answer_margin_ms / 1000,
         )
+        history = HistoryKeeper(consensus, readers, config.mvcc)
+        space = await trio.to_thread.run_sync(
+            SpaceKeeper, consensus, kv, log_store, Path(config.node.data_dir), config.storage
+        )
         state = NodeState(
-            config=config, consensus=consensus, readers=readers, hub=hub, expirer=expirer, forwarder=forwarder
+            config=config,
+            consensus=consensus,
+            readers=readers,
+            hub=hub,
+            expirer=expirer,
+            forwarder=forwarder,
+            space=space,
         )
         policy = RpcPolicy(
             default_timeout_s=config.server.default_timeout_ms / 1000,
@@ -214,7 +218,8 @@ async def serve_node(
             await nursery.start(consensus.run)
             await nursery.start(state.forwarder.run)
             nursery.start_soon(expirer.run)
-            nursery.start_soon(_prune_loop, consensus, kv, config)
+            nursery.start_soon(history.run)
+            nursery.start_soon(space.run)
             bound = await nursery.start(
                 functools.partial(
                     serve_grpc, services, host, port, max_message_bytes=config.limits.max_message_bytes

@@ -7,12 +7,14 @@ hot path gets raw `sqlite3` with `isolation_level=None` and explicit `BEGIN IMME
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import attrs
 import sqlite_utils
 
 from ggap.types.errors import FailedPrecondition, StorageCorrupt
@@ -24,6 +26,10 @@ _SYNC_MODES = {"OFF": "OFF", "NORMAL": "NORMAL", "FULL": "FULL", "EXTRA": "EXTRA
 # Large enough that every constant SQL string of a store stays prepared.
 _CACHED_STATEMENTS = 256
 
+_AUTO_VACUUM_INCREMENTAL = 2
+
+log = logging.getLogger(__name__)
+
 
 def sync_mode(value: str) -> str:
     mode = _SYNC_MODES.get(str(value).upper())
@@ -32,10 +38,14 @@ def sync_mode(value: str) -> str:
     return mode
 
 
-def connect(path: str | os.PathLike[str], *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
+def connect(
+    path: str | os.PathLike[str], *, synchronous: str, busy_timeout_ms: int, wal_keep_bytes: int = -1
+) -> sqlite3.Connection:
     """A read-write hot-path connection.
 
-    `synchronous` is per connection (not stored in the file), so it is set on every connect.
+    `synchronous` and `wal_keep_bytes` (journal_size_limit: the WAL is truncated to it after
+    a checkpoint; -1 = never) are per connection, not stored in the file, so they are set
+    on every connect.
     check_same_thread is off because trio's thread cache hands us different threads; the
     owner serialises use instead.
     """
@@ -48,6 +58,7 @@ def connect(path: str | os.PathLike[str], *, synchronous: str, busy_timeout_ms: 
     try:
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         conn.execute(f"PRAGMA synchronous={sync_mode(synchronous)}")
+        conn.execute(f"PRAGMA journal_size_limit={int(wal_keep_bytes)}").fetchall()
     except BaseException:
         conn.close()
         raise
@@ -121,6 +132,7 @@ def migrate(
     conn = sqlite3.connect(os.fspath(path), isolation_level=None)
     try:
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        _use_incremental_vacuum(conn, path)
         # journal_mode is stored in the file; it cannot change inside a transaction.
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -137,6 +149,72 @@ def migrate(
         return len(migrations.applied(db))
     finally:
         conn.close()
+
+
+def reclaim_pages(conn: sqlite3.Connection, max_pages: int) -> int:
+    """Incremental vacuum of up to `max_pages` free pages on a writer connection (files made
+    with auto_vacuum=INCREMENTAL, see `migrate`); returns how many it released. The file
+    shrinks at the next WAL checkpoint."""
+    if conn.in_transaction:
+        raise RuntimeError("reclaim_pages needs a connection outside a transaction")
+    before = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    if before == 0:
+        return 0
+    # Each sqlite3_step of incremental_vacuum frees one page and it returns no rows, so the
+    # sqlite3 module's execute() (one step for a statement without columns) frees exactly
+    # one page; executescript runs it to completion (it would COMMIT an open transaction
+    # first, hence the check above).
+    conn.executescript(f"PRAGMA incremental_vacuum({int(max_pages)});")
+    return before - int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+@attrs.frozen(slots=True)
+class DbSpace:
+    """One database file's footprint: bytes on disk (file + WAL) and bytes in pages that
+    hold data (free pages excluded: they are reused, or reclaimed by incremental vacuum)."""
+
+    file_bytes: int
+    in_use_bytes: int
+    free_bytes: int
+
+
+def db_space(path: str | os.PathLike[str], *, busy_timeout_ms: int) -> DbSpace:
+    """Read from the file header through a read-only connection of its own (cheap)."""
+    conn = connect_readonly(path, busy_timeout_ms=busy_timeout_ms)
+    try:
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    finally:
+        conn.close()
+    return DbSpace(
+        file_bytes=file_size(path), in_use_bytes=(pages - free) * page_size, free_bytes=free * page_size
+    )
+
+
+def dir_size(path: str | os.PathLike[str]) -> int:
+    """Bytes of every regular file under `path` (a node's data dir: databases, WALs, snapshots)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass  # removed meanwhile (a snapshot being replaced)
+    return total
+
+
+def _use_incremental_vacuum(conn: sqlite3.Connection, path: str | os.PathLike[str]) -> None:
+    """Free pages go back to the file system only with auto_vacuum=INCREMENTAL, which is
+    stored in the file and fixed at creation: a new file gets it before its first table; a
+    file made before ggap set it is rebuilt once with VACUUM (time and space ~ its size).
+    Snapshots carry it along (VACUUM INTO and the backup API copy the header)."""
+    if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == _AUTO_VACUUM_INCREMENTAL:
+        return
+    conn.execute(f"PRAGMA auto_vacuum={_AUTO_VACUUM_INCREMENTAL}")
+    if int(conn.execute("PRAGMA page_count").fetchone()[0]) > 0:
+        log.info("%s: switching to incremental vacuum (a one-time VACUUM)", path)
+        conn.execute("VACUUM")
 
 
 def schema_version(conn: sqlite3.Connection, set_name: str) -> int:

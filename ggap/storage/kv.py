@@ -31,7 +31,15 @@ from ggap.config.model import MvccConfig, StorageConfig
 from ggap.storage import _reads
 from ggap.storage._reads import Row, check_int, live_kv, make_event, read_state
 from ggap.storage._schema import KV_KNOWN, KV_MIGRATIONS
-from ggap.storage._sqlite import connect, connect_readonly, file_size, migrate, read_txn, write_txn
+from ggap.storage._sqlite import (
+    connect,
+    connect_readonly,
+    file_size,
+    migrate,
+    read_txn,
+    reclaim_pages,
+    write_txn,
+)
 from ggap.storage.snapshot import install_snapshot
 from ggap.types.commands import (
     Command,
@@ -42,6 +50,7 @@ from ggap.types.commands import (
     Delete,
     Expire,
     Noop,
+    Prune,
     Put,
     Txn,
     TxnGet,
@@ -58,6 +67,7 @@ from ggap.types.kv import (
     GetResult,
     KeyValue,
     NoopResult,
+    PruneResult,
     PutResult,
     RangeResult,
     TxnOpResult,
@@ -77,31 +87,36 @@ _SQL_META_INIT = (
     "INSERT OR IGNORE INTO kv_meta (shard, applied_index, revision, compact_revision) VALUES (?, 0, 0, 0)"
 )
 _SQL_META_SET = "UPDATE kv_meta SET applied_index=?, revision=?, compact_revision=? WHERE shard=?"
-# Every version at or below the compact revision that is not its key's newest there, plus
-# tombstones below it (a deleted key has nothing left to show). A tombstone exactly at the
-# compact revision stays, so a watch may still start at the compacted revision, as in etcd.
-_SQL_COMPACT = (
-    "DELETE FROM kv_versions WHERE shard=?1 AND mod_revision<=?2 AND ((tombstone=1 AND mod_revision<?2) "
-    "OR EXISTS ("
-    "SELECT 1 FROM kv_versions AS w WHERE w.shard=?1 AND w.key=kv_versions.key "
-    "AND w.mod_revision>kv_versions.mod_revision AND w.mod_revision<=?2))"
+# Compaction from C0 to C: a version at or below C that is not its key's newest there has a
+# newer version in (C0, C] (the previous compaction left one version per key at or below
+# C0), so the work is proportional to what was written since C0, not to the whole store.
+_SQL_COMPACT_NEWEST = (
+    "SELECT key, max(mod_revision) FROM kv_versions WHERE shard=? AND mod_revision>? AND mod_revision<=? "
+    "GROUP BY key"
+)
+_SQL_DELETE_OLDER = "DELETE FROM kv_versions WHERE shard=? AND key=? AND mod_revision<?"
+# Then tombstones below C (a deleted key has nothing left to show). A tombstone exactly at
+# C stays, so a watch may still start at the compacted revision, as in etcd; one at C0 is
+# the previous compaction's and goes now.
+_SQL_COMPACT_TOMBSTONES = (
+    "DELETE FROM kv_versions WHERE shard=? AND tombstone=1 AND mod_revision>=? AND mod_revision<?"
 )
 # A prune floor at or below the compact revision can no longer refuse anything.
 _SQL_PRUNED_GC = "DELETE FROM kv_pruned WHERE shard=? AND floor_revision<=?"
-_SQL_KEYS_FROM = "SELECT DISTINCT key FROM kv_versions WHERE shard=? AND key>=? ORDER BY key LIMIT ?"
-_SQL_KEYS_AFTER = "SELECT DISTINCT key FROM kv_versions WHERE shard=? AND key>? ORDER BY key LIMIT ?"
-_SQL_KEYS_UPTO = "SELECT DISTINCT key FROM kv_versions WHERE shard=? AND key<=? ORDER BY key LIMIT ?"
 _SQL_NTH_NEWEST = (
     "SELECT mod_revision FROM kv_versions WHERE shard=? AND key=? ORDER BY mod_revision DESC LIMIT 1 OFFSET ?"
 )
-_SQL_PRUNE = "DELETE FROM kv_versions WHERE shard=? AND key=? AND mod_revision<?"
 _SQL_PRUNED_SET = (
     "INSERT INTO kv_pruned (shard, key, floor_revision) VALUES (?, ?, ?) "
     "ON CONFLICT (shard, key) DO UPDATE SET floor_revision=max(floor_revision, excluded.floor_revision)"
 )
-
-# Keys pruned per transaction: short enough that apply never waits long for the lock.
-_PRUNE_KEYS_PER_TXN = 64
+# Prune candidates: the next keys after a cursor, then which of them hold more versions
+# than the depth (both walk the primary key; run on a reader).
+_SQL_KEYS_AFTER = "SELECT DISTINCT key FROM kv_versions WHERE shard=? AND key>? ORDER BY key LIMIT ?"
+_SQL_DEEP_KEYS = (
+    "SELECT key FROM kv_versions WHERE shard=? AND key>=? AND key<=? "
+    "GROUP BY key HAVING count(*)>? ORDER BY key"
+)
 
 
 @attrs.frozen(slots=True)
@@ -141,7 +156,6 @@ class KvStore:
         self.schema_version = schema_version
         applied, revision, compact = read_state(conn, shard)
         self._state = _State(applied, revision, compact)
-        self._prune_cursor: str | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, mvcc: MvccConfig, storage: StorageConfig) -> KvStore:
@@ -149,7 +163,12 @@ class KvStore:
             raise ValueError(f"mvcc.history_depth must be >= 1, got {mvcc.history_depth}")
         p = os.fspath(path)
         version = migrate(p, KV_MIGRATIONS, KV_KNOWN, busy_timeout_ms=storage.busy_timeout_ms)
-        conn = connect(p, synchronous=storage.kv_synchronous, busy_timeout_ms=storage.busy_timeout_ms)
+        conn = connect(
+            p,
+            synchronous=storage.kv_synchronous,
+            busy_timeout_ms=storage.busy_timeout_ms,
+            wal_keep_bytes=storage.wal_keep_bytes,
+        )
         try:
             conn.execute(_SQL_META_INIT, (0,))
             return cls(p, conn, mvcc=mvcc, storage=storage, schema_version=version)
@@ -199,7 +218,6 @@ class KvStore:
         self._conn.execute(_SQL_META_INIT, (self._shard,))
         applied, revision, compact = read_state(self._conn, self._shard)
         self._state = _State(applied, revision, compact)
-        self._prune_cursor = None
 
     def reader(self) -> KvReader:
         """A new read-only connection; the caller owns it (and closes it)."""
@@ -260,6 +278,8 @@ class KvStore:
             return self._expire(st, cmd)
         if isinstance(cmd, Compact):
             return self._compact(st, cmd)
+        if isinstance(cmd, Prune):
+            return self._prune(st, cmd)
         if isinstance(cmd, Noop):
             return Applied(NoopResult(revision=st.revision), [])
         raise InvalidArgument(f"unknown command type {type(cmd).__name__}")
@@ -336,9 +356,9 @@ class KvStore:
         return Applied(ExpireResult(revision=rev, expired=tuple(k for k, _ in todo)), events)
 
     def _compact(self, st: _State, cmd: Compact) -> Applied:
-        """Cost: one pass over the versions at or below the revision (index on revision)
-        plus a primary-key probe per row, all inside the apply transaction. Fine at our
-        sizes; a huge backlog would be compacted in steps by the caller."""
+        """Cost: the versions written since the previous compaction (revision index), one
+        primary-key range delete per key among them, all inside the apply transaction: the
+        automatic compactor keeps each step small (see ggap/server/maintenance.py)."""
         rev = check_int(cmd.revision, "compact revision")
         if rev > st.revision:
             raise OutOfRange(
@@ -352,8 +372,11 @@ class KvStore:
                 compact_revision=st.compact_revision,
                 current_revision=st.revision,
             )
-        self._conn.execute(_SQL_COMPACT, (self._shard, rev))
-        self._conn.execute(_SQL_PRUNED_GC, (self._shard, rev))
+        conn, sh = self._conn, self._shard
+        newest = conn.execute(_SQL_COMPACT_NEWEST, (sh, st.compact_revision, rev)).fetchall()
+        conn.executemany(_SQL_DELETE_OLDER, [(sh, key, mod) for key, mod in newest])
+        conn.execute(_SQL_COMPACT_TOMBSTONES, (sh, st.compact_revision, rev))
+        conn.execute(_SQL_PRUNED_GC, (sh, rev))
         st.compact_revision = rev
         return Applied(CompactResult(revision=st.revision), [])
 
@@ -417,45 +440,33 @@ class KvStore:
         st.revision = rev
         return Applied(TxnResult(revision=rev, succeeded=succeeded, responses=tuple(responses)), events)
 
-    # --- history pruning ---------------------------------------------------------------------
-
-    def prune(self, max_keys: int) -> int:
-        """Drop versions older than each key's newest `history_depth`, visiting up to
-        `max_keys` keys round-robin from where the last call stopped; returns rows removed.
-
-        Runs in short transactions of its own so apply is never held up for long. Pruning
-        is local (not replicated): a replica that pruned answers OUT_OF_RANGE where another
-        still answers, but nobody answers wrongly (see kv_pruned in _reads).
-        """
-        if max_keys <= 0:
-            return 0
-        keys = self._next_prune_keys(max_keys)
-        depth = self._mvcc.history_depth
-        removed = 0
+    def _prune(self, st: _State, cmd: Prune) -> Applied:
+        """Applied on every replica from the same state, so all keep the same versions and
+        the same per-key floors (kv_pruned) that refuse reads below them."""
+        depth = check_int(cmd.depth, "prune depth", minimum=1)
+        keys = cmd.keys
+        if not isinstance(keys, tuple | list):
+            raise InvalidArgument("prune keys must be a sequence")
         conn, sh = self._conn, self._shard
-        for i in range(0, len(keys), _PRUNE_KEYS_PER_TXN):
-            with write_txn(conn):
-                for key in keys[i : i + _PRUNE_KEYS_PER_TXN]:
-                    row = conn.execute(_SQL_NTH_NEWEST, (sh, key, depth - 1)).fetchone()
-                    if row is None:
-                        continue
-                    n = conn.execute(_SQL_PRUNE, (sh, key, row[0])).rowcount
-                    if n > 0:
-                        removed += n
-                        conn.execute(_SQL_PRUNED_SET, (sh, key, row[0]))
-        return removed
+        removed = 0
+        for key in sorted({check_key(k) for k in keys}):
+            row = conn.execute(_SQL_NTH_NEWEST, (sh, key, depth - 1)).fetchone()
+            if row is None:
+                continue
+            n = conn.execute(_SQL_DELETE_OLDER, (sh, key, row[0])).rowcount
+            if n > 0:
+                removed += n
+                conn.execute(_SQL_PRUNED_SET, (sh, key, row[0]))
+        return Applied(PruneResult(revision=st.revision, removed=removed), [])
 
-    def _next_prune_keys(self, max_keys: int) -> list[str]:
-        conn, sh, cursor = self._conn, self._shard, self._prune_cursor
-        if cursor is None:
-            keys = [r[0] for r in conn.execute(_SQL_KEYS_FROM, (sh, "", max_keys))]
-        else:
-            keys = [r[0] for r in conn.execute(_SQL_KEYS_AFTER, (sh, cursor, max_keys))]
-            if len(keys) < max_keys:
-                more = conn.execute(_SQL_KEYS_UPTO, (sh, cursor, max_keys - len(keys)))
-                keys.extend(r[0] for r in more)
-        self._prune_cursor = keys[-1] if keys else None
-        return keys
+    # --- space --------------------------------------------------------------------------------
+
+    def reclaim(self, max_pages: int) -> int:
+        """Give up to `max_pages` free pages back to the file system (incremental vacuum);
+        returns how many went. One short write transaction: call it between applies."""
+        if max_pages <= 0:
+            return 0
+        return reclaim_pages(self._conn, max_pages)
 
 
 class KvReader:
@@ -536,6 +547,20 @@ class KvReader:
                 compact=compact,
             )
             return evs, current
+
+    def prune_candidates(self, after: str | None, scan_keys: int, depth: int) -> tuple[list[str], str | None]:
+        """Among the next `scan_keys` keys after `after` (None: from the start), those
+        holding more than `depth` versions; and where the next scan starts (None: wrapped
+        around). Bounded work per call, whatever the store's size."""
+        with read_txn(self._conn):
+            # Keys are never empty, so key > "" is every key.
+            params = (self._shard, after or "", max(1, scan_keys))
+            rows = self._conn.execute(_SQL_KEYS_AFTER, params).fetchall()
+            if not rows:
+                return [], None
+            first, last = rows[0][0], rows[-1][0]
+            deep = [r[0] for r in self._conn.execute(_SQL_DEEP_KEYS, (self._shard, first, last, depth))]
+        return deep, (last if len(rows) >= scan_keys else None)
 
     def expiring(self, now_ms: int, limit: int) -> list[tuple[str, int]]:
         """(key, mod_revision) of live keys whose TTL ran out by now_ms, soonest first."""

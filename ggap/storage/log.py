@@ -38,7 +38,7 @@ from ggap.config.model import StorageConfig
 from ggap.consensus.raft.storage import DurableStorage, LogCompactedError, LogUnavailableError
 from ggap.consensus.raft.types import Entry, EntryKind, HardState, SnapshotMeta
 from ggap.storage._schema import LOG_KNOWN, LOG_MIGRATIONS
-from ggap.storage._sqlite import connect, connect_readonly, file_size, migrate, write_txn
+from ggap.storage._sqlite import connect, connect_readonly, file_size, migrate, reclaim_pages, write_txn
 from ggap.types.errors import CodecError, StorageCorrupt
 
 __all__ = ["CacheInfo", "LogStore"]
@@ -139,7 +139,12 @@ class LogStore:
     ) -> LogStore:
         p = os.fspath(path)
         version = migrate(p, LOG_MIGRATIONS, LOG_KNOWN, busy_timeout_ms=storage.busy_timeout_ms)
-        conn = connect(p, synchronous=storage.log_synchronous, busy_timeout_ms=storage.busy_timeout_ms)
+        conn = connect(
+            p,
+            synchronous=storage.log_synchronous,
+            busy_timeout_ms=storage.busy_timeout_ms,
+            wal_keep_bytes=storage.wal_keep_bytes,
+        )
         try:
             reader = connect_readonly(p, busy_timeout_ms=storage.busy_timeout_ms)
         except BaseException:
@@ -166,6 +171,11 @@ class LogStore:
 
     def db_size_bytes(self) -> int:
         return file_size(self._path)
+
+    def reclaim(self, max_pages: int) -> int:
+        """Incremental vacuum of up to `max_pages` free pages (left by compaction); on the
+        writer thread, between writes. Returns how many went."""
+        return reclaim_pages(self._conn, max_pages) if max_pages > 0 else 0
 
     def cache_info(self) -> CacheInfo:
         with self._lock:

@@ -95,8 +95,17 @@ class Expire:
 
 
 @attrs.frozen(slots=True)
+class Prune:
+    """Drop versions of `keys` older than each key's newest `depth`, decided by the leader
+    and applied by every replica, so all of them refuse the same historical reads."""
+
+    depth: int
+    keys: tuple[str, ...]
+
+
+@attrs.frozen(slots=True)
 class Noop:
     """Appended by a new leader (Raft §8) and for barriers; changes no revision."""
 
 
-Command = Put | Delete | Txn | Compact | Expire | Noop
+Command = Put | Delete | Txn | Compact | Expire | Prune | Noop

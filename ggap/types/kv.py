@@ -111,8 +111,14 @@ class ExpireResult:
 
 
 @attrs.frozen(slots=True)
+class PruneResult:
+    revision: int
+    removed: int  # versions deleted
+
+
+@attrs.frozen(slots=True)
 class NoopResult:
     revision: int
 
 
-ApplyResult = PutResult | DeleteResult | TxnResult | CompactResult | ExpireResult | NoopResult
+ApplyResult = PutResult | DeleteResult | TxnResult | CompactResult | ExpireResult | PruneResult | NoopResult

@@ -35,6 +35,7 @@ from ggap.types import (
     Delete,
     Expire,
     Noop,
+    Prune,
     Put,
     Txn,
     TxnGet,
@@ -97,7 +98,10 @@ txn_ops = st.lists(st.one_of(puts, deletes, txn_gets, txn_ranges), max_size=4).m
 txns = st.builds(Txn, compare=st.lists(compares, max_size=3).map(tuple), success=txn_ops, failure=txn_ops)
 compacts = st.builds(Compact, revision=I64)
 expires = st.builds(Expire, items=st.lists(st.tuples(keys, I64), max_size=4).map(tuple))
-commands: st.SearchStrategy[Command] = st.one_of(puts, deletes, txns, compacts, expires, st.just(Noop()))
+prunes = st.builds(Prune, depth=I64, keys=st.lists(keys, max_size=4).map(tuple))
+commands: st.SearchStrategy[Command] = st.one_of(
+    puts, deletes, txns, compacts, expires, prunes, st.just(Noop())
+)
 
 
 def normalize(v: object) -> object:
@@ -397,6 +401,7 @@ ONE_OF_EACH: list[Command] = [
     ),
     Compact(42),
     Expire(items=(("a", 3), ("b", 9))),
+    Prune(depth=16, keys=("a", "b/c")),
     Noop(),
 ]
 
@@ -496,6 +501,10 @@ BAD_COMMAND_VALUES: list[tuple[object, str]] = [
     ((V, 5, ((1, 1),)), "Expire item key must be str"),
     ((V, 5, "k"), "Expire.items must be a sequence"),
     ((V, 6, None), "Noop must have 0 fields"),
+    ((V, 9, 16), "Prune must have 2 fields"),
+    ((V, 9, "16", ()), "Prune.depth must be int"),
+    ((V, 9, 16, "k"), "Prune.keys must be a sequence"),
+    ((V, 9, 16, (b"k",)), "Prune key must be str"),
 ]
 
 

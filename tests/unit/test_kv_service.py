@@ -30,6 +30,7 @@ from ggap.types import (
     KeyValue,
     NotLeader,
     PutResult,
+    ResourceExhausted,
     TxnResult,
     Unavailable,
 )
@@ -107,11 +108,22 @@ class FakeExpirer:
         return 1_000
 
 
+@attrs.define
+class FakeSpace:
+    full: bool = False
+
+    def check_quota(self) -> None:
+        if self.full:
+            raise ResourceExhausted("database space quota exceeded: storage.quota_bytes is 1")
+
+
 class ForwardedRequest:
     custom_metadata = ((FORWARDED, "1"),)
 
 
-def servicer(consensus: FakeConsensus, forwarder: FakeForwarder | None = None) -> KvServicer:
+def servicer(
+    consensus: FakeConsensus, forwarder: FakeForwarder | None = None, space: FakeSpace | None = None
+) -> KvServicer:
     node = NodeState(
         config=Config(),
         consensus=consensus,  # type: ignore[arg-type]
@@ -119,6 +131,7 @@ def servicer(consensus: FakeConsensus, forwarder: FakeForwarder | None = None) -
         hub=None,  # type: ignore[arg-type]
         expirer=FakeExpirer(),  # type: ignore[arg-type]
         forwarder=forwarder or FakeForwarder([]),  # type: ignore[arg-type]
+        space=space or FakeSpace(),  # type: ignore[arg-type]
     )
     return KvServicer(node)
 
@@ -235,3 +248,25 @@ async def test_forwarder_retries_elsewhere_only_when_the_leader_says_not_leader(
         await forwarder.forward("leader:2379", epoch, leader_fails_with(Unavailable("not leader: in words")))
     assert type(info.value) is Unavailable
     assert conn.closed.is_set()  # UNAVAILABLE may mean a dead connection: dial again next time
+
+
+async def test_past_the_quota_puts_are_refused_but_deletes_and_compaction_go() -> None:
+    consensus = FakeConsensus(
+        [
+            DeleteResult(revision=4, deleted=True, prev_kv=None),
+            TxnResult(revision=5, succeeded=True, responses=(DeleteResult(5, True, None),)),
+            CompactResult(revision=5),
+        ]
+    )
+    svc = servicer(consensus, space=FakeSpace(full=True))
+    with pytest.raises(ResourceExhausted, match="quota"):
+        await svc.Put(pb.PutRequest(key="k", value=b"v"))
+    put_op = pb.TxnOp(put=pb.PutRequest(key="k", value=b"v"))
+    delete_op = pb.TxnOp(delete=pb.DeleteRequest(key="k"))
+    with pytest.raises(ResourceExhausted, match="quota"):
+        await svc.Txn(pb.TxnRequest(success=[delete_op], failure=[put_op]))
+    assert consensus.proposed == []
+    await svc.Delete(pb.DeleteRequest(key="k"))
+    await svc.Txn(pb.TxnRequest(success=[delete_op]))
+    await svc.Compact(pb.CompactRequest(revision=3))
+    assert len(consensus.proposed) == 3

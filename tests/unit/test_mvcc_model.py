@@ -39,6 +39,8 @@ from ggap.types import (
     Noop,
     NoopResult,
     OutOfRange,
+    Prune,
+    PruneResult,
     Put,
     PutResult,
     RangeResult,
@@ -258,6 +260,8 @@ class Model:
             assert res == DeleteResult(rev, True, ev.prev_kv) and got.events == [ev]
         elif isinstance(cmd, Noop):
             assert res == NoopResult(self.revision) and got.events == []
+        elif isinstance(cmd, Prune):
+            assert isinstance(res, PruneResult) and res.revision == self.revision and got.events == []
         elif isinstance(cmd, Compact):
             if cmd.revision > self.revision or cmd.revision <= self.compact:
                 assert isinstance(res, OutOfRange), res
@@ -373,9 +377,10 @@ def commands(model: Model) -> st.SearchStrategy[Command]:
         "compact": compact,
         "expire": expire,
         "noop": st.just(Noop()),
+        "prune": st.builds(Prune, st.just(DEPTH), st.lists(keys, max_size=4).map(tuple)),
     }
     # Mostly puts, so keys collect enough versions for pruning and compaction to bite.
-    weighted = ["put"] * 5 + ["delete", "txn", "txn", "compact", "expire", "noop"]
+    weighted = ["put"] * 5 + ["delete", "txn", "txn", "compact", "expire", "noop", "prune"]
     return st.sampled_from(weighted).flatmap(lambda kind: kinds[kind])
 
 
@@ -436,9 +441,15 @@ class MvccMachine(RuleBasedStateMachine):
         assert self.store.apply(self.last_batch) == [None] * len(self.last_batch)
 
     @rule(n=st.integers(1, 6))
-    def prune(self, n: int) -> None:
-        assert self.store is not None
-        assert self.store.prune(n) >= 0
+    def prune_candidates(self, n: int) -> None:
+        """What the leader's pruner would propose: exactly the keys holding more than
+        DEPTH versions, in key order, however the scan is windowed."""
+        expect = sorted(k for k in KEYS if len(self.reader.history(k)[0]) > DEPTH)
+        got, after = self.reader.prune_candidates(None, n, DEPTH)
+        while after is not None:
+            more, after = self.reader.prune_candidates(after, n, DEPTH)
+            got += more
+        assert got == expect
 
     @rule()
     def reopen(self) -> None:

@@ -14,6 +14,7 @@ from ggap.config import Config
 from ggap.server import node as node_mod
 from ggap.server import serve_node
 from ggap.server.forward import Forwarder
+from ggap.server.maintenance import HistoryKeeper
 from ggap.server.reads import ReaderPool
 from ggap.storage import KvStore
 
@@ -50,10 +51,10 @@ async def test_serves_then_cancels_cleanly_and_closes_storage(tmp_path: Path) ->
 async def test_a_crashing_background_task_brings_the_node_down(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken_prune(self: KvStore, max_keys: int) -> int:
+    async def broken_prune(self: HistoryKeeper) -> int:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(KvStore, "prune", broken_prune)
+    monkeypatch.setattr(HistoryKeeper, "prune_pass", broken_prune)
     crash = pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="disk on fire"), flatten_subgroups=True)
     with trio.fail_after(20), crash:
         async with trio.open_nursery() as nursery:

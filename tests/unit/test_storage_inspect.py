@@ -14,7 +14,7 @@ from ggap.config.model import MvccConfig, StorageConfig
 from ggap.consensus.raft.types import Entry, HardState, SnapshotMeta
 from ggap.storage import KV_SCHEMA_VERSION, LOG_SCHEMA_VERSION, KvStore, LogStore, inspect_data_dir
 from ggap.storage._schema import LOG_MIGRATIONS
-from ggap.types import Command, Delete, FailedPrecondition, NotFound, Put
+from ggap.types import Command, Delete, FailedPrecondition, NotFound, Prune, Put
 
 
 def _fill(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def _fill(tmp_path: Path) -> None:
         log.compact(1)
         log.set_meta("node_id", b"1")
         kv.apply(list(enumerate(cmds, 1)))
-        kv.prune(10)
+        kv.apply([(6, Prune(2, ("a", "b")))])
     finally:
         kv.close()
         log.close()
@@ -47,7 +47,7 @@ def test_inspect_reports_both_files(tmp_path: Path) -> None:
     info = inspect_data_dir(tmp_path)
     kv, log = info["kv"], info["log"]
     assert kv["schema_version"] == KV_SCHEMA_VERSION == kv["schema_version_supported"]
-    assert (kv["applied_index"], kv["revision"], kv["compact_revision"]) == (5, 4, 0)
+    assert (kv["applied_index"], kv["revision"], kv["compact_revision"]) == (6, 4, 0)
     assert (kv["live_keys"], kv["version_rows"], kv["keys_with_ttl"], kv["pruned_keys"]) == (2, 3, 1, 1)
     assert kv["size_bytes"] > 0
     assert (log["first_index"], log["last_index"], log["last_term"], log["entries"]) == (2, 5, 1, 4)

@@ -28,6 +28,8 @@ from ggap.types import (
     Noop,
     NoopResult,
     OutOfRange,
+    Prune,
+    PruneResult,
     Put,
     PutResult,
     RangeResult,
@@ -672,11 +674,13 @@ def test_prune_keeps_newest_depth(shallow: Harness) -> None:
         Put("a", b"6"),
         Delete("c"),
     )
-    assert h.store.prune(100) == 3 + 1
+    assert h.reader.prune_candidates(None, 100, 3) == (["a", "c"], None)
+    assert h.one(Prune(depth=3, keys=("a", "b", "c"))) == PruneResult(revision=12, removed=3 + 1)
     assert [v.mod_revision for v in h.reader.history("a")[0]] == [11, 9, 7]
     assert [v.mod_revision for v in h.reader.history("b")[0]] == [4, 2]
     assert [v.mod_revision for v in h.reader.history("c")[0]] == [12, 10, 8]
-    assert h.store.prune(100) == 0
+    assert h.one(Prune(depth=3, keys=("a", "b", "c"))) == PruneResult(revision=12, removed=0)
+    assert h.reader.prune_candidates(None, 100, 3) == ([], None)
     # Exact at and above each key's oldest retained version...
     assert h.get("a", 7) == kv("a", b"4", 1, 7, 4)
     assert h.get("a", 8) == kv("a", b"4", 1, 7, 4)
@@ -707,14 +711,14 @@ def test_prune_keeps_newest_depth(shallow: Harness) -> None:
     assert evs[0].prev_kv == kv("a", b"4", 1, 7, 4)
 
 
-def test_prune_round_robin_and_compaction_clears_floors(shallow: Harness) -> None:
+def test_prune_then_compaction_clears_floors(shallow: Harness) -> None:
     h = shallow
     for _ in range(5):
         h.apply(Put("k1", b"x"), Put("k2", b"x"), Put("k3", b"x"))
-    # 5 versions each; depth 3 removes 2 per key; two keys per call.
-    assert h.store.prune(2) == 4
-    assert h.store.prune(2) == 2  # k3, then wraps to k1 (nothing left there)
-    assert h.store.prune(2) == 0
+    # 5 versions each; depth 3 removes 2 per key.
+    assert h.one(Prune(3, ("k1", "k2"))) == PruneResult(15, 4)
+    assert h.one(Prune(3, ("k3", "k1"))) == PruneResult(15, 2)  # nothing left in k1
+    assert h.one(Prune(3, ("k1", "k2", "k3"))) == PruneResult(15, 0)
     assert [len(h.reader.history(k)[0]) for k in ("k1", "k2", "k3")] == [3, 3, 3]
     with pytest.raises(OutOfRange):
         h.get("k1", 5)
@@ -724,7 +728,6 @@ def test_prune_round_robin_and_compaction_clears_floors(shallow: Harness) -> Non
     count = sqlite3.connect(h.path).execute("SELECT count(*) FROM kv_pruned").fetchone()[0]
     assert count == 0
     assert h.get("k1", 15) == h.get("k1")
-    assert h.store.prune(0) == 0
 
 
 def test_db_size_and_reopen_with_history(tmp_path: Path) -> None:
@@ -769,3 +772,43 @@ def test_error_results_are_ggap_errors(h: Harness) -> None:
     res = h.one(Compact(5))
     assert isinstance(res, GgapError) and isinstance(res, OutOfRange)
     assert res.current_revision == 0
+
+
+def test_prune_candidates_scan_in_bounded_windows(shallow: Harness) -> None:
+    h = shallow
+    for i in range(5):
+        h.apply(*[Put(k, bytes([i])) for k in ("k1", "k2", "k3", "k4", "k5")])
+    h.apply(Put("k0", b"x"))
+    # Windows of two keys: k0,k1 -> k1; k2,k3 -> both; k4,k5 -> both, and the scan wraps.
+    assert h.reader.prune_candidates(None, 2, 3) == (["k1"], "k1")
+    assert h.reader.prune_candidates("k1", 2, 3) == (["k2", "k3"], "k3")
+    assert h.reader.prune_candidates("k3", 2, 3) == (["k4", "k5"], "k5")
+    assert h.reader.prune_candidates("k5", 2, 3) == ([], None)
+
+
+def test_prune_refuses_a_bad_depth_and_changes_nothing(shallow: Harness) -> None:
+    h = shallow
+    h.apply(*[Put("a", bytes([i])) for i in range(5)])
+    res = h.one(Prune(depth=0, keys=("a",)))
+    assert isinstance(res, InvalidArgument)
+    assert len(h.reader.history("a")[0]) == 5
+
+
+def test_compaction_work_follows_what_was_written_since_the_last_one(shallow: Harness) -> None:
+    """Compacting in steps leaves exactly what one big compaction leaves."""
+    h = shallow
+    for i in range(30):
+        h.apply(Put(f"k{i % 4}", bytes([i])), *([Delete("k3")] if i % 7 == 0 else []))
+    rows = [(k, v.mod_revision) for k in ("k0", "k1", "k2", "k3") for v in h.reader.history(k)[0]]
+    other = Harness(h.path.with_name("other.db"), depth=3)
+    try:
+        for i in range(30):
+            other.apply(Put(f"k{i % 4}", bytes([i])), *([Delete("k3")] if i % 7 == 0 else []))
+        for step in (5, 9, 17, 23, 30):
+            assert other.one(Compact(step)) == CompactResult(revision=other.store.revision)
+        assert h.one(Compact(30)) == CompactResult(revision=h.store.revision)
+        got = [(k, v.mod_revision) for k in ("k0", "k1", "k2", "k3") for v in other.reader.history(k)[0]]
+        want = [(k, v.mod_revision) for k in ("k0", "k1", "k2", "k3") for v in h.reader.history(k)[0]]
+        assert got == want and len(want) < len(rows)
+    finally:
+        other.close()
