@@ -169,6 +169,7 @@ STATUS_HEADERS = (
     "REVISION",
     "COMPACT_REV",
     "DB_SIZE",
+    "DB_IN_USE",
     "VERSION",
 )
 
@@ -208,6 +209,7 @@ def status_row(endpoint: str, st: kv_pb2.StatusResponse, lag: int) -> list[str]:
         str(st.revision),
         str(st.compact_revision),
         human_size(st.db_size_bytes),
+        human_size(st.db_size_in_use_bytes),
         st.version,
     ]
 

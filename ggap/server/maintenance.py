@@ -147,7 +147,10 @@ class NodeSpace:
 
     @property
     def in_use_bytes(self) -> int:
-        return self.kv.in_use_bytes + self.log.in_use_bytes
+        """What the quota limits: pages holding the state machine's data. The log is left
+        out on purpose: it is bounded by raft.snapshot_entries, and it shrinks only when a
+        snapshot truncates it, which a node refusing writes might never reach."""
+        return self.kv.in_use_bytes
 
 
 class SpaceKeeper:

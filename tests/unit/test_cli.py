@@ -386,7 +386,8 @@ async def test_compact_and_status(server: tuple[str, FakeKv]) -> None:
     assert result.exit_code == 1
     header, row, dead_row = result.stdout.splitlines()
     assert header.split()[:3] == ["ENDPOINT", "ID", "ROLE"] and header.split()[-1] == "ERROR"
-    assert row.split() == [endpoint, "1", "leader", "3", "1", "2", "2", "0", "1", "1", "8.0", "KiB", "0.1.0"]
+    sizes = ["8.0", "KiB", "0", "B"]  # DB_SIZE, DB_IN_USE
+    assert row.split() == [endpoint, "1", "leader", "3", "1", "2", "2", "0", "1", "1", *sizes, "0.1.0"]
     assert dead_row.split()[:3] == [dead, "-", "-"] and "UNAVAILABLE: " in dead_row
     assert result.stderr.startswith(f"Error: UNAVAILABLE: {dead}: ")
 

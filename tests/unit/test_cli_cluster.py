@@ -267,6 +267,7 @@ def _st(member: int, role: str, commit: int, applied: int) -> kv_pb2.StatusRespo
         applied_index=applied,
         revision=applied,
         db_size_bytes=2048,
+        db_size_in_use_bytes=1536,
         version="0.1.0",
     )
 
@@ -285,7 +286,7 @@ def test_status_lag_is_against_the_highest_commit_seen() -> None:
 def test_status_table_rows_and_error_column() -> None:
     ok_only = out.format_status([("a:1", _st(1, "leader", 5, 4))]).splitlines()
     assert ok_only[0].split() == list(out.STATUS_HEADERS)
-    cells = ["a:1", "1", "leader", "4", "1", "5", "4", "1", "4", "0", "2.0", "KiB", "0.1.0"]
+    cells = ["a:1", "1", "leader", "4", "1", "5", "4", "1", "4", "0", "2.0", "KiB", "1.5", "KiB", "0.1.0"]
     assert ok_only[1].split() == cells  # ... COMMIT 5, APPLIED 4, LAG 1, REVISION 4 ...
 
     lines = out.format_status(
@@ -293,7 +294,7 @@ def test_status_table_rows_and_error_column() -> None:
     ).splitlines()
     assert len(lines) == 3 and lines[0].split()[-1] == "ERROR"
     assert lines[1].split()[:3] == ["a:1", "1", "leader"]
-    assert lines[2].split() == ["b:2", *["-"] * 11, "UNAVAILABLE:", "cannot", "connect"]
+    assert lines[2].split() == ["b:2", *["-"] * 12, "UNAVAILABLE:", "cannot", "connect"]
 
 
 def test_status_json_carries_lag_and_errors() -> None:
