@@ -42,8 +42,8 @@ class MvccConfig:
     auto_compact_revisions: int = 0
     # ...and/or the revisions of the last this many ms (0 = off); either rule compacts.
     auto_compact_interval_ms: int = 3_600_000
-    # Largest step (in revisions) of one automatic Compact command.
-    compact_step_revisions: int = 10_000
+    # Largest step of one automatic Compact command, in versions it has to visit.
+    compact_step_versions: int = 2000
 
 
 @attrs.frozen(slots=True)

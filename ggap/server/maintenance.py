@@ -92,8 +92,9 @@ class HistoryKeeper:
                 log.warning("history maintenance failed: %s", exc)
 
     async def compact_step(self) -> int:
-        """Propose the compaction the rules allow, in steps of at most
-        compact_step_revisions; returns the compact revision reached (0: none due)."""
+        """Propose the compaction the rules allow, in steps visiting at most
+        compact_step_versions versions each; returns the compact revision reached (0: none
+        due)."""
         cfg = self._config
         if cfg.auto_compact_revisions <= 0 and cfg.auto_compact_interval_ms <= 0:
             return 0
@@ -108,17 +109,28 @@ class HistoryKeeper:
             keep_revisions=cfg.auto_compact_revisions,
             keep_ms=cfg.auto_compact_interval_ms,
         )
-        reached = 0
+        reached = steps = 0
         while target > compact:
-            step = min(target, compact + cfg.compact_step_revisions)
+            step = await self._readers.run(
+                functools.partial(_compaction_step, compact, target, cfg.compact_step_versions)
+            )
             try:
-                await self._consensus.propose(Compact(revision=step))
+                await self._paced(Compact(revision=step))
             except OutOfRange:
                 # Someone (a client's Compact) got there first: look again next pass.
-                return reached
-            log.info("auto compaction to revision %d", step)
+                break
             compact = reached = step
+            steps += 1
+        if reached:
+            log.info("auto compaction to revision %d in %d steps", reached, steps)
         return reached
+
+    async def _paced(self, command: Compact | Prune) -> None:
+        """Propose, then rest as long as that took: a backlog of history work gets at most
+        about half of the apply loop, so client writes keep their share (bench/space.py)."""
+        started = trio.current_time()
+        await self._consensus.propose(command)
+        await trio.sleep(trio.current_time() - started)
 
     async def prune_pass(self) -> int:
         """Examine the next prune_scan_keys keys; propose Prune for those holding more
@@ -129,8 +141,12 @@ class HistoryKeeper:
         )
         for i in range(0, len(deep), cfg.prune_batch_keys):
             chunk = tuple(deep[i : i + cfg.prune_batch_keys])
-            await self._consensus.propose(Prune(depth=cfg.history_depth, keys=chunk))
+            await self._paced(Prune(depth=cfg.history_depth, keys=chunk))
         return len(deep)
+
+
+def _compaction_step(compact: int, target: int, max_versions: int, reader: KvReader) -> int:
+    return reader.compaction_step(compact, target, max_versions)
 
 
 def _prune_candidates(

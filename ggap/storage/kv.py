@@ -113,6 +113,12 @@ _SQL_PRUNED_SET = (
 # Prune candidates: the next keys after a cursor, then which of them hold more versions
 # than the depth (both walk the primary key; run on a reader).
 _SQL_KEYS_AFTER = "SELECT DISTINCT key FROM kv_versions WHERE shard=? AND key>? ORDER BY key LIMIT ?"
+# The revision of the (N+1)-th version written after a compaction point: where a
+# compaction visiting at most N versions must stop. Served by the (shard, mod_revision, key) index.
+_SQL_NTH_VERSION_AFTER = (
+    "SELECT mod_revision FROM kv_versions WHERE shard=? AND mod_revision>? AND mod_revision<=? "
+    "ORDER BY mod_revision LIMIT 1 OFFSET ?"
+)
 _SQL_DEEP_KEYS = (
     "SELECT key FROM kv_versions WHERE shard=? AND key>=? AND key<=? "
     "GROUP BY key HAVING count(*)>? ORDER BY key"
@@ -561,6 +567,19 @@ class KvReader:
             first, last = rows[0][0], rows[-1][0]
             deep = [r[0] for r in self._conn.execute(_SQL_DEEP_KEYS, (self._shard, first, last, depth))]
         return deep, (last if len(rows) >= scan_keys else None)
+
+    def compaction_step(self, compact: int, target: int, max_versions: int) -> int:
+        """How far past `compact` (towards `target`) a compaction may go visiting at most
+        `max_versions` versions; at least one revision, so every step makes progress."""
+        if target <= compact:
+            return target
+        with read_txn(self._conn):
+            row = self._conn.execute(
+                _SQL_NTH_VERSION_AFTER, (self._shard, compact, target, max(1, max_versions))
+            ).fetchone()
+        if row is None:
+            return target  # fewer than that many versions up to target
+        return max(compact + 1, int(row[0]) - 1)
 
     def expiring(self, now_ms: int, limit: int) -> list[tuple[str, int]]:
         """(key, mod_revision) of live keys whose TTL ran out by now_ms, soonest first."""

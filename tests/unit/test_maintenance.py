@@ -18,7 +18,7 @@ from ggap.replica.api import RoleInfo
 from ggap.server.maintenance import HistoryKeeper, SpaceKeeper, compaction_target
 from ggap.server.reads import ReaderPool
 from ggap.storage import KvStore, LogStore
-from ggap.types import ApplyResult, Command, Compact, Delete, GgapError, Prune, Put, ResourceExhausted
+from ggap.types import ApplyResult, Command, Compact, Delete, GgapError, Prune, Put, ResourceExhausted, Txn
 
 T = TypeVar("T")
 
@@ -85,7 +85,7 @@ def test_compaction_target_by_revisions_by_age_and_both() -> None:
 async def test_auto_compaction_goes_in_bounded_steps(kv: KvStore) -> None:
     consensus = StoreConsensus(kv)
     write(consensus, *[Put(f"k{i % 3}", b"v") for i in range(50)])
-    config = MvccConfig(auto_compact_revisions=10, auto_compact_interval_ms=0, compact_step_revisions=15)
+    config = MvccConfig(auto_compact_revisions=10, auto_compact_interval_ms=0, compact_step_versions=15)
     readers = ReaderPool(kv, threads=1)
     try:
         keeper = HistoryKeeper(consensus, readers, config)  # type: ignore[arg-type]
@@ -95,6 +95,34 @@ async def test_auto_compaction_goes_in_bounded_steps(kv: KvStore) -> None:
         assert await keeper.compact_step() == 0  # nothing new to compact
         write(consensus, Put("k0", b"w"))
         assert await keeper.compact_step() == 41
+    finally:
+        readers.close()
+
+
+async def test_compaction_steps_are_sized_in_versions_not_revisions(kv: KvStore) -> None:
+    consensus = StoreConsensus(kv)
+    # Revisions 1-10 hold 20 versions each (one Txn of 20 puts), 11-20 one each.
+    for r in range(10):
+        write(consensus, Txn(success=tuple(Put(f"t{r}/{k}", b"v") for k in range(20))))
+    write(consensus, *[Put("single", b"v") for _ in range(10)])
+    config = MvccConfig(auto_compact_revisions=1, auto_compact_interval_ms=0, compact_step_versions=45)
+    readers = ReaderPool(kv, threads=1)
+    try:
+        reader = readers.inline(lambda r: r)
+        assert reader.compaction_step(0, 19, 45) == 2  # 40 versions; the 3rd Txn would pass 45
+        assert reader.compaction_step(0, 19, 5) == 1  # one revision bigger than a step is one step
+        assert reader.compaction_step(10, 19, 5) == 15
+        assert reader.compaction_step(10, 19, 500) == 19
+        keeper = HistoryKeeper(consensus, readers, config)  # type: ignore[arg-type]
+        assert await keeper.compact_step() == 19
+        assert consensus.proposed == [
+            Compact(2),
+            Compact(4),
+            Compact(6),
+            Compact(8),
+            Compact(15),
+            Compact(19),
+        ]
     finally:
         readers.close()
 
@@ -217,5 +245,3 @@ def test_new_files_use_incremental_vacuum_and_old_ones_are_converted(tmp_path: P
         finally:
             store.close()
     assert sqlite3.connect(old).execute("SELECT y FROM x").fetchall() == [(1,)]
-
-
