@@ -30,6 +30,7 @@ import trio
 from ggap import __version__
 from ggap.config import Config
 from ggap.config.peers import parse_peers, split_addr
+from ggap.consensus.raft.storage import LogCompactedError, LogUnavailableError
 from ggap.replica import ClusterSpec, Consensus, Mailbox, RaftReplica
 from ggap.replica.kv_machine import KvStateMachine
 from ggap.replica.node import SnapshotReceiver
@@ -39,10 +40,11 @@ from ggap.server.forward import Forwarder
 from ggap.server.kv_service import KvServicer, NodeState
 from ggap.server.maintenance import HistoryKeeper, SpaceKeeper
 from ggap.server.reads import ReaderPool
+from ggap.server.snapshots import SnapshotStreams
 from ggap.server.ttl import Expirer
 from ggap.server.watch import WatchHub
 from ggap.storage import KvStore, LogStore
-from ggap.storage.snapshot import snapshot_dir
+from ggap.storage.snapshot import remove_backup_leftovers, snapshot_dir
 from ggap.transport import PeerTransport
 from ggap.types import FailedPrecondition, Unavailable
 
@@ -112,6 +114,14 @@ def cluster_id(peers: dict[int, str]) -> str:
     return "ggap-" + hashlib.sha256(ids.encode()).hexdigest()[:16]
 
 
+def _term_at(log_store: LogStore, index: int) -> int:
+    """Term of the log entry at `index`, 0 once compaction dropped it (thread-safe read)."""
+    try:
+        return log_store.term(index)
+    except (LogCompactedError, LogUnavailableError):
+        return 0
+
+
 async def _health_loop(
     consensus: Consensus, health: HealthService, names: Sequence[str], interval_s: float
 ) -> None:
@@ -139,14 +149,14 @@ async def serve_node(
         members = peers or {config.node.id: config.node.cluster_addr}
         mailbox = Mailbox(config.raft.event_queue)
         # Off the loop: it reads and hashes the latest snapshot file (hundreds of MiB).
+        snap_dir = snapshot_dir(config.node.data_dir)
         machine = await trio.to_thread.run_sync(
             functools.partial(
-                KvStateMachine,
-                kv,
-                snapshot_dir(config.node.data_dir),
-                busy_timeout_ms=config.storage.busy_timeout_ms,
+                KvStateMachine, kv, snap_dir, busy_timeout_ms=config.storage.busy_timeout_ms
             )
         )
+        if await trio.to_thread.run_sync(remove_backup_leftovers, snap_dir):
+            log.info("removed Snapshot RPC copies left behind by a crash from %s", snap_dir)
         snapshot_io_timeout_s = config.transport.send_timeout_ms / 1000
         transport: PeerTransport | None = None
         if len(members) > 1:
@@ -202,10 +212,19 @@ async def serve_node(
             max_streams=config.limits.max_watches,
             max_message_bytes=config.limits.max_message_bytes,
         )
+        snapshots = SnapshotStreams(
+            kv_path=kv.path,
+            directory=snap_dir,
+            term_at=functools.partial(_term_at, log_store),
+            max_streams=config.limits.max_snapshot_streams,
+            stall_timeout_s=config.server.snapshot_stall_timeout_ms / 1000,
+            max_message_bytes=config.limits.max_message_bytes,
+            busy_timeout_ms=config.storage.busy_timeout_ms,
+        )
         health = HealthService()
         services = [
             guarded_service(KvServicer(state), policy),
-            guarded_service(ClusterServicer(state, kv), policy),
+            guarded_service(ClusterServicer(state, kv, snapshots), policy),
             health.service,
         ]
         names = [KV_SERVICE, CLUSTER_SERVICE, "grpc.health.v1.Health"]
