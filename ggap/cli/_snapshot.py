@@ -1,4 +1,5 @@
-"""`ggap snapshot save|status`: back a node's state up to a file, check a file.
+"""`ggap snapshot save|status|restore`: back a node's state up to a file, check a file,
+build data dirs for a new cluster from one.
 
 - `save` streams ClusterService.Snapshot from the first endpoint that connects (like every
   client command, and like etcd's `snapshot save`, which takes it from the endpoint it is
@@ -9,6 +10,8 @@
   fsynced and renamed to FILE; on any failure FILE.part is removed. An existing FILE is
   refused (exit 2) unless --force: etcd replaces it silently, but a mistyped path should
   not cost yesterday's backup.
+- `restore` is offline and refuses (exit 2, nothing touched) a damaged file or a data dir
+  that exists and is not empty (ggap/storage/restore.py).
 
 The storage package is imported inside the commands, as for `ggap inspect`.
 """
@@ -37,6 +40,7 @@ from ggap.cli._common import (
     run_async,
 )
 from ggap.client import Client, ClientError, open_client
+from ggap.config.peers import parse_peers
 from ggap.types.errors import GgapError, StatusCode
 
 if TYPE_CHECKING:
@@ -149,7 +153,8 @@ def _render(doc: dict[str, Any], output: str, *, footer: str = "") -> None:
 
 @click.group("snapshot")
 def snapshot_group() -> None:
-    """Back a node's state up to a file (save) and check a file (status)."""
+    """Back a node's state up to a file (save), check a file (status), and build the data
+    dirs of a new cluster from one (restore)."""
 
 
 @snapshot_group.command("save")
@@ -237,6 +242,82 @@ def status_cmd(file: Path, output: str) -> None:
     except OSError as e:
         fail(StatusCode.UNAVAILABLE.name, f"cannot read {file}: {e}", EXIT_FAILURE)
     _render({"file": str(file.absolute()), "verified": True, **meta.to_dict()}, output)
+
+
+def _parse_peers(ctx: click.Context, param: click.Parameter, value: str) -> dict[int, str]:
+    try:
+        return parse_peers(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@snapshot_group.command("restore")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The new node's data dir: must not exist, or be empty.",
+)
+@click.option(
+    "--node-id", type=click.IntRange(min=1), default=1, show_default=True, help="The new node's id."
+)
+@click.option(
+    "--peers",
+    default="",
+    callback=_parse_peers,
+    help="The new cluster's voters, ID=HOST:PORT,... this node included, exactly as every node "
+    "will get them from `ggap node --peers`. Omit for a cluster of one.",
+)
+@click.option(
+    "--cluster-token",
+    default=None,
+    help="Mixed into the new cluster's identity [default: the backup's id, the same for every "
+    "node restored from FILE]. Give each cluster its own when restoring one FILE twice.",
+)
+@output_option
+def restore_cmd(
+    file: Path, data_dir: Path, node_id: int, peers: dict[int, str], cluster_token: str | None, output: str
+) -> None:
+    """Build a node's data dir from FILE (offline; do not point it at a running node).
+
+    \b
+    Restore every node of the new cluster from the same FILE, each with its own
+    --node-id and the same --peers, then start them with `ggap node` (same ids, peers
+    and data dirs). They start at the backup's index, revision and compact revision,
+    with a fresh term, and a cluster identity of their own: they refuse to talk to the
+    cluster the backup came from.
+
+    Exit status: 0 restored; 2 nothing was changed because FILE is damaged or from a
+    newer ggap, the data dir exists and is not empty, or the arguments are wrong.
+    """
+    try:
+        from ggap.storage.restore import RESTORED_TERM, restore_data_dir
+    except ImportError as e:
+        _storage_unavailable(e)
+    try:
+        done = restore_data_dir(file, data_dir, node_id=node_id, peers=peers, cluster_token=cluster_token)
+    except GgapError as e:
+        fail(e.code.name, e.message, EXIT_USAGE)
+    except OSError as e:
+        fail(StatusCode.UNAVAILABLE.name, f"restore failed, nothing was changed: {e}", EXIT_FAILURE)
+    meta = done.backup
+    doc = {
+        "data_dir": str(done.data_dir),
+        "node_id": done.node_id,
+        "voters": list(done.voters),
+        "peers": ",".join(f"{i}={a}" for i, a in sorted(done.members.items())),
+        "cluster_token": done.cluster_token,
+        "index": meta.index,
+        "term": RESTORED_TERM,
+        "revision": meta.revision,
+        "compact_revision": meta.compact_revision,
+        "backup": {"file": str(file.absolute()), "backup_id": meta.backup_id, "created_at": meta.created_at},
+    }
+    start = f"ggap node --node-id {done.node_id} --data-dir {done.data_dir}"
+    if done.members:
+        start += f" --peers {doc['peers']}"
+    _render(doc, output, footer=f"start it with: {start} (plus its --client-addr and --cluster-addr)")
 
 
 SNAPSHOT_COMMANDS = (snapshot_group,)
