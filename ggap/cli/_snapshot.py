@@ -23,7 +23,7 @@ import sys
 import time
 from contextlib import aclosing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import click
 import trio
@@ -52,7 +52,7 @@ _PROGRESS_EVERY_S = 0.5
 _PROGRESS_EVERY_S_NO_TTY = 5.0
 
 
-def _storage_unavailable(e: ImportError) -> None:
+def _storage_unavailable(e: ImportError) -> NoReturn:
     fail(StatusCode.UNIMPLEMENTED.name, f"snapshots are not available in this build: {e}", EXIT_FAILURE)
 
 
@@ -188,8 +188,7 @@ def save_cmd(file: Path, force: bool, copy_timeout_s: float, opts: ClientOptions
         _storage_unavailable(e)
     writer = BackupWriter(file.absolute(), overwrite=force)
     try:
-        writer.check_target()
-        writer.open()
+        writer.open()  # refusals first: before any server is asked for anything
     except GgapError as e:
         fail(e.code.name, e.message, EXIT_USAGE)
     except OSError as e:
@@ -204,7 +203,7 @@ def save_cmd(file: Path, force: bool, copy_timeout_s: float, opts: ClientOptions
                 meta = await _receive(client, writer, copy_timeout_s)
                 saved["endpoint"] = client.endpoint
             saved["meta"] = await trio.to_thread.run_sync(writer.seal, meta)
-        except GgapError as e:  # the received bytes did not match what the server announced
+        except GgapError as e:  # seal's refusals: the bytes do not match the announcement
             raise ClientError(e.code, e.message) from None
         except OSError as e:
             raise ClientError(StatusCode.UNAVAILABLE, f"cannot write {writer.part}: {e}") from None

@@ -99,6 +99,7 @@ def restore_data_dir(
     token = cluster_token if cluster_token is not None else meta.backup_id
     voters = tuple(sorted(peers)) if peers else (node_id,)
 
+    created = [p for p in target.parents if not p.exists()]  # to remove again on failure
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.restore-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
@@ -109,6 +110,11 @@ def restore_data_dir(
         os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for parent in created:  # innermost first
+            try:
+                parent.rmdir()
+            except OSError:
+                break
         raise
     fsync_dir(target.parent)
     return Restored(target, node_id, voters, dict(peers), token, meta)

@@ -235,6 +235,23 @@ def test_restore_refuses_a_non_empty_dir_and_leaves_it_alone(tmp_path: Path, goo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no staging dir left
 
 
+def test_a_failed_build_leaves_no_directory_behind(
+    tmp_path: Path, good_backup: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after the checks (here: raft.db cannot be written) removes the staging dir
+    and the parents the restore created."""
+    from ggap.storage import restore as restore_mod
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(restore_mod.LogStore, "open", broken)
+    result = run("snapshot", "restore", str(good_backup), "--data-dir", str(tmp_path / "a" / "b" / "data"))
+    assert result.exit_code == 1 and "No space left on device" in result.stderr
+    assert "nothing was changed" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_restore_refuses_a_file_as_data_dir(tmp_path: Path, good_backup: Path) -> None:
     target = tmp_path / "data"
     target.write_text("a file")
