@@ -18,6 +18,7 @@ from ggap.cli import _output as out
 from ggap.cli._cluster import CLUSTER_COMMANDS
 from ggap.cli._common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, fail, output_option
 from ggap.cli._kv import KV_COMMANDS
+from ggap.cli._snapshot import SNAPSHOT_COMMANDS
 from ggap.config import ConfigError, load_config
 from ggap.types.errors import GgapError, StatusCode
 
@@ -33,7 +34,7 @@ def cli() -> None:
     """
 
 
-for _command in (*KV_COMMANDS, *CLUSTER_COMMANDS):
+for _command in (*KV_COMMANDS, *CLUSTER_COMMANDS, *SNAPSHOT_COMMANDS):
     cli.add_command(_command)
 
 

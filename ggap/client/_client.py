@@ -33,6 +33,7 @@ DEFAULT_TIMEOUT_S = 5.0
 # Bounds closing a channel: purerpc's __aexit__ can hang when the peer stops reading.
 _CLOSE_TIMEOUT_S = 1.0
 _KV_SERVICE = "ginnungagap.v1.KvService"
+_CLUSTER_SERVICE = "ginnungagap.v1.ClusterService"
 
 # Errors that mean the connection itself is broken, not that the server said no.
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
@@ -124,6 +125,7 @@ class Client:
         self._cluster = kv_grpc.ClusterServiceStub(channel)
         self._health = health_grpc.HealthStub(channel)
         self._raw = purerpc.Client(_KV_SERVICE, channel)
+        self._raw_cluster = purerpc.Client(_CLUSTER_SERVICE, channel)
 
     async def _call(
         self,
@@ -262,35 +264,78 @@ class Client:
         req = self._request(kv_pb2.WatchRequest, request, fields)
         stream = await self._call(self._open_watch, req, timeout_s)
         idle = math.inf if idle_timeout_s is None else idle_timeout_s
-        while True:
-            try:
-                with trio.fail_after(idle):
-                    msg = await stream.receive_message()
-            except trio.TooSlowError:
-                raise ClientError(
-                    StatusCode.DEADLINE_EXCEEDED,
-                    f"no watch response from {self.endpoint} within {idle:g}s",
-                ) from None
-            except _TRANSPORT_ERRORS as e:
-                raise ClientError(StatusCode.UNAVAILABLE, f"watch on {self.endpoint} failed: {e!r}") from None
-            if msg is None:
-                event = stream.end_stream_event
-                if isinstance(event, ResponseEnded) and event.status.status_code != PurerpcStatusCode.OK:
-                    try:
-                        raise_status(event.status)
-                    except RpcFailedError as e:
-                        raise _error_from_rpc(e) from None
-                return
+        while (msg := await self._receive(stream, idle, "watch")) is not None:
             yield msg
 
-    async def _open_watch(self, request: Message) -> Any:
-        """Start the Watch stream by hand so the send is bounded apart from the waits."""
-        stream = await self._raw.rpc("Watch", kv_pb2.WatchRequest, kv_pb2.WatchResponse)
+    async def snapshot(
+        self,
+        *,
+        first_timeout_s: float | None = None,
+        idle_timeout_s: float | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncGenerator[kv_pb2.SnapshotResponse, None]:
+        """Yield the messages of ClusterService.Snapshot until the server ends the stream.
+
+        Opening it is bounded by `timeout_s`; the wait for the first message, while the
+        server copies its database, by `first_timeout_s`; each later wait by
+        `idle_timeout_s` (both default to the call timeout). Checking what arrives (sizes,
+        checksum) is the caller's business: see ggap/cli/_snapshot.py."""
+        stream = await self._call(self._open_snapshot, kv_pb2.SnapshotRequest(), timeout_s)
+        default = self.timeout_s if timeout_s is None else timeout_s
+        limit = default if first_timeout_s is None else first_timeout_s
+        idle = default if idle_timeout_s is None else idle_timeout_s
+        while (msg := await self._receive(stream, limit, "snapshot")) is not None:
+            yield msg
+            limit = idle
+
+    async def _receive(self, stream: Any, limit: float, what: str) -> Any:
+        """The next message of a server stream within `limit` seconds; None once the server
+        ended it with OK; ClientError for an error status, a broken connection or silence."""
         try:
-            await stream.send_message(request)
-        finally:
-            await stream.close()
-        return stream
+            with trio.fail_after(limit):
+                msg = await stream.receive_message()
+        except trio.TooSlowError:
+            raise ClientError(
+                StatusCode.DEADLINE_EXCEEDED, f"no {what} response from {self.endpoint} within {limit:g}s"
+            ) from None
+        except _TRANSPORT_ERRORS as e:
+            raise ClientError(StatusCode.UNAVAILABLE, f"{what} on {self.endpoint} failed: {e!r}") from None
+        if msg is None:
+            event = stream.end_stream_event
+            if isinstance(event, ResponseEnded) and event.status.status_code != PurerpcStatusCode.OK:
+                try:
+                    raise_status(event.status)
+                except RpcFailedError as e:
+                    raise _error_from_rpc(e) from None
+        return msg
+
+    async def _open_watch(self, request: Message, metadata: Sequence[tuple[str, str]] = ()) -> Any:
+        return await _open_server_stream(
+            self._raw, "Watch", kv_pb2.WatchRequest, kv_pb2.WatchResponse, request, metadata
+        )
+
+    async def _open_snapshot(self, request: Message, metadata: Sequence[tuple[str, str]] = ()) -> Any:
+        return await _open_server_stream(
+            self._raw_cluster, "Snapshot", kv_pb2.SnapshotRequest, kv_pb2.SnapshotResponse, request, metadata
+        )
+
+
+async def _open_server_stream(
+    raw: purerpc.Client,
+    method: str,
+    request_type: type[Message],
+    response_type: type[Message],
+    request: Message,
+    metadata: Sequence[tuple[str, str]],
+) -> Any:
+    """Start a server-streaming call by hand, so sending the request is bounded (by the
+    caller's `_call`) apart from the waits for what comes back."""
+    stream = await raw.rpc(method, request_type, response_type, metadata=list(metadata) or None)
+    try:
+        await stream.send_message(request)
+    finally:
+        await stream.close()
+    return stream
 
 
 def _describe_connect_error(error: OSError) -> str:

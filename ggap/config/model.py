@@ -25,6 +25,9 @@ class LimitsConfig:
     max_watches: int = 10_000
     # Largest gRPC message accepted or sent by the client port.
     max_message_bytes: int = 4_194_304
+    # ClusterService.Snapshot streams at once (each holds a full copy of kv.db on disk);
+    # more get RESOURCE_EXHAUSTED.
+    max_snapshot_streams: int = 2
 
 
 @attrs.frozen(slots=True)
@@ -108,6 +111,9 @@ class ServerConfig:
     forward_connect_timeout_ms: int = 1000
     # Pause before retrying a forwarded write the target refused (it was no longer leader).
     forward_retry_ms: int = 50
+    # A Snapshot stream whose client has not taken a message for this long counts as
+    # stalled: the next Snapshot request that finds no free slot takes its slot and copy.
+    snapshot_stall_timeout_ms: int = 30_000
 
 
 @attrs.frozen(slots=True)

@@ -198,6 +198,9 @@ class ClusterServiceServicer(purerpc.Servicer):
     async def TransferLeader(self, input_message):
         raise NotImplementedError()
 
+    async def Snapshot(self, input_message):
+        raise NotImplementedError()
+
     @property
     def service(self) -> purerpc.Service:
         service_obj = purerpc.Service(
@@ -257,6 +260,15 @@ class ClusterServiceServicer(purerpc.Servicer):
                 ggap_dot_pb_dot_kv__pb2.TransferLeaderResponse,
             )
         )
+        service_obj.add_method(
+            "Snapshot",
+            self.Snapshot,
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_STREAM,
+                ggap_dot_pb_dot_kv__pb2.SnapshotRequest,
+                ggap_dot_pb_dot_kv__pb2.SnapshotResponse,
+            )
+        )
         return service_obj
 
 
@@ -312,5 +324,13 @@ class ClusterServiceStub:
                 purerpc.Cardinality.UNARY_UNARY,
                 ggap_dot_pb_dot_kv__pb2.TransferLeaderRequest,
                 ggap_dot_pb_dot_kv__pb2.TransferLeaderResponse,
+            )
+        )
+        self.Snapshot = self._client.get_method_stub(
+            "Snapshot",
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_STREAM,
+                ggap_dot_pb_dot_kv__pb2.SnapshotRequest,
+                ggap_dot_pb_dot_kv__pb2.SnapshotResponse,
             )
         )

@@ -425,3 +425,35 @@ class TransferLeaderResponse(_message.Message):
     HEADER_FIELD_NUMBER: _ClassVar[int]
     header: ResponseHeader
     def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SnapshotInfo(_message.Message):
+    __slots__ = ("applied_index", "applied_term", "revision", "compact_revision", "size_bytes")
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_TERM_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_REVISION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    applied_index: int
+    applied_term: int
+    revision: int
+    compact_revision: int
+    size_bytes: int
+    def __init__(self, applied_index: _Optional[int] = ..., applied_term: _Optional[int] = ..., revision: _Optional[int] = ..., compact_revision: _Optional[int] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class SnapshotResponse(_message.Message):
+    __slots__ = ("header", "info", "remaining_bytes", "blob", "sha256")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    info: SnapshotInfo
+    remaining_bytes: int
+    blob: bytes
+    sha256: str
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., info: _Optional[_Union[SnapshotInfo, _Mapping]] = ..., remaining_bytes: _Optional[int] = ..., blob: _Optional[bytes] = ..., sha256: _Optional[str] = ...) -> None: ...

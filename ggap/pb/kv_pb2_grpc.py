@@ -437,6 +437,11 @@ class ClusterServiceStub:
                 request_serializer=ggap_dot_pb_dot_kv__pb2.TransferLeaderRequest.SerializeToString,
                 response_deserializer=ggap_dot_pb_dot_kv__pb2.TransferLeaderResponse.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_stream(
+                '/ginnungagap.v1.ClusterService/Snapshot',
+                request_serializer=ggap_dot_pb_dot_kv__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=ggap_dot_pb_dot_kv__pb2.SnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer:
@@ -478,6 +483,13 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """A consistent copy of this node's state machine (kv.db), streamed; see README.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -510,6 +522,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.TransferLeader,
                     request_deserializer=ggap_dot_pb_dot_kv__pb2.TransferLeaderRequest.FromString,
                     response_serializer=ggap_dot_pb_dot_kv__pb2.TransferLeaderResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=ggap_dot_pb_dot_kv__pb2.SnapshotRequest.FromString,
+                    response_serializer=ggap_dot_pb_dot_kv__pb2.SnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -674,6 +691,33 @@ class ClusterService:
             '/ginnungagap.v1.ClusterService/TransferLeader',
             ggap_dot_pb_dot_kv__pb2.TransferLeaderRequest.SerializeToString,
             ggap_dot_pb_dot_kv__pb2.TransferLeaderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ginnungagap.v1.ClusterService/Snapshot',
+            ggap_dot_pb_dot_kv__pb2.SnapshotRequest.SerializeToString,
+            ggap_dot_pb_dot_kv__pb2.SnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

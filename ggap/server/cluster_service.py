@@ -3,11 +3,14 @@ rather than pretending to succeed."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from ggap import __version__
 from ggap.config import Config
 from ggap.pb import kv_grpc
 from ggap.pb import kv_pb2 as pb
 from ggap.server.kv_service import NodeState
+from ggap.server.snapshots import SnapshotStreams
 from ggap.storage import KvStore
 from ggap.types import Unimplemented
 
@@ -15,9 +18,10 @@ _NO_MEMBERSHIP = "membership changes need Raft replication, which this build doe
 
 
 class ClusterServicer(kv_grpc.ClusterServiceServicer):
-    def __init__(self, node: NodeState, kv: KvStore) -> None:
+    def __init__(self, node: NodeState, kv: KvStore, snapshots: SnapshotStreams) -> None:
         self._node = node
         self._kv = kv
+        self._snapshots = snapshots
 
     async def Status(self, msg: pb.StatusRequest) -> pb.StatusResponse:
         role = self._node.consensus.role()
@@ -35,6 +39,12 @@ class ClusterServicer(kv_grpc.ClusterServiceServicer):
             db_size_in_use_bytes=space.in_use_bytes,
             version=__version__,
         )
+
+    def Snapshot(self, msg: pb.SnapshotRequest) -> AsyncIterator[pb.SnapshotResponse]:
+        """Not a generator itself: the RPC guard iterates and closes the streamer's own
+        generator, so its cleanup runs as soon as the stream ends (ggap/server/snapshots.py)."""
+        self._node.check_open()
+        return self._snapshots.stream(self._node.header)
 
     async def MemberList(self, msg: pb.MemberListRequest) -> pb.MemberListResponse:
         return pb.MemberListResponse(

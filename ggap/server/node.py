@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import signal
 import sys
@@ -30,6 +29,7 @@ import trio
 from ggap import __version__
 from ggap.config import Config
 from ggap.config.peers import parse_peers, split_addr
+from ggap.consensus.raft.storage import LogCompactedError, LogUnavailableError
 from ggap.replica import ClusterSpec, Consensus, Mailbox, RaftReplica
 from ggap.replica.kv_machine import KvStateMachine
 from ggap.replica.node import SnapshotReceiver
@@ -39,10 +39,12 @@ from ggap.server.forward import Forwarder
 from ggap.server.kv_service import KvServicer, NodeState
 from ggap.server.maintenance import HistoryKeeper, SpaceKeeper
 from ggap.server.reads import ReaderPool
+from ggap.server.snapshots import SnapshotStreams
 from ggap.server.ttl import Expirer
 from ggap.server.watch import WatchHub
 from ggap.storage import KvStore, LogStore
-from ggap.storage.snapshot import snapshot_dir
+from ggap.storage.log import META_CLUSTER_TOKEN, META_MEMBERS, META_NODE_ID, decode_members, encode_members
+from ggap.storage.snapshot import remove_backup_leftovers, snapshot_dir
 from ggap.transport import PeerTransport
 from ggap.types import FailedPrecondition, Unavailable
 
@@ -56,9 +58,10 @@ class StartupError(Exception):
     """The node cannot start with this configuration or data dir (exit status 2)."""
 
 
-def _open_storage(config: Config) -> tuple[KvStore, LogStore, dict[int, str]]:
+def _open_storage(config: Config) -> tuple[KvStore, LogStore, dict[int, str], str]:
     """Open both databases and settle the membership: what the data dir remembers wins,
-    flags that contradict it are refused (never silently used)."""
+    flags that contradict it are refused (never silently used). Also returns the cluster
+    token the data dir carries ("" unless it was made by `ggap snapshot restore`)."""
     data_dir = Path(config.node.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     log_store = LogStore.open(
@@ -68,28 +71,29 @@ def _open_storage(config: Config) -> tuple[KvStore, LogStore, dict[int, str]]:
         cache_bytes=config.raft.entry_cache_bytes,
     )
     try:
-        stored = log_store.get_meta("node_id")
+        stored = log_store.get_meta(META_NODE_ID)
         if stored is None:
-            log_store.set_meta("node_id", str(config.node.id).encode())
+            log_store.set_meta(META_NODE_ID, str(config.node.id).encode())
         elif int(stored) != config.node.id:
             raise StartupError(
                 f"data dir {data_dir} belongs to node {int(stored)}, not node {config.node.id}"
             )
         peers = _settle_members(log_store, parse_peers(config.raft.peers), data_dir)
+        token = (log_store.get_meta(META_CLUSTER_TOKEN) or b"").decode("ascii", "replace")
         kv = KvStore.open(data_dir / "kv.db", mvcc=config.mvcc, storage=config.storage)
     except BaseException:
         log_store.close()
         raise
-    return kv, log_store, peers
+    return kv, log_store, peers, token
 
 
 def _settle_members(log_store: LogStore, flags: dict[int, str], data_dir: Path) -> dict[int, str]:
-    raw = log_store.get_meta("members")
+    raw = log_store.get_meta(META_MEMBERS)
     if raw is None:
         if flags:
-            log_store.set_meta("members", json.dumps(flags, sort_keys=True).encode())
+            log_store.set_meta(META_MEMBERS, encode_members(flags))
         return flags
-    stored = {int(k): v for k, v in json.loads(raw).items()}
+    stored = decode_members(raw)
     if flags and flags != stored:
         raise StartupError(
             f"data dir {data_dir} was bootstrapped with peers {_peers_text(stored)}; "
@@ -103,13 +107,27 @@ def _peers_text(peers: dict[int, str]) -> str:
     return ",".join(f"{i}={a}" for i, a in sorted(peers.items()))
 
 
-def cluster_id(peers: dict[int, str]) -> str:
+def cluster_id(peers: dict[int, str], token: str = "") -> str:
     """Every member of one initial cluster derives the same id; peers of another are refused.
 
     Only the member ids count, not the addresses: each node may reach the others through
-    different addresses (NAT, proxies), so their --peers strings can legitimately differ."""
+    different addresses (NAT, proxies), so their --peers strings can legitimately differ.
+    Ids alone would let a cluster restored from a backup (same ids, often the same hosts)
+    talk to the cluster it was copied from, so a restore stores a cluster token, the same
+    on every node restored from one backup, and it is mixed in here; a data dir that was
+    never restored has none, and its id is what it always was."""
     ids = ",".join(str(i) for i in sorted(peers))
+    if token:
+        ids += "/" + token
     return "ggap-" + hashlib.sha256(ids.encode()).hexdigest()[:16]
+
+
+def _term_at(log_store: LogStore, index: int) -> int:
+    """Term of the log entry at `index`, 0 once compaction dropped it (thread-safe read)."""
+    try:
+        return log_store.term(index)
+    except (LogCompactedError, LogUnavailableError):
+        return 0
 
 
 async def _health_loop(
@@ -130,7 +148,7 @@ async def serve_node(
     config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run a node until cancelled or signalled; `task_status` gets the bound client port."""
-    kv, log_store, peers = await trio.to_thread.run_sync(_open_storage, config)
+    kv, log_store, peers, token = await trio.to_thread.run_sync(_open_storage, config)
     readers: ReaderPool | None = None
     try:
         readers = ReaderPool(kv, threads=config.reads.reader_threads)
@@ -139,20 +157,20 @@ async def serve_node(
         members = peers or {config.node.id: config.node.cluster_addr}
         mailbox = Mailbox(config.raft.event_queue)
         # Off the loop: it reads and hashes the latest snapshot file (hundreds of MiB).
+        snap_dir = snapshot_dir(config.node.data_dir)
         machine = await trio.to_thread.run_sync(
             functools.partial(
-                KvStateMachine,
-                kv,
-                snapshot_dir(config.node.data_dir),
-                busy_timeout_ms=config.storage.busy_timeout_ms,
+                KvStateMachine, kv, snap_dir, busy_timeout_ms=config.storage.busy_timeout_ms
             )
         )
+        if await trio.to_thread.run_sync(remove_backup_leftovers, snap_dir):
+            log.info("removed Snapshot RPC copies left behind by a crash from %s", snap_dir)
         snapshot_io_timeout_s = config.transport.send_timeout_ms / 1000
         transport: PeerTransport | None = None
         if len(members) > 1:
             transport = PeerTransport(
                 node_id=config.node.id,
-                cluster_id=cluster_id(members),
+                cluster_id=cluster_id(members, token),
                 listen=split_addr(members[config.node.id]),
                 peers={i: split_addr(a) for i, a in members.items() if i != config.node.id},
                 on_messages=mailbox.post_messages,
@@ -164,7 +182,7 @@ async def serve_node(
                 node_id=config.node.id,
                 peers=members,
                 client_addr=config.node.client_addr,
-                cluster_id=cluster_id(members),
+                cluster_id=cluster_id(members, token),
             ),
             raft=config.raft,
             storage=log_store,
@@ -202,10 +220,19 @@ async def serve_node(
             max_streams=config.limits.max_watches,
             max_message_bytes=config.limits.max_message_bytes,
         )
+        snapshots = SnapshotStreams(
+            kv_path=kv.path,
+            directory=snap_dir,
+            term_at=functools.partial(_term_at, log_store),
+            max_streams=config.limits.max_snapshot_streams,
+            stall_timeout_s=config.server.snapshot_stall_timeout_ms / 1000,
+            max_message_bytes=config.limits.max_message_bytes,
+            busy_timeout_ms=config.storage.busy_timeout_ms,
+        )
         health = HealthService()
         services = [
             guarded_service(KvServicer(state), policy),
-            guarded_service(ClusterServicer(state, kv), policy),
+            guarded_service(ClusterServicer(state, kv, snapshots), policy),
             health.service,
         ]
         names = [KV_SERVICE, CLUSTER_SERVICE, "grpc.health.v1.Health"]

@@ -41,10 +41,24 @@ from ggap.storage._schema import LOG_KNOWN, LOG_MIGRATIONS
 from ggap.storage._sqlite import connect, connect_readonly, file_size, migrate, reclaim_pages, write_txn
 from ggap.types.errors import CodecError, StorageCorrupt
 
-__all__ = ["CacheInfo", "LogStore"]
+__all__ = [
+    "META_CLUSTER_TOKEN",
+    "META_MEMBERS",
+    "META_NODE_ID",
+    "CacheInfo",
+    "LogStore",
+    "decode_members",
+    "encode_members",
+]
 
 DEFAULT_CACHE_ENTRIES = 4096
 DEFAULT_CACHE_BYTES = 16 << 20
+
+# Node metadata in log_meta, written at a data dir's first start (ggap/server/node.py) or
+# by `ggap snapshot restore` (ggap/storage/restore.py), checked at every later start.
+META_NODE_ID = "node_id"  # this node's id, decimal ASCII
+META_MEMBERS = "members"  # the bootstrap voters, encode_members
+META_CLUSTER_TOKEN = "cluster_token"  # mixed into the cluster id; set by a restore only
 
 _SQL_STATE_INIT = (
     "INSERT OR IGNORE INTO log_state (shard, compacted_index, compacted_term, term, vote, commit_index) "
@@ -467,6 +481,19 @@ class LogStore:
             raise TypeError(f"meta value must be bytes, got {type(value).__name__}")
         with write_txn(self._conn):
             self._conn.execute(_SQL_META_SET, (self._shard, name, value))
+
+
+def encode_members(peers: dict[int, str]) -> bytes:
+    """Voter id -> cluster address as stored in log_meta (a JSON object, ids in order)."""
+    return json.dumps(peers, sort_keys=True).encode()
+
+
+def decode_members(raw: bytes) -> dict[int, str]:
+    try:
+        doc = json.loads(raw)
+        return {int(k): str(v) for k, v in doc.items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise StorageCorrupt(f"raft.db: bad member list in the node metadata: {raw!r}") from exc
 
 
 def _ids(text: str) -> tuple[int, ...]:

@@ -86,13 +86,14 @@ def test_contradicting_peers_are_refused_and_stored_ones_reused(tmp_path: Path) 
     from ggap.server.node import StartupError, _open_storage
 
     cfg = cluster_configs(tmp_path)[0]
-    kv, log_store, peers = _open_storage(cfg)
+    kv, log_store, peers, token = _open_storage(cfg)
     kv.close()
     log_store.close()
     assert sorted(peers) == [1, 2, 3]
+    assert token == ""  # only `ggap snapshot restore` gives a data dir a cluster token
     # Restart without --peers: the stored membership is used.
     bare = attrs.evolve(cfg, raft=attrs.evolve(cfg.raft, peers=""))
-    kv, log_store, again = _open_storage(bare)
+    kv, log_store, again, _token = _open_storage(bare)
     kv.close()
     log_store.close()
     assert again == peers

@@ -14,6 +14,7 @@ from ggap.config.model import MvccConfig, StorageConfig
 from ggap.consensus.raft.types import Entry, HardState, SnapshotMeta
 from ggap.storage import KV_SCHEMA_VERSION, LOG_SCHEMA_VERSION, KvStore, LogStore, inspect_data_dir
 from ggap.storage._schema import LOG_MIGRATIONS
+from ggap.storage.snapshot import snapshot_dir, snapshot_path, take_snapshot
 from ggap.types import Command, Delete, FailedPrecondition, NotFound, Prune, Put
 
 
@@ -126,3 +127,55 @@ def test_reopen_does_not_rerun_migrations(tmp_path: Path) -> None:
         raw.close()
     assert rows == [("ggap.kv", "0001_initial")]
     assert os.path.exists(tmp_path / "kv.db")
+
+
+def test_inspect_shows_the_latest_snapshot_file_and_the_log_range(tmp_path: Path) -> None:
+    _fill(tmp_path)
+    assert inspect_data_dir(tmp_path)["snapshot_file"] is None  # no snap/ yet
+    snap = snapshot_dir(tmp_path)
+    assert inspect_data_dir(tmp_path)["snapshot_file"] is None  # an empty snap/
+    taken = take_snapshot(tmp_path / "kv.db", snap, busy_timeout_ms=1000)
+    (snap / "snapshot-00000000000000000002.db").write_bytes(b"an older one, never read")
+    info = inspect_data_dir(tmp_path)
+    file = info["snapshot_file"]
+    assert file == {
+        "file": str(taken.path),
+        "size_bytes": taken.size,
+        "files": 2,
+        "index": 6,  # kv.db's applied index when it was taken
+        "term": None,  # raft.db's snapshot is at 3, not 6: the term is not known here
+        "revision": 4,
+        "compact_revision": 0,
+    }
+    assert (info["log"]["first_index"], info["log"]["last_index"]) == (2, 5)
+
+
+def test_inspect_takes_the_snapshot_term_from_the_log(tmp_path: Path) -> None:
+    _fill(tmp_path)
+    taken = take_snapshot(tmp_path / "kv.db", snapshot_dir(tmp_path), busy_timeout_ms=1000)
+    taken.path.replace(snapshot_path(tmp_path / "snap", 3))
+    file = inspect_data_dir(tmp_path)["snapshot_file"]
+    # Named for index 3 (raft.db's snapshot index) but holding index 6: the content is
+    # what counts, and the log's term for index 3 is not this file's.
+    assert file["index"] == 6 and file["term"] is None and file["size_bytes"] == taken.size
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    snap = snapshot_dir(restored)
+    take_snapshot(tmp_path / "kv.db", snap, busy_timeout_ms=1000)
+    log = LogStore.open(restored / "raft.db", StorageConfig())
+    try:
+        log.save(HardState(term=1, vote=0, commit=6), [], SnapshotMeta(index=6, term=4, voters=(1,)))
+    finally:
+        log.close()
+    info = inspect_data_dir(restored)
+    assert (info["snapshot_file"]["index"], info["snapshot_file"]["term"]) == (6, 4)
+    assert (info["log"]["first_index"], info["log"]["last_index"], info["log"]["entries"]) == (7, 6, 0)
+
+
+def test_inspect_reports_an_unreadable_snapshot_file(tmp_path: Path) -> None:
+    _fill(tmp_path)
+    bad = snapshot_path(snapshot_dir(tmp_path), 9)
+    bad.write_bytes(b"not sqlite" * 500)
+    file = inspect_data_dir(tmp_path)["snapshot_file"]
+    assert file["file"] == str(bad) and file["size_bytes"] == 5000
+    assert "not a readable kv.db snapshot" in file["error"] and "index" not in file
