@@ -96,7 +96,7 @@ def test_safety_under_random_faults(seed: int) -> None:
                 c[lead_ids[0]].transfer_leader(rng.choice(IDS))
         elif r < 0.55:
             i = rng.choice(IDS)
-            c.storages[i].compact(c[i].status().applied)  # a laggard may now need a snapshot
+            c.compact(i)  # a laggard may now need a snapshot
         for i in IDS:
             c[i].tick()
         pump(c, rng, loss=0.05)
