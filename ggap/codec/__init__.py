@@ -1,4 +1,5 @@
-"""The one binary codec: tagged values, commands, log entry frames, MVCC version selection.
+"""The one binary codec: tagged values, commands, membership changes, log entry frames, MVCC
+version selection.
 
 The byte-level functions come from the compiled `ggap._fastlog` when it is importable and
 `GGAP_NO_EXTENSIONS` is unset, else from the pure-Python reference `ggap.codec._pure`; both
@@ -21,6 +22,14 @@ from ggap.codec._pure import (
     visible_versions,
 )
 from ggap.codec.commands import COMMAND_FORMAT_VERSION, command_from_value, command_to_value
+from ggap.codec.confchange import (
+    CONF_CHANGE_ADD_LEARNER,
+    CONF_CHANGE_FORMAT_VERSION,
+    CONF_CHANGE_PROMOTE,
+    CONF_CHANGE_REMOVE,
+    conf_change_from_value,
+    conf_change_to_value,
+)
 from ggap.types.commands import Command
 from ggap.types.errors import CodecError
 
@@ -47,7 +56,7 @@ if not os.environ.get("GGAP_NO_EXTENSIONS"):
 # knows no Raft. ggap.consensus.raft.types.EntryKind is the one enum; its values are these
 # (checked by tests/unit/test_codec.py), so the driver stores `int(entry.kind)` as is.
 ENTRY_KIND_COMMAND = 1  # payload: an encoded command (encode_command)
-ENTRY_KIND_CONF_CHANGE = 2  # reserved for Raft membership changes
+ENTRY_KIND_CONF_CHANGE = 2  # payload: an encoded membership change (encode_conf_change)
 ENTRY_KIND_NOOP = 3  # appended by a new leader; empty payload
 
 
@@ -59,6 +68,17 @@ def encode_command(cmd: Command) -> bytes:
 def decode_command(data: bytes) -> Command:
     """Inverse of encode_command; CodecError for anything it did not produce."""
     return command_from_value(unpack(data))
+
+
+def encode_conf_change(change_type: int, node_id: int, context: bytes = b"") -> bytes:
+    """Serialise a membership change (change_type: CONF_CHANGE_*) for an ENTRY_KIND_CONF_CHANGE
+    entry; `context` is opaque to the codec and to Raft (the driver's, e.g. an address)."""
+    return pack(conf_change_to_value(change_type, node_id, context))
+
+
+def decode_conf_change(data: bytes) -> tuple[int, int, bytes]:
+    """Inverse of encode_conf_change: (type, node_id, context); CodecError for anything else."""
+    return conf_change_from_value(unpack(data))
 
 
 def encode_command_entry(index: int, term: int, cmd: Command) -> bytes:
@@ -76,6 +96,10 @@ def decode_command_entry(buf: bytes) -> tuple[int, int, Command]:
 
 __all__ = [
     "COMMAND_FORMAT_VERSION",
+    "CONF_CHANGE_ADD_LEARNER",
+    "CONF_CHANGE_FORMAT_VERSION",
+    "CONF_CHANGE_PROMOTE",
+    "CONF_CHANGE_REMOVE",
     "ENTRY_HEADER_SIZE",
     "ENTRY_KIND_COMMAND",
     "ENTRY_KIND_CONF_CHANGE",
@@ -87,9 +111,11 @@ __all__ = [
     "CodecError",
     "decode_command",
     "decode_command_entry",
+    "decode_conf_change",
     "decode_entry",
     "encode_command",
     "encode_command_entry",
+    "encode_conf_change",
     "encode_entry",
     "pack",
     "unpack",

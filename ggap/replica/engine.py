@@ -411,7 +411,7 @@ class ReplicaEngine:
         retention = self.retention
         upto = snap_index - retention.log_retain
         if self.role is Role.LEADER:
-            matches = [m for peer, (m, _n, _s) in self.node.status().progress.items() if peer != self.id]
+            matches = [pr.match for peer, pr in self.node.status().progress.items() if peer != self.id]
             if matches:
                 # Keep what a follower within max_lag still needs: it catches up from the log.
                 upto = min(upto, max(min(matches), self.applied - retention.max_lag))
@@ -513,8 +513,8 @@ class ReplicaEngine:
             return
         progress = self.node.status().progress
         for peer in self.transport.unreachable():
-            state = progress.get(peer)
-            if state is not None and state[2] is ProgressState.REPLICATE:
+            pr = progress.get(peer)
+            if pr is not None and pr.state is ProgressState.REPLICATE:
                 self.node.report_unreachable(peer)
 
     # A hook for the planted bugs (ggap/sim/bugs.py); a no-op here.

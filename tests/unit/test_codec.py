@@ -25,6 +25,11 @@ from hypothesis import strategies as st
 import ggap.codec
 from ggap.codec import _pure
 from ggap.codec.commands import COMMAND_FORMAT_VERSION, command_from_value, command_to_value
+from ggap.codec.confchange import (
+    CONF_CHANGE_FORMAT_VERSION,
+    conf_change_from_value,
+    conf_change_to_value,
+)
 from ggap.types import (
     CodecError,
     Command,
@@ -573,6 +578,116 @@ def test_mutated_commands_fail_cleanly(impl: Any, cmd: Command, data: st.DataObj
     except CodecError:
         return
     assert encode_cmd(impl, decoded) == bytes(buf)
+
+
+# --- conf changes (the CONF_CHANGE entry payload) --------------------------------------
+
+conf_changes = st.tuples(st.sampled_from([1, 2, 3]), st.integers(1, 2**63 - 1), st.binary(max_size=40))
+
+
+def encode_cc(impl: types.ModuleType, t: int, node: int, ctx: bytes) -> bytes:
+    return impl.pack(conf_change_to_value(t, node, ctx))  # type: ignore[no-any-return]
+
+
+def decode_cc(impl: types.ModuleType, data: bytes) -> tuple[int, int, bytes]:
+    return conf_change_from_value(impl.unpack(data))
+
+
+@impls
+def test_conf_change_golden(impl: Any) -> None:
+    # (version 1, type ADD_LEARNER=1, node 4, context b"h:1")
+    encoded = b"\x06\x04\x03\x02\x03\x02\x03\x08\x04\x03h:1"
+    assert encode_cc(impl, 1, 4, b"h:1") == encoded
+    assert decode_cc(impl, encoded) == (1, 4, b"h:1")
+
+
+def test_conf_change_public_functions() -> None:
+    data = ggap.codec.encode_conf_change(ggap.codec.CONF_CHANGE_REMOVE, 9)
+    assert data == encode_cc(_pure, 3, 9, b"")
+    assert ggap.codec.decode_conf_change(data) == (3, 9, b"")
+
+
+def test_conf_change_types_are_the_raft_ones() -> None:
+    # One enum (Raft's), one set of payload ints (the codec's, which imports no consensus code).
+    from ggap.consensus.raft.types import ConfChangeType
+
+    codec_types = {
+        name.removeprefix("CONF_CHANGE_"): value
+        for name, value in vars(ggap.codec).items()
+        if name.startswith("CONF_CHANGE_") and name != "CONF_CHANGE_FORMAT_VERSION"
+    }
+    assert codec_types == {t.name: t.value for t in ConfChangeType}
+
+
+@impls
+@SETTINGS
+@given(conf_changes)
+def test_conf_change_round_trip(impl: Any, change: tuple[int, int, bytes]) -> None:
+    assert decode_cc(impl, encode_cc(impl, *change)) == change
+
+
+CC = CONF_CHANGE_FORMAT_VERSION
+BAD_CONF_CHANGE_VALUES: list[tuple[object, str]] = [
+    (None, "conf change must be a sequence"),
+    ((CC, 1, 4), "must have 4 fields"),
+    ((CC, 1, 4, b"", b""), "must have 4 fields"),
+    ((2, 1, 4, b""), "unknown conf change format version 2"),
+    ((True, 1, 4, b""), "unknown conf change format version True"),
+    ((CC, 0, 4, b""), "unknown conf change type 0"),
+    ((CC, 4, 4, b""), "unknown conf change type 4"),
+    ((CC, True, 4, b""), "conf change type must be int, got bool"),
+    ((CC, "1", 4, b""), "conf change type must be int, got str"),
+    ((CC, 1, 0, b""), "node id 0 out of range"),
+    ((CC, 1, -5, b""), "node id -5 out of range"),
+    ((CC, 1, True, b""), "node id must be int, got bool"),
+    ((CC, 1, 4, "ctx"), "context must be bytes, got str"),
+    ((CC, 1, 4, None), "context must be bytes, got NoneType"),
+]
+
+
+@impls
+@pytest.mark.parametrize(("value", "message"), BAD_CONF_CHANGE_VALUES)
+def test_decode_conf_change_rejects_bad_shapes(impl: Any, value: object, message: str) -> None:
+    with pytest.raises(CodecError, match=message):
+        decode_cc(impl, impl.pack(value))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(0, 4, b""), (1, 0, b""), (1, 2**63, b""), (1, 4, "x"), (1, 4, bytearray(b"x")), (True, 4, b"")],
+    ids=repr,
+)
+def test_encode_conf_change_rejects_bad_arguments(args: tuple[Any, ...]) -> None:
+    with pytest.raises(CodecError):
+        ggap.codec.encode_conf_change(*args)
+
+
+@impls
+@SETTINGS
+@given(values)
+def test_arbitrary_values_decode_as_conf_changes_or_fail_cleanly(impl: Any, value: object) -> None:
+    data = impl.pack(value)
+    try:
+        change = decode_cc(impl, data)
+    except CodecError:
+        return
+    assert encode_cc(impl, *change) == data
+
+
+@impls
+@SETTINGS
+@given(conf_changes, st.data())
+def test_mutated_conf_changes_fail_cleanly(
+    impl: Any, change: tuple[int, int, bytes], data: st.DataObject
+) -> None:
+    buf = bytearray(encode_cc(impl, *change))
+    pos = data.draw(st.integers(0, len(buf) - 1))
+    buf[pos] = data.draw(st.integers(0, 255))
+    try:
+        decoded = decode_cc(impl, bytes(buf))
+    except CodecError:
+        return
+    assert encode_cc(impl, *decoded) == bytes(buf)
 
 
 # --- visible_versions ------------------------------------------------------------------

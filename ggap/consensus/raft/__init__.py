@@ -4,7 +4,22 @@ Nothing in this package does I/O, reads a clock or uses the global RNG; the driv
 (ggap.consensus) and the simulator (ggap.sim) supply time, transport and storage.
 """
 
-from ggap.consensus.raft.core import CAMPAIGN_TRANSFER, ProposalDropped, RaftStatus, RawNode
+from ggap.consensus.raft.core import (
+    CAMPAIGN_TRANSFER,
+    ConfChangeRefused,
+    PeerProgress,
+    ProposalDropped,
+    RaftStatus,
+    RawNode,
+)
+from ggap.consensus.raft.membership import (
+    changed_conf,
+    conf_change_error,
+    conf_state_of,
+    decode_conf_change,
+    encode_conf_change,
+    live_quorum_after,
+)
 from ggap.consensus.raft.memory import MemoryStorage
 from ggap.consensus.raft.progress import ProgressState
 from ggap.consensus.raft.storage import (
@@ -17,6 +32,9 @@ from ggap.consensus.raft.storage import (
     Storage,
 )
 from ggap.consensus.raft.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
     CoreConfig,
     Entry,
     EntryKind,
@@ -32,6 +50,10 @@ from ggap.consensus.raft.types import (
 
 __all__ = [
     "CAMPAIGN_TRANSFER",
+    "ConfChange",
+    "ConfChangeRefused",
+    "ConfChangeType",
+    "ConfState",
     "CoreConfig",
     "DurableStorage",
     "Entry",
@@ -43,6 +65,7 @@ __all__ = [
     "MemoryStorage",
     "Message",
     "MessageType",
+    "PeerProgress",
     "ProgressState",
     "ProposalDropped",
     "RaftStatus",
@@ -55,4 +78,10 @@ __all__ = [
     "SoftState",
     "StateStorage",
     "Storage",
+    "changed_conf",
+    "conf_change_error",
+    "conf_state_of",
+    "decode_conf_change",
+    "encode_conf_change",
+    "live_quorum_after",
 ]

@@ -1,8 +1,10 @@
 """RawNode: the Raft protocol as a synchronous state machine with no I/O (thread-unsafe).
 
 Inputs are `tick()` (logical time), `step(msg)` (a message from a peer) and the local requests
-(`campaign`, `propose`, `read_index`, `transfer_leader`); the output is a `Ready` batch the
-driver persists, sends and applies before calling `advance` (see `Ready`'s docstring).
+(`campaign`, `propose`, `propose_conf_change`, `read_index`, `transfer_leader`); the output is
+a `Ready` batch the driver persists, sends and applies before calling `advance` (see `Ready`'s
+docstring). A committed CONF_CHANGE entry takes effect when the driver applies it and calls
+`apply_conf_change` (DESIGN.md, "Membership changes").
 
 Shape: `step` does term bookkeeping once, for every message, then calls the step function of
 the current role; a role change swaps `_step_fn` and `_tick_fn` rather than branching on the
@@ -21,6 +23,12 @@ from typing import Any
 import attrs
 
 from ggap.consensus.raft.log import RaftLog, entry_size
+from ggap.consensus.raft.membership import (
+    changed_conf,
+    conf_change_error,
+    conf_state_of,
+    encode_conf_change,
+)
 from ggap.consensus.raft.progress import Inflights, Progress, ProgressState
 from ggap.consensus.raft.quorum import VoteResult, committed_index, has_quorum, vote_result
 from ggap.consensus.raft.readonly import ReadOnly, ReadRequest
@@ -29,6 +37,8 @@ from ggap.consensus.raft.storage import (
     Storage,
 )
 from ggap.consensus.raft.types import (
+    ConfChange,
+    ConfState,
     CoreConfig,
     Entry,
     EntryKind,
@@ -62,7 +72,35 @@ _PROTOCOL = frozenset(
 
 class ProposalDropped(Exception):
     """The request was not taken: no known leader, an election or a leadership transfer is
-    under way, or (for transfer_leader) this node is not the leader. Retry later."""
+    under way, or (for transfer_leader and propose_conf_change) this node is not the leader.
+    Retry later (at the leader)."""
+
+
+class ConfChangeRefused(Exception):
+    """The leader will not append this membership change. `retryable`: another change (or
+    an entry from before this leader's term) is not applied yet, or a leadership transfer is
+    under way; the same change may be proposed again later. Otherwise the change is invalid
+    for the current configuration (adding a member, promoting a non-learner, removing a
+    non-member or the last voter) and always will be until the configuration changes."""
+
+    def __init__(self, reason: str, *, retryable: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+@attrs.frozen(slots=True)
+class PeerProgress:
+    """What the leader knows of one member's log (see progress.py)."""
+
+    match: int  # highest index known to be in its log
+    next: int  # next index to send
+    state: ProgressState
+    # Heard from since the last CheckQuorum round (every election_tick ticks, when
+    # check_quorum is on; without it, ever since this node became leader). Just after a
+    # round it is False for everyone until they answer the next heartbeat.
+    recent_active: bool
+    is_learner: bool
 
 
 @attrs.frozen(slots=True)
@@ -72,11 +110,16 @@ class RaftStatus:
     vote: int
     commit: int
     applied: int
+    last_index: int
     leader: int  # 0 = unknown
     role: Role
-    # Leader only: peer -> (match, next, state), this node included. Empty elsewhere.
-    progress: dict[int, tuple[int, int, ProgressState]]
+    conf_state: ConfState  # the configuration in effect here (as of the applied conf changes)
+    # Leader only: member -> its progress, this node included. Empty elsewhere.
+    progress: dict[int, PeerProgress]
     lead_transferee: int = 0  # leader only: target of a transfer in progress
+    # Leader only: no membership change may be proposed until `applied` reaches this (the
+    # index of the last change it appended, or its last index when it was elected).
+    pending_conf_index: int = 0
 
 
 class _Campaign(enum.Enum):
@@ -128,6 +171,7 @@ class RawNode:
         self._heartbeat_elapsed = 0
         self._randomized_timeout = config.election_tick
         self._transferee = 0
+        self._pending_conf_index = 0
         self._step_fn: Callable[[Message], None] = self._step_follower
         self._tick_fn: Callable[[], None] = self._tick_election
         self._become_follower(self._term, 0)
@@ -152,20 +196,37 @@ class RawNode:
     def leader(self) -> int:
         return self._lead
 
+    @property
+    def conf_state(self) -> ConfState:
+        return ConfState(voters=self._voters, learners=self._learners)
+
     def status(self) -> RaftStatus:
-        progress: dict[int, tuple[int, int, ProgressState]] = {}
-        if self._role is Role.LEADER:
-            progress = {pid: (pr.match, pr.next, pr.state) for pid, pr in self._prs.items()}
+        progress: dict[int, PeerProgress] = {}
+        leader = self._role is Role.LEADER
+        if leader:
+            progress = {
+                pid: PeerProgress(
+                    match=pr.match,
+                    next=pr.next,
+                    state=pr.state,
+                    recent_active=pr.recent_active,
+                    is_learner=pr.is_learner,
+                )
+                for pid, pr in self._prs.items()
+            }
         return RaftStatus(
             id=self._id,
             term=self._term,
             vote=self._vote,
             commit=self.log.committed,
             applied=self.log.applied,
+            last_index=self.log.last_index(),
             leader=self._lead,
             role=self._role,
+            conf_state=self.conf_state,
             progress=progress,
             lead_transferee=self._transferee,
+            pending_conf_index=self._pending_conf_index if leader else 0,
         )
 
     # ---- inputs --------------------------------------------------------------------------
@@ -174,7 +235,9 @@ class RawNode:
         self._tick_fn()
 
     def campaign(self) -> None:
-        """Start an election now (with a pre-vote first if enabled). No-op on a leader/learner."""
+        """Start an election now (with a pre-vote first if enabled). No-op on a leader, on a
+        node that is not a voter in its configuration, and while a committed membership change
+        is not applied yet."""
         if self._role is Role.LEADER or not self._promotable():
             return
         self._hup(transfer=False)
@@ -190,6 +253,76 @@ class RawNode:
             self._send(MT.PROPOSE, self._lead, term=0, entries=(Entry(index=0, term=0, data=data),))
         else:
             raise ProposalDropped("election in progress")
+
+    def propose_conf_change(self, cc: ConfChange) -> int:
+        """Append a CONF_CHANGE entry for `cc`; returns its index (in the current term).
+
+        Leader only (ProposalDropped elsewhere: forward the request to the leader). Refused
+        with ConfChangeRefused while an earlier change, or any entry from before this
+        leader's term, is not applied yet (one change at a time), during a leadership
+        transfer, or when `cc` is invalid for the current configuration. The change takes
+        effect on each node when that node applies the entry (`apply_conf_change`).
+        """
+        if self._role is not Role.LEADER:
+            raise ProposalDropped("not the leader")
+        if self._transferee:
+            raise ConfChangeRefused("leadership transfer in progress", retryable=True)
+        if self._pending_conf_index > self.log.applied:
+            raise ConfChangeRefused(
+                f"entry {self._pending_conf_index} (a membership change, or the last entry from "
+                f"before this leader's term) is not applied yet (applied {self.log.applied})",
+                retryable=True,
+            )
+        reason = conf_change_error(self.conf_state, cc)
+        if reason is not None:
+            raise ConfChangeRefused(reason, retryable=False)
+        self._append_and_broadcast(
+            [Entry(index=0, term=0, kind=EntryKind.CONF_CHANGE, data=encode_conf_change(cc))]
+        )
+        self._pending_conf_index = self.log.last_index()
+        self._logger.info(
+            "%d proposed %s of %d at index %d (term %d)",
+            self._id,
+            cc.type.name,
+            cc.node_id,
+            self._pending_conf_index,
+            self._term,
+        )
+        return self._pending_conf_index
+
+    def apply_conf_change(self, cc: ConfChange) -> ConfState:
+        """The driver applies a committed CONF_CHANGE entry carrying `cc`: switch to the new
+        configuration and return it (to be stored with the state machine, atomically with
+        the applied index: a restarted core is built with it).
+
+        Call it for every committed CONF_CHANGE entry, in log order, while applying the
+        Ready that carried it (before `advance`). A change that is invalid for the current
+        configuration (which a correct leader never commits) changes nothing and is logged.
+        """
+        conf = self.conf_state
+        reason = conf_change_error(conf, cc)
+        if reason is not None:
+            self._logger.warning(
+                "%d ignoring committed %s of %d at voters=%s learners=%s: %s",
+                self._id,
+                getattr(cc.type, "name", cc.type),
+                cc.node_id,
+                conf.voters,
+                conf.learners,
+                reason,
+            )
+            return conf
+        new = changed_conf(conf, cc)
+        self._logger.info(
+            "%d applied %s of %d: voters=%s learners=%s",
+            self._id,
+            cc.type.name,
+            cc.node_id,
+            new.voters,
+            new.learners,
+        )
+        self._switch_to(new)
+        return new
 
     def read_index(self, context: bytes) -> bool:
         """Ask for a linearizable read index; a `ReadState` with `context` comes in a later
@@ -211,7 +344,7 @@ class RawNode:
         if self._role is not Role.LEADER:
             raise ProposalDropped("not the leader")
         if target not in self._voters:
-            raise ValueError(f"{target} is not a voter")
+            raise ValueError(f"{target} is not a voter")  # learners and non-members cannot lead
         if target == self._id:
             self._transferee = 0
             return
@@ -313,7 +446,10 @@ class RawNode:
         snap = u.snapshot if u.snapshot is not None and not u.snapshot_in_progress else None
         entries = tuple(u.pending_entries())
         committed = tuple(self.log.next_committed())
-        hard_changed = hard != self._prev_hard
+        # Entries that carry a conf change always travel with the hard state, so that the
+        # commit index covering the previous change is durable with them (DESIGN.md,
+        # "Membership changes": a node that holds a change knows the one before is committed).
+        hard_changed = hard != self._prev_hard or any(e.kind == EntryKind.CONF_CHANGE for e in entries)
         must_sync = (
             bool(entries)
             or snap is not None
@@ -390,10 +526,13 @@ class RawNode:
                 pr.match = self.log.persisted_last_index()
             self._prs[pid] = pr
 
+    def _follower_role(self) -> Role:
+        return Role.LEARNER if self._id in self._learners else Role.FOLLOWER
+
     def _become_follower(self, term: int, lead: int) -> None:
         self._reset(term)
         self._lead = lead
-        self._role = Role.FOLLOWER if self._promotable() else Role.LEARNER
+        self._role = self._follower_role()
         self._step_fn = self._step_follower
         self._tick_fn = self._tick_election
         self._logger.debug("%d became %s at term %d (leader %d)", self._id, self._role.value, term, lead)
@@ -426,6 +565,9 @@ class RawNode:
         for pr in self._prs.values():
             pr.recent_active = True  # a quorum just voted for us; give everyone a full timeout
         self._prs[self._id].become_replicate()
+        # No membership change until everything from before this term is applied: there may
+        # be an unapplied change in that tail (and scanning it could be expensive).
+        self._pending_conf_index = self.log.last_index()
         # Committing this entry commits everything before it (Raft §5.4.2) and unlocks reads.
         self._append_entries([Entry(index=0, term=0, kind=EntryKind.NOOP)])
         self._logger.info("%d became leader at term %d", self._id, self._term)
@@ -433,6 +575,15 @@ class RawNode:
     # ---- elections -----------------------------------------------------------------------
 
     def _hup(self, transfer: bool) -> None:
+        if self._has_unapplied_conf_change():
+            # Votes are counted with the configuration in effect here: it must not lag behind
+            # a change we know is committed (DESIGN.md, "Membership changes").
+            self._logger.info(
+                "%d not campaigning at term %d: a committed membership change is not applied yet",
+                self._id,
+                self._term,
+            )
+            return
         if self._cfg.pre_vote and not transfer:
             self._campaign(_Campaign.PRE, transfer=False)
         else:
@@ -478,7 +629,10 @@ class RawNode:
             or (self._vote == 0 and self._lead == 0)
             or (m.type is MT.PRE_VOTE and m.term > self._term)
         )
-        if can_vote and self._promotable() and self.log.is_up_to_date(m.index, m.log_term):
+        # Learners and non-members vote too when asked: the candidate counts only the voters
+        # of its own configuration, and it may know of a promotion we have not applied yet
+        # (without our vote, a configuration that just promoted us could be stuck).
+        if can_vote and self.log.is_up_to_date(m.index, m.log_term):
             self._send(resp, m.frm, term=m.term)
             if m.type is MT.VOTE:
                 self._election_elapsed = 0
@@ -559,7 +713,9 @@ class RawNode:
         if t is MT.PROPOSE:
             if self._transferee:
                 return  # dropped; the proposer times out and retries at the new leader
-            self._append_and_broadcast(list(m.entries))
+            # Only plain entries are forwarded; a membership change goes through
+            # propose_conf_change at the leader, which checks it.
+            self._append_and_broadcast([e for e in m.entries if e.kind == EntryKind.NORMAL])
         elif t is MT.READ_INDEX:
             self._leader_read(ReadRequest(context=m.context, frm=m.frm))
         elif t is MT.APPEND_RESP:
@@ -592,6 +748,16 @@ class RawNode:
         snap = m.snapshot
         if snap is None:
             return
+        if not snap.voters or set(snap.voters) & set(snap.learners):
+            self._logger.error(
+                "%d ignoring snapshot %d from %d: invalid configuration voters=%s learners=%s",
+                self._id,
+                snap.index,
+                m.frm,
+                snap.voters,
+                snap.learners,
+            )
+            return
         if self._restore(snap):
             self._logger.info("%d restoring snapshot at %d (term %d)", self._id, snap.index, snap.term)
             self._send(MT.APPEND_RESP, m.frm, index=self.log.last_index())
@@ -606,7 +772,88 @@ class RawNode:
             self.log.commit_to(snap.index)
             return False
         self.log.restore(snap)
+        # The snapshot's configuration is the one as of its index: it replaces ours.
+        self._switch_to(conf_state_of(snap))
         return True
+
+    # ---- membership --------------------------------------------------------------------
+
+    def _has_unapplied_conf_change(self) -> bool:
+        """Whether a CONF_CHANGE entry is committed here but not applied (advanced) yet."""
+        lo = max(self.log.applied + 1, self.log.first_index())
+        hi = self.log.committed + 1
+        while lo < hi:
+            ents = self.log.slice(lo, hi, self._cfg.max_size_per_msg)
+            if any(e.kind == EntryKind.CONF_CHANGE for e in ents):
+                return True
+            lo = ents[-1].index + 1
+        return False
+
+    def _switch_to(self, conf: ConfState) -> None:
+        """Make `conf` the configuration in effect, and act on what it changes for us."""
+        self._voters, self._learners = conf.voters, conf.learners
+        members = {*conf.voters, *conf.learners}
+        for pid in [p for p in self._prs if p not in members]:
+            del self._prs[pid]
+        added = []
+        for pid in sorted(members):
+            pr = self._prs.get(pid)
+            if pr is None:
+                # A new member is probed from our last index. It counts as recently active,
+                # so a CheckQuorum round right now does not hold its silence against us and
+                # a snapshot may be sent to it at once.
+                pr = Progress(
+                    match=0,
+                    next=self.log.last_index() + 1,
+                    inflights=Inflights(self._cfg.max_inflight_msgs, self._cfg.max_inflight_bytes),
+                    is_learner=pid in conf.learners,
+                    recent_active=True,
+                )
+                self._prs[pid] = pr
+                added.append(pid)
+            pr.is_learner = pid in conf.learners  # a promoted learner keeps its match
+
+        if self._role is Role.LEADER:
+            if self._id not in conf.voters:
+                self._step_down_removed()
+                return
+            if self._transferee and self._transferee not in conf.voters:
+                self._logger.info("%d abandons transfer to removed node %d", self._id, self._transferee)
+                self._transferee = 0
+            # The new majority may already hold more entries: after a removal (fewer voters
+            # to hear from), or a promotion of a learner that is ahead of some voter.
+            if self._maybe_commit():
+                self._on_commit_advanced()
+            else:
+                for pid in added:
+                    if pid != self._id:
+                        self._send_append(pid)
+            rnd = self._readonly.round
+            if rnd is not None and has_quorum(self._voters, rnd.acks | {self._id}):
+                self._finish_read_round()
+        elif self._role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+            if not self._promotable():
+                self._become_follower(self._term, 0)
+        else:
+            self._role = self._follower_role()  # e.g. a promoted learner now follows
+
+    def _step_down_removed(self) -> None:
+        """We lead, and just applied our own removal: hand over if we can, then step down."""
+        last = self.log.last_index()
+        others = [(pr.match, -pid) for pid, pr in self._prs.items() if pid in self._voters]
+        target = 0
+        if others:
+            match, neg = max(others)
+            if match == last:
+                target = -neg
+                self._send(MT.TIMEOUT_NOW, target)  # it has everything: let it campaign now
+        self._logger.info(
+            "%d removed from the configuration at term %d; stepping down%s",
+            self._id,
+            self._term,
+            f" (TIMEOUT_NOW to {target})" if target else "",
+        )
+        self._become_follower(self._term, 0)
 
     # ---- leader side of replication ------------------------------------------------------
 
@@ -786,9 +1033,9 @@ def _validate(c: CoreConfig) -> None:
         raise ValueError("at least one voter is required")
     if set(c.voters) & set(c.learners):
         raise ValueError("a node cannot be both voter and learner")
-    if c.id not in c.voters and c.id not in c.learners:
-        raise ValueError(f"node {c.id} is neither a voter nor a learner")
-    if 0 in c.voters or 0 in c.learners:
+    # c.id may be outside the configuration: a node that joins (and learns of its own
+    # addition from the log or a snapshot) or one that was removed. It never campaigns.
+    if c.id <= 0 or 0 in c.voters or 0 in c.learners:
         raise ValueError("0 means 'nobody' and cannot be a node id")
     if c.heartbeat_tick < 1 or c.election_tick <= c.heartbeat_tick:
         raise ValueError("need 1 <= heartbeat_tick < election_tick")

@@ -3,6 +3,9 @@
 It is the reference for what the core expects of storage: entries are contiguous, a snapshot
 (here only its metadata: the state lives with the driver) replaces everything at or below its
 index, and writes happen only through the methods the driver calls while handling a Ready.
+The snapshot's voters/learners are the configuration as of its index: a new MemoryStorage
+should be given the bootstrap configuration (`snapshot=SnapshotMeta(voters=...)`) and
+`compact` the configuration as of the index it compacts to, as a driver tracks it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from ggap.consensus.raft.storage import (
     LogUnavailableError,
 )
 from ggap.consensus.raft.types import (
+    ConfState,
     Entry,
     HardState,
     SnapshotMeta,
@@ -105,16 +109,20 @@ class MemoryStorage:
         self._snapshot = meta
         self._ents = [Entry(index=meta.index, term=meta.term)]
 
-    def compact(self, index: int) -> None:
-        """Discard entries up to `index`, which becomes the snapshot point (state is applied there)."""
+    def compact(self, index: int, conf_state: ConfState | None = None) -> None:
+        """Discard entries up to `index`, which becomes the snapshot point (state is applied
+        there). `conf_state` is the configuration as of `index` (None: unchanged since the
+        current snapshot, i.e. no conf change was applied in between)."""
         offset = self._ents[0].index
         if index <= offset:
             return
         if index > self.last_index():
             raise LogUnavailableError(index)
         term = self._ents[index - offset].term
+        if conf_state is None:
+            conf_state = ConfState(voters=self._snapshot.voters, learners=self._snapshot.learners)
         self._snapshot = SnapshotMeta(
-            index=index, term=term, voters=self._snapshot.voters, learners=self._snapshot.learners
+            index=index, term=term, voters=conf_state.voters, learners=conf_state.learners
         )
         del self._ents[: index - offset]
         self._ents[0] = Entry(index=index, term=term)

@@ -68,7 +68,8 @@ class StateStorage(Protocol):
 
     def snapshot(self) -> SnapshotMeta:
         """The newest snapshot's metadata (index 0 if none); may raise
-        SnapshotTemporarilyUnavailableError."""
+        SnapshotTemporarilyUnavailableError. Its voters/learners are the configuration as of
+        its index (a leader sends it as is; the follower switches to it)."""
         ...
 
 
@@ -104,5 +105,6 @@ class DurableStorage(Storage, Protocol):
 
     def set_snapshot(self, meta: SnapshotMeta) -> None:
         """Record that a state-machine snapshot at meta.index exists (taken locally, at or
-        below the applied index); the log is not touched. Durable when it returns."""
+        below the applied index; meta.voters/learners: the configuration as of meta.index);
+        the log is not touched. Durable when it returns."""
         ...

@@ -7,6 +7,7 @@ defined here, so the driver, the transport codec and the simulator share one def
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 import attrs
 
@@ -14,7 +15,7 @@ import attrs
 class EntryKind(enum.IntEnum):
     # Values match ggap.codec's entry kinds, so a log entry frame stores the kind as is.
     NORMAL = 1  # data is an encoded ggap command (ggap.codec.encode_command)
-    CONF_CHANGE = 2  # reserved for membership changes
+    CONF_CHANGE = 2  # data is an encoded ConfChange (ggap.consensus.raft.membership)
     NOOP = 3  # appended by a new leader; data is b""
 
 
@@ -35,10 +36,39 @@ class HardState:
     commit: int = 0
 
 
+def _ids(ids: Iterable[int]) -> tuple[int, ...]:
+    return tuple(sorted(set(ids)))
+
+
+class ConfChangeType(enum.IntEnum):
+    # Values match ggap.codec's CONF_CHANGE_* ints (checked by tests/unit/test_codec.py).
+    ADD_LEARNER = 1  # a new node joins as a learner: it gets the log, never counts
+    PROMOTE = 2  # a learner becomes a voter
+    REMOVE = 3  # a voter or learner leaves
+
+
+@attrs.frozen(slots=True)
+class ConfChange:
+    """One single-server membership change, the payload of a CONF_CHANGE entry."""
+
+    type: ConfChangeType
+    node_id: int
+    context: bytes = b""  # opaque to Raft: the driver's (e.g. the node's addresses)
+
+
+@attrs.frozen(slots=True)
+class ConfState:
+    """A configuration: who votes and who only receives the log (sorted, no duplicates)."""
+
+    voters: tuple[int, ...] = attrs.field(converter=_ids)
+    learners: tuple[int, ...] = attrs.field(default=(), converter=_ids)
+
+
 @attrs.frozen(slots=True)
 class SnapshotMeta:
     index: int = 0
     term: int = 0
+    # The configuration as of `index` (after applying every entry up to it).
     voters: tuple[int, ...] = ()
     learners: tuple[int, ...] = ()
 
@@ -90,11 +120,13 @@ class ReadState:
 
 
 class Role(enum.Enum):
+    # A voter that follows, or a node outside its own configuration (joining, or removed),
+    # which never campaigns.
     FOLLOWER = "follower"
     CANDIDATE = "candidate"
     PRE_CANDIDATE = "pre-candidate"
     LEADER = "leader"
-    LEARNER = "learner"
+    LEARNER = "learner"  # in the configuration as a learner: gets the log, never campaigns
 
 
 @attrs.frozen(slots=True)
@@ -131,6 +163,8 @@ class Ready:
 @attrs.frozen(slots=True)
 class CoreConfig:
     id: int
+    # The configuration as of the `applied` index the core is started with (see DESIGN.md,
+    # "Membership changes"); `id` need not be in it (a node that joins or was removed).
     voters: tuple[int, ...]
     learners: tuple[int, ...] = ()
     election_tick: int = 10  # ticks without a leader before campaigning (randomised to [e, 2e))

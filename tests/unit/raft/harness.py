@@ -12,8 +12,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ggap.consensus.raft import (
+    ConfChange,
+    ConfState,
     CoreConfig,
     Entry,
+    EntryKind,
     MemoryStorage,
     Message,
     MessageType,
@@ -21,6 +24,8 @@ from ggap.consensus.raft import (
     ReadState,
     Ready,
     Role,
+    SnapshotMeta,
+    decode_conf_change,
 )
 
 
@@ -41,12 +46,19 @@ def drain(node: RawNode, storage: MemoryStorage) -> list[Ready]:
     return out
 
 
-def persist(st: MemoryStorage, rd: Ready) -> None:
+def persist(st: MemoryStorage, rd: Ready, *, commit_only: bool = True) -> None:
+    """Write what `rd` asks for. `commit_only=False` skips a hard state that only moved the
+    commit index (must_sync False, nothing else to write), as the replica engine does."""
     if rd.snapshot is not None:
         st.apply_snapshot(rd.snapshot)
     st.append(list(rd.entries))
-    if rd.hard_state is not None:
+    if rd.hard_state is not None and (commit_only or rd.must_sync or rd.entries or rd.snapshot):
         st.set_hard_state(rd.hard_state)
+
+
+def new_storage(conf: ConfState) -> MemoryStorage:
+    """An empty log whose configuration as of index 0 is `conf` (the bootstrap one)."""
+    return MemoryStorage(snapshot=SnapshotMeta(voters=conf.voters, learners=conf.learners))
 
 
 class Cluster:
@@ -61,9 +73,13 @@ class Cluster:
     ) -> None:
         self.voters = tuple(voters)
         self.learners = tuple(learners)
+        self.bootstrap = ConfState(voters=self.voters, learners=self.learners)
         self.seed = seed
         self.config = config
         self.storages = storages or {}
+        # Each node's applied configurations as (index it took effect at, conf): what its
+        # driver stores with the state machine. A restart builds the core with the last one.
+        self.confs: dict[int, list[tuple[int, ConfState]]] = {}
         self.nodes: dict[int, RawNode] = {}
         self.queue: deque[Message] = deque()
         self.sent: list[Message] = []  # every message handed to the network, in order
@@ -73,18 +89,60 @@ class Cluster:
         self.applied: dict[int, list[Entry]] = {}
         self.read_states: dict[int, list[ReadState]] = {}
         self.readies: list[tuple[int, Ready]] = []  # every Ready handled, in order
+        # Drivers that keep one Ready in flight: its apply (and advance) waits until the node
+        # is processed again, and messages are stepped meanwhile (as the trio node's writer
+        # thread allows). Ticks and votes then meet committed-but-unapplied entries.
+        self.pipelined: set[int] = set()
+        self.held: dict[int, Ready] = {}
+        self.persist_commit_only = True  # False: skip commit-only hard states, like the engine
+        # Called after each Ready is persisted (before it is applied): invariant checks.
+        self.on_persist: Callable[[int, Ready], None] | None = None
         for i in (*self.voters, *self.learners):
-            self.storages.setdefault(i, MemoryStorage())
+            self.storages.setdefault(i, new_storage(self.bootstrap))
             self.start(i)
 
     def start(self, i: int) -> RawNode:
-        """(Re)create node i from its storage, as after a crash that kept everything persisted."""
-        c = cfg(i, self.voters, learners=self.learners, **self.config)
-        applied = self.nodes[i].status().applied if i in self.nodes else 0
-        self.nodes[i] = RawNode(c, self.storages[i], random.Random(f"{self.seed}/{i}"), applied=applied)
-        self.applied.setdefault(i, [])
+        """(Re)create node i from its storage, as after a crash that kept everything persisted
+        (the state machine included: `applied`, with the configuration as of it)."""
+        self.held.pop(i, None)  # persisted, never applied: the crash lost it
+        applied = self.applied.setdefault(i, [])
+        snap = self.storages[i].snapshot()
+        if snap.index > len(applied):
+            # The log recorded a received snapshot the state machine never installed (a crash
+            # in between): install it first, as the replica engine's recovery does.
+            self._install(i, snap)
+        conf = self.conf(i)
+        c = cfg(i, conf.voters, learners=conf.learners, **self.config)
+        rng = random.Random(f"{self.seed}/{i}")
+        self.nodes[i] = RawNode(c, self.storages[i], rng, applied=len(self.applied[i]))
         self.read_states.setdefault(i, [])
         return self.nodes[i]
+
+    def add_node(self, i: int) -> RawNode:
+        """Start a brand-new node i (empty log, the bootstrap configuration as of index 0),
+        as a joining node's driver does before the leader adds it."""
+        assert i not in self.nodes and i not in self.storages
+        self.storages[i] = new_storage(self.bootstrap)
+        return self.start(i)
+
+    def stop(self, i: int) -> None:
+        """Shut node i down for good (its messages in flight are lost)."""
+        del self.nodes[i]
+        self.held.pop(i, None)
+
+    def conf(self, i: int) -> ConfState:
+        """Node i's applied configuration."""
+        return self.confs.setdefault(i, [(0, self.bootstrap)])[-1][1]
+
+    def conf_at(self, i: int, index: int) -> ConfState:
+        """Node i's configuration as of applied index `index`."""
+        hist = self.confs.setdefault(i, [(0, self.bootstrap)])
+        return [conf for at, conf in hist if at <= index][-1]
+
+    def compact(self, i: int, upto: int | None = None) -> None:
+        """Snapshot node i at `upto` (default: its applied index) and drop the log behind it."""
+        upto = self.nodes[i].status().applied if upto is None else upto
+        self.storages[i].compact(upto, self.conf_at(i, upto))
 
     def __getitem__(self, i: int) -> RawNode:
         return self.nodes[i]
@@ -122,23 +180,46 @@ class Cluster:
     def process(self, i: int) -> list[Ready]:
         node, st = self.nodes[i], self.storages[i]
         out = []
+        held = self.held.pop(i, None)
+        if held is not None:
+            self._apply(i, held)
+            out.append(held)
         while node.has_ready():
             rd = node.ready()
             self.emit(rd.messages)  # may leave before the write is durable
-            persist(st, rd)
+            persist(st, rd, commit_only=self.persist_commit_only)
             self.emit(rd.messages_after_persist)
-            if rd.snapshot is not None:
-                # The state arrives out of band; stand in for it with whoever applied the most
-                # (every applied sequence starts at index 1 and they agree: State Machine Safety).
-                donor = max(self.applied.values(), key=len)
-                assert len(donor) >= rd.snapshot.index
-                self.applied[i] = list(donor[: rd.snapshot.index])
-            self.applied[i].extend(rd.committed)
-            self.read_states[i].extend(rd.read_states)
-            node.advance(rd)
+            if self.on_persist is not None:
+                self.on_persist(i, rd)
+            if i in self.pipelined:
+                self.held[i] = rd
+                break
+            self._apply(i, rd)
             out.append(rd)
-            self.readies.append((i, rd))
         return out
+
+    def _apply(self, i: int, rd: Ready) -> None:
+        """Apply `rd` (install its snapshot, apply its committed entries) and advance."""
+        node = self.nodes[i]
+        if rd.snapshot is not None:
+            self._install(i, rd.snapshot)
+        for e in rd.committed:
+            # Apply membership changes in log order, as a driver must.
+            if e.kind == EntryKind.CONF_CHANGE:
+                conf = node.apply_conf_change(decode_conf_change(e.data))
+                self.confs.setdefault(i, [(0, self.bootstrap)]).append((e.index, conf))
+        self.applied[i].extend(rd.committed)
+        self.read_states[i].extend(rd.read_states)
+        node.advance(rd)
+        self.readies.append((i, rd))
+
+    def _install(self, i: int, snap: SnapshotMeta) -> None:
+        # The state arrives out of band; stand in for it with whoever applied the most
+        # (every applied sequence starts at index 1 and they agree: State Machine Safety).
+        donor = max(self.applied.values(), key=len)
+        assert len(donor) >= snap.index
+        self.applied[i] = list(donor[: snap.index])
+        self.confs[i] = [(snap.index, ConfState(voters=snap.voters, learners=snap.learners))]
 
     def process_all(self) -> None:
         for i in self.nodes:
@@ -185,3 +266,9 @@ class Cluster:
     def propose(self, i: int, data: bytes) -> None:
         self.nodes[i].propose(data)
         self.stabilize()
+
+    def change(self, i: int, cc: ConfChange) -> int:
+        """Propose a membership change at node i and let the cluster settle; returns its index."""
+        index = self.nodes[i].propose_conf_change(cc)
+        self.stabilize()
+        return index

@@ -241,7 +241,7 @@ def test_soft_state_and_must_sync_only_on_change() -> None:
     assert leader_readies and all(rd.must_sync for rd in leader_readies)
 
 
-def test_learner_never_campaigns_nor_votes() -> None:
+def test_learner_never_campaigns_but_votes_when_asked() -> None:
     c = Cluster([1, 2, 3], learners=[4], seed=10)
     assert c[4].role is Role.LEARNER
     c.isolate(1)
@@ -251,9 +251,15 @@ def test_learner_never_campaigns_nor_votes() -> None:
     assert c[4].role is Role.LEARNER and c[4].term == 0 and not c.sent_of(MT.PRE_VOTE, frm=4)
     c[4].campaign()
     assert c[4].role is Role.LEARNER
+    # A candidate asking a learner believes it is a voter (a promotion the learner has not
+    # applied yet) and counts only its own voters' votes, so the learner answers like a voter
+    # (as etcd's learners do): otherwise a just-promoted learner could block every election.
     c[4].step(Message(MT.VOTE, to=4, frm=1, term=3, index=5, log_term=5))
     (resp,) = c[4].ready().messages_after_persist
-    assert resp.reject
+    assert not resp.reject and c[4].role is Role.LEARNER
+    c[4].step(Message(MT.VOTE, to=4, frm=2, term=3, index=5, log_term=5))
+    (resp,) = c[4].ready().messages_after_persist
+    assert resp.reject  # one vote per term, as for any voter
 
 
 @pytest.mark.parametrize("seed", [11, 12])

@@ -139,7 +139,7 @@ def test_backtracking_by_term_takes_one_round_trip(follower_terms: list[int], wh
 def test_replicate_state_pipelines_up_to_max_inflight_msgs() -> None:
     c = Cluster([1, 2, 3], seed=6, max_inflight_msgs=3)
     c.elect(1)
-    assert c[1].status().progress[2][2] is ProgressState.REPLICATE
+    assert c[1].status().progress[2].state is ProgressState.REPLICATE
     c.cut.add((2, 1))  # 2 receives everything, its acks are lost
     before = len(c.sent_of(MT.APPEND, frm=1, to=2))
     for k in range(10):
@@ -168,7 +168,7 @@ def test_probe_state_sends_one_append_per_heartbeat() -> None:
     c.elect(1)
     c.isolate(3)
     c[1].report_unreachable(3)
-    assert c[1].status().progress[3][2] is ProgressState.PROBE
+    assert c[1].status().progress[3].state is ProgressState.PROBE
     before = len(c.sent_of(MT.APPEND, frm=1, to=3))
     for k in range(5):
         c.propose(1, b"%d" % k)
@@ -177,7 +177,7 @@ def test_probe_state_sends_one_append_per_heartbeat() -> None:
     assert len(c.sent_of(MT.APPEND, frm=1, to=3)) - before == 1
     c.heal()
     c.tick([1])
-    assert c[1].status().progress[3][2] is ProgressState.REPLICATE
+    assert c[1].status().progress[3].state is ProgressState.REPLICATE
     assert c.log_of(3) == c.log_of(1)
 
 
@@ -207,7 +207,7 @@ def test_learner_gets_the_log_but_does_not_count() -> None:
     c.cut -= {(1, 4), (4, 1)}
     c.propose(1, b"b")
     status = c[1].status()
-    assert status.progress[4][0] == 3  # the learner has it...
+    assert status.progress[4].match == 3  # the learner has it...
     assert status.commit == 2  # ...but only voters make a majority
 
 
@@ -218,7 +218,7 @@ def test_snapshot_is_sent_to_a_follower_behind_the_compacted_log() -> None:
     for k in range(10):
         c.propose(1, b"%d" % k)
     assert c[1].status().applied == 11
-    c.storages[1].compact(11)
+    c.compact(1, 11)
     c.heal()
     mark = len(c.readies)
     c.tick(n=3)
@@ -228,7 +228,7 @@ def test_snapshot_is_sent_to_a_follower_behind_the_compacted_log() -> None:
     st3 = c.storages[3]
     assert st3.first_index() == 12 and c[3].status().applied == 11 and c[3].status().commit == 11
     assert len(c.applied[3]) == 11 and not any(rd.committed for i, rd in c.readies[mark:] if i == 3)
-    assert c[1].status().progress[3][2] is ProgressState.REPLICATE
+    assert c[1].status().progress[3].state is ProgressState.REPLICATE
     c.propose(1, b"after")
     assert c.log_of(3) == c.log_of(1)[-1:] == [(12, 1)]
     assert c.applied[3][-1].data == b"after"
@@ -240,20 +240,20 @@ def test_failed_snapshot_is_retried_after_report_snapshot() -> None:
     c.isolate(3)
     for k in range(5):
         c.propose(1, b"%d" % k)
-    c.storages[1].compact(6)
+    c.compact(1, 6)
     c.heal()
     c.drop = lambda m: m.type is MT.SNAPSHOT
     c.report_snapshots = False  # the driver has not finished sending it
     c.tick(n=3)
     assert len(c.sent_of(MT.SNAPSHOT, to=3)) == 1  # then paused in SNAPSHOT state
-    assert c[1].status().progress[3][2] is ProgressState.SNAPSHOT
+    assert c[1].status().progress[3].state is ProgressState.SNAPSHOT
     c.drop = lambda m: False
     c[1].report_snapshot(3, ok=False)
-    assert c[1].status().progress[3][2] is ProgressState.PROBE
+    assert c[1].status().progress[3].state is ProgressState.PROBE
     c.report_snapshots = True
     c.tick(n=3)
     assert len(c.sent_of(MT.SNAPSHOT, to=3)) == 2
-    assert c[3].status().commit == 6 and c[1].status().progress[3][2] is ProgressState.REPLICATE
+    assert c[3].status().commit == 6 and c[1].status().progress[3].state is ProgressState.REPLICATE
 
 
 def test_restart_keeps_log_commit_and_skips_applied_entries() -> None:
@@ -322,7 +322,7 @@ def test_a_follower_that_lost_its_log_is_probed_again_and_repaired() -> None:
     for data in (b"a", b"b", b"c"):
         c.propose(1, data)
     c.stabilize()
-    assert c[1].status().progress[3][0] == 4
+    assert c[1].status().progress[3].match == 4
     c.storages[3] = MemoryStorage()  # wiped
     c.applied[3] = []
     c.nodes.pop(3)
