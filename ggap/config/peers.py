@@ -25,6 +25,6 @@ def parse_peers(text: str) -> dict[int, str]:
 
 
 def split_addr(addr: str) -> tuple[str, int]:
-    """"host:port" (IPv6 as "[addr]:port") -> (host, port); the config loader validated it."""
+    """ "host:port" (IPv6 as "[addr]:port") -> (host, port); the config loader validated it."""
     host, _, port = addr.rpartition(":")
     return host.strip("[]"), int(port)

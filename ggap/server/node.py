@@ -144,9 +144,7 @@ async def _health_loop(
         await trio.sleep(interval_s)
 
 
-async def serve_node(
-    config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
-) -> None:
+async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Run a node until cancelled or signalled; `task_status` gets the bound client port."""
     kv, log_store, peers, token = await trio.to_thread.run_sync(_open_storage, config)
     readers: ReaderPool | None = None
@@ -159,9 +157,7 @@ async def serve_node(
         # Off the loop: it reads and hashes the latest snapshot file (hundreds of MiB).
         snap_dir = snapshot_dir(config.node.data_dir)
         machine = await trio.to_thread.run_sync(
-            functools.partial(
-                KvStateMachine, kv, snap_dir, busy_timeout_ms=config.storage.busy_timeout_ms
-            )
+            functools.partial(KvStateMachine, kv, snap_dir, busy_timeout_ms=config.storage.busy_timeout_ms)
         )
         if await trio.to_thread.run_sync(remove_backup_leftovers, snap_dir):
             log.info("removed Snapshot RPC copies left behind by a crash from %s", snap_dir)

@@ -166,9 +166,7 @@ class BackupCopy:
     size: int
 
 
-def take_backup_copy(
-    kv_path: str | os.PathLike[str], directory: Path, *, busy_timeout_ms: int
-) -> BackupCopy:
+def take_backup_copy(kv_path: str | os.PathLike[str], directory: Path, *, busy_timeout_ms: int) -> BackupCopy:
     """VACUUM INTO a temporary file in `directory`, check it, open it and unlink it.
 
     Named `backup-*.tmp` so that nothing managing the node's own snapshots (take, settle,
