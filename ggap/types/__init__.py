@@ -35,6 +35,7 @@ from ggap.types.errors import (
     Unavailable,
     Unimplemented,
 )
+from ggap.types.members import ChangeKind, Member, MemberChange, MemberProgress, Membership
 from ggap.types.kv import (
     ApplyResult,
     CompactResult,
@@ -56,6 +57,11 @@ from ggap.types.kv import (
 
 __all__ = [
     "ApplyResult",
+    "ChangeKind",
+    "Member",
+    "MemberChange",
+    "MemberProgress",
+    "Membership",
     "Cancelled",
     "CodecError",
     "Command",
