@@ -32,6 +32,7 @@ from ggap.config.peers import parse_peers, split_addr
 from ggap.consensus.raft.storage import LogCompactedError, LogUnavailableError
 from ggap.replica import ClusterSpec, Consensus, Mailbox, RaftReplica
 from ggap.replica.kv_machine import KvStateMachine
+from ggap.replica.membership import bootstrap_membership
 from ggap.replica.node import SnapshotReceiver
 from ggap.rpc import HealthService, RpcPolicy, guarded_service, reflection_services, serve_grpc
 from ggap.server.cluster_service import ClusterServicer
@@ -150,29 +151,37 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
     readers: ReaderPool | None = None
     try:
         readers = ReaderPool(kv, threads=config.reads.reader_threads)
-        # A node started without --peers is a group of one voter: the same engine, with no
-        # peer transport (nothing to talk to until members are added).
+        # A node started without --peers is a group of one voter: the same engine, and a
+        # peer transport with nobody to talk to until members are added.
         members = peers or {config.node.id: config.node.cluster_addr}
+        bootstrap = bootstrap_membership(members, {config.node.id: config.node.client_addr})
         mailbox = Mailbox(config.raft.event_queue)
         # Off the loop: it reads and hashes the latest snapshot file (hundreds of MiB).
         snap_dir = snapshot_dir(config.node.data_dir)
         machine = await trio.to_thread.run_sync(
-            functools.partial(KvStateMachine, kv, snap_dir, busy_timeout_ms=config.storage.busy_timeout_ms)
+            functools.partial(
+                KvStateMachine,
+                kv,
+                snap_dir,
+                bootstrap=bootstrap,
+                busy_timeout_ms=config.storage.busy_timeout_ms,
+            )
         )
         if await trio.to_thread.run_sync(remove_backup_leftovers, snap_dir):
             log.info("removed Snapshot RPC copies left behind by a crash from %s", snap_dir)
         snapshot_io_timeout_s = config.transport.send_timeout_ms / 1000
-        transport: PeerTransport | None = None
-        if len(members) > 1:
-            transport = PeerTransport(
-                node_id=config.node.id,
-                cluster_id=cluster_id(members, token),
-                listen=split_addr(members[config.node.id]),
-                peers={i: split_addr(a) for i, a in members.items() if i != config.node.id},
-                on_messages=mailbox.post_messages,
-                config=config.transport,
-                on_snapshot=SnapshotReceiver(machine, mailbox, io_timeout_s=snapshot_io_timeout_s),
-            )
+        # The members as of the applied state (changes since the bootstrap included); the
+        # engine keeps the transport following them.
+        current = machine.membership
+        transport = PeerTransport(
+            node_id=config.node.id,
+            cluster_id=cluster_id(members, token),
+            listen=split_addr(members.get(config.node.id, config.node.cluster_addr)),
+            peers={m.id: split_addr(m.cluster_addr) for m in current.members if m.id != config.node.id},
+            on_messages=mailbox.post_messages,
+            config=config.transport,
+            on_snapshot=SnapshotReceiver(machine, mailbox, io_timeout_s=snapshot_io_timeout_s),
+        )
         consensus = RaftReplica(
             spec=ClusterSpec(
                 node_id=config.node.id,
@@ -236,8 +245,7 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
         host, port = split_addr(config.node.client_addr)
 
         async with trio.open_nursery() as nursery:
-            if transport is not None:
-                await nursery.start(transport.run)
+            await nursery.start(transport.run)
             await nursery.start(consensus.run)
             await nursery.start(state.forwarder.run)
             nursery.start_soon(expirer.run)

@@ -58,7 +58,6 @@ from ggap.types.commands import (
     TxnRange,
 )
 from ggap.types.errors import GgapError, InvalidArgument, OutOfRange
-from ggap.types.members import Membership
 from ggap.types.kv import (
     ApplyResult,
     CompactResult,
@@ -75,6 +74,7 @@ from ggap.types.kv import (
     TxnResult,
     check_key,
 )
+from ggap.types.members import Membership
 
 __all__ = ["Applied", "KvReader", "KvStore"]
 
@@ -89,7 +89,9 @@ _SQL_META_INIT = (
 )
 _SQL_META_SET = "UPDATE kv_meta SET applied_index=?, revision=?, compact_revision=? WHERE shard=?"
 _SQL_MEMBERS_CLEAR = "DELETE FROM kv_members WHERE shard=?"
-_SQL_MEMBER_ADD = "INSERT INTO kv_members (shard, id, client_addr, cluster_addr, learner) VALUES (?, ?, ?, ?, ?)"
+_SQL_MEMBER_ADD = (
+    "INSERT INTO kv_members (shard, id, client_addr, cluster_addr, learner) VALUES (?, ?, ?, ?, ?)"
+)
 _SQL_MEMBERSHIP_INDEX_SET = "UPDATE kv_meta SET membership_index=? WHERE shard=?"
 # Compaction from C0 to C: a version at or below C that is not its key's newest there has a
 # newer version in (C0, C] (the previous compaction left one version per key at or below

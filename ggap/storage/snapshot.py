@@ -105,7 +105,9 @@ def snapshot_state(path: str | os.PathLike[str]) -> SnapshotState:
             raise StorageCorrupt(f"{path}: integrity check failed: {ok}")
         applied, revision, compact = read_state(conn, 0)
         membership = read_membership(conn, 0)
-        return SnapshotState(index=applied, revision=revision, compact_revision=compact, membership=membership)
+        return SnapshotState(
+            index=applied, revision=revision, compact_revision=compact, membership=membership
+        )
     except (sqlite3.Error, LookupError) as exc:
         raise StorageCorrupt(f"{path}: not a kv.db snapshot: {exc}") from exc
     finally:

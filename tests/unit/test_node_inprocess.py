@@ -23,7 +23,9 @@ def node_config(tmp_path: Path) -> Config:
     cfg = Config()
     return attrs.evolve(
         cfg,
-        node=attrs.evolve(cfg.node, client_addr="127.0.0.1:0", data_dir=str(tmp_path / "data")),
+        node=attrs.evolve(
+            cfg.node, client_addr="127.0.0.1:0", cluster_addr="127.0.0.1:0", data_dir=str(tmp_path / "data")
+        ),
         mvcc=attrs.evolve(cfg.mvcc, prune_interval_ms=50),
     )
 

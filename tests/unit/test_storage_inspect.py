@@ -118,14 +118,14 @@ def test_open_refuses_a_newer_schema(tmp_path: Path) -> None:
 def test_reopen_does_not_rerun_migrations(tmp_path: Path) -> None:
     for _ in range(2):
         store = KvStore.open(tmp_path / "kv.db", mvcc=MvccConfig(), storage=StorageConfig())
-        assert store.schema_version == 1
+        assert store.schema_version == KV_SCHEMA_VERSION
         store.close()
     raw = sqlite3.connect(tmp_path / "kv.db")
     try:
         rows = raw.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
     finally:
         raw.close()
-    assert rows == [("ggap.kv", "0001_initial")]
+    assert rows == [("ggap.kv", "0001_initial"), ("ggap.kv", "0002_members")]
     assert os.path.exists(tmp_path / "kv.db")
 
 
