@@ -54,6 +54,17 @@ for _command in (*KV_COMMANDS, *CLUSTER_COMMANDS, *SNAPSHOT_COMMANDS):
     "--peers",
     help="Initial voters' cluster addresses, ID=HOST:PORT,... this node included (raft.peers).",
 )
+@click.option(
+    "--join",
+    help="Join a running cluster: members' client HOST:PORT,... to ask (node.join). With an "
+    "empty data dir the node is added as a learner and seeds itself from a snapshot.",
+)
+@click.option(
+    "--auto-promote",
+    is_flag=True,
+    default=None,
+    help="After joining, become a voter once caught up (node.auto_promote).",
+)
 @click.option("--log-level", help="debug, info, warning, error or critical (log.level).")
 def node_cmd(
     config_file: Path | None,
@@ -63,6 +74,8 @@ def node_cmd(
     data_dir: str | None,
     history_depth: int | None,
     peers: str | None,
+    join: str | None,
+    auto_promote: bool | None,
     log_level: str | None,
 ) -> None:
     """Run a node until SIGINT/SIGTERM.
@@ -77,6 +90,8 @@ def node_cmd(
         "node.data_dir": data_dir,
         "mvcc.history_depth": history_depth,
         "raft.peers": peers,
+        "node.join": join,
+        "node.auto_promote": auto_promote,
         "log.level": log_level,
     }
     overrides = {k: v for k, v in flags.items() if v is not None}

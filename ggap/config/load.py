@@ -276,12 +276,25 @@ def _validate(layers: _Layers) -> None:
                     problem = f"must be one of {', '.join(_LOG_LEVELS)}, got {value!r}"
             elif dotted == "raft.peers":
                 problem = _check_peers(value, layers)
+            elif dotted == "node.join":
+                problem = _check_join(value)
             elif tp is str and not value.strip():
                 problem = "must not be empty"
             if problem is not None:
                 failed.add(dotted)
                 layers.errors.append(f"{dotted}: {problem} (from {layers.source_of(dotted)})")
     _check_relations(layers, failed)
+
+
+def _check_join(value: str) -> str | None:
+    """"" (not joining) or comma-separated host:port client endpoints."""
+    if not value.strip():
+        return None
+    for part in value.split(","):
+        problem = _check_address(part.strip())
+        if problem is not None:
+            return problem
+    return None
 
 
 def _check_relations(layers: _Layers, failed: set[str]) -> None:

@@ -431,18 +431,20 @@ class SnapshotRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SnapshotInfo(_message.Message):
-    __slots__ = ("applied_index", "applied_term", "revision", "compact_revision", "size_bytes")
+    __slots__ = ("applied_index", "applied_term", "revision", "compact_revision", "size_bytes", "cluster_id")
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
     APPLIED_TERM_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     COMPACT_REVISION_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     applied_index: int
     applied_term: int
     revision: int
     compact_revision: int
     size_bytes: int
-    def __init__(self, applied_index: _Optional[int] = ..., applied_term: _Optional[int] = ..., revision: _Optional[int] = ..., compact_revision: _Optional[int] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, applied_index: _Optional[int] = ..., applied_term: _Optional[int] = ..., revision: _Optional[int] = ..., compact_revision: _Optional[int] = ..., size_bytes: _Optional[int] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class SnapshotResponse(_message.Message):
     __slots__ = ("header", "info", "remaining_bytes", "blob", "sha256")

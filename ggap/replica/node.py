@@ -410,6 +410,31 @@ class RaftReplica:
             )
         return out
 
+    def handoff_target(self) -> int | None:
+        """The voter to hand leadership to before stopping: the most caught-up active one
+        (lowest id on ties); None if this node does not lead or no other voter is active."""
+        if self._engine.role is not Role.LEADER:
+            return None
+        me = self._spec.node_id
+        candidates = [
+            p for p in self.member_progress().values() if p.id != me and not p.learner and p.recent_active
+        ]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda p: (-p.match_index, p.id)).id
+
+    async def hand_off_leadership(self) -> None:
+        """Graceful shutdown: transfer leadership first, so the cluster does not wait an
+        election timeout for a new leader. Best effort: failures are logged."""
+        target = self.handoff_target()
+        if target is None:
+            return
+        log.info("handing leadership to node %d before stopping", target)
+        try:
+            await self.transfer_leader(target)
+        except (NotLeader, FailedPrecondition, Unavailable) as exc:
+            log.warning("leadership hand-off to node %d failed: %s", target, exc)
+
     async def transfer_leader(self, target: int) -> None:
         if self._closed:
             raise Unavailable("node is shutting down")

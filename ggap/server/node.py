@@ -37,6 +37,7 @@ from ggap.replica.node import SnapshotReceiver
 from ggap.rpc import HealthService, RpcPolicy, guarded_service, reflection_services, serve_grpc
 from ggap.server.cluster_service import ClusterServicer
 from ggap.server.forward import Forwarder
+from ggap.server.join import auto_promote, join_cluster, needs_join
 from ggap.server.kv_service import KvServicer, NodeState
 from ggap.server.maintenance import HistoryKeeper, SpaceKeeper
 from ggap.server.reads import ReaderPool
@@ -44,7 +45,14 @@ from ggap.server.snapshots import SnapshotStreams
 from ggap.server.ttl import Expirer
 from ggap.server.watch import WatchHub
 from ggap.storage import KvStore, LogStore
-from ggap.storage.log import META_CLUSTER_TOKEN, META_MEMBERS, META_NODE_ID, decode_members, encode_members
+from ggap.storage.log import (
+    META_CLUSTER_ID,
+    META_CLUSTER_TOKEN,
+    META_MEMBERS,
+    META_NODE_ID,
+    decode_members,
+    encode_members,
+)
 from ggap.storage.snapshot import remove_backup_leftovers, snapshot_dir
 from ggap.transport import PeerTransport
 from ggap.types import FailedPrecondition, Unavailable
@@ -147,6 +155,13 @@ async def _health_loop(
 
 async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Run a node until cancelled or signalled; `task_status` gets the bound client port."""
+    if needs_join(config):
+        if config.raft.peers:
+            raise StartupError(
+                "--join (node.join) and --peers (raft.peers) exclude each other: "
+                "a joining node learns the members from the cluster"
+            )
+        await join_cluster(config)
     kv, log_store, peers, token = await trio.to_thread.run_sync(_open_storage, config)
     readers: ReaderPool | None = None
     try:
@@ -173,9 +188,16 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
         # The members as of the applied state (changes since the bootstrap included); the
         # engine keeps the transport following them.
         current = machine.membership
+        if config.node.id not in current.ids:
+            raise StartupError(
+                f"node {config.node.id} was removed from the cluster (members at index {current.index}: "
+                f"{list(current.ids)}); this data dir cannot rejoin: wipe it and start with --join"
+            )
+        stored_id = log_store.get_meta(META_CLUSTER_ID)
+        the_cluster_id = stored_id.decode("ascii", "replace") if stored_id else cluster_id(members, token)
         transport = PeerTransport(
             node_id=config.node.id,
-            cluster_id=cluster_id(members, token),
+            cluster_id=the_cluster_id,
             listen=split_addr(members.get(config.node.id, config.node.cluster_addr)),
             peers={m.id: split_addr(m.cluster_addr) for m in current.members if m.id != config.node.id},
             on_messages=mailbox.post_messages,
@@ -187,7 +209,7 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
                 node_id=config.node.id,
                 peers=members,
                 client_addr=config.node.client_addr,
-                cluster_id=cluster_id(members, token),
+                cluster_id=the_cluster_id,
             ),
             raft=config.raft,
             storage=log_store,
@@ -233,6 +255,7 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             stall_timeout_s=config.server.snapshot_stall_timeout_ms / 1000,
             max_message_bytes=config.limits.max_message_bytes,
             busy_timeout_ms=config.storage.busy_timeout_ms,
+            cluster_id=the_cluster_id,
         )
         health = HealthService()
         services = [
@@ -251,6 +274,8 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             nursery.start_soon(expirer.run)
             nursery.start_soon(history.run)
             nursery.start_soon(space.run)
+            if config.node.auto_promote:
+                nursery.start_soon(auto_promote, config, consensus.membership)
             bound = await nursery.start(
                 functools.partial(
                     serve_grpc, services, host, port, max_message_bytes=config.limits.max_message_bytes
@@ -278,6 +303,8 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             )
             task_status.started(bound)
             await _wait_for_shutdown_signal()
+            # A leader that stops hands off first: a rolling restart costs no election.
+            await consensus.hand_off_leadership()
             log.info("shutting down: draining in-flight requests")
             health_scope.cancel()
             state.draining = True
