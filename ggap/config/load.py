@@ -31,6 +31,7 @@ _ZERO_ALLOWED = frozenset(
         "storage.busy_timeout_ms",
         "server.shutdown_grace_ms",
         "server.answer_margin_ms",
+        "server.promote_max_lag_entries",
         "mvcc.auto_compact_revisions",
         "mvcc.auto_compact_interval_ms",
         "storage.quota_bytes",

@@ -114,6 +114,11 @@ class ServerConfig:
     # A Snapshot stream whose client has not taken a message for this long counts as
     # stalled: the next Snapshot request that finds no free slot takes its slot and copy.
     snapshot_stall_timeout_ms: int = 30_000
+    # MemberPromote (and auto-promotion) refuses a learner whose match index trails the
+    # leader's commit index by more than this many entries (0: it must have all of it).
+    promote_max_lag_entries: int = 1000
+    # How often a leader checks the learners it was asked to promote once caught up.
+    auto_promote_interval_ms: int = 500
 
 
 @attrs.frozen(slots=True)

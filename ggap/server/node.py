@@ -7,6 +7,7 @@
         expirer.run                   leader-side TTL expiry
         history.run                   leader-side replicated pruning and auto compaction
         space.run                     local space measurement and reclaiming (quota)
+        members.run                   leader-side auto-promotion of caught-up learners
         serve_grpc                    the client port (KvService, ClusterService,
                                       health, reflection)
         shutdown on SIGINT/SIGTERM    drain in-flight requests, then cancel the nursery
@@ -30,14 +31,16 @@ from ggap import __version__
 from ggap.config import Config
 from ggap.config.peers import parse_peers, split_addr
 from ggap.consensus.raft.storage import LogCompactedError, LogUnavailableError
-from ggap.replica import ClusterSpec, Consensus, Mailbox, RaftReplica
+from ggap.replica import ClusterSpec, Consensus, Mailbox
 from ggap.replica.kv_machine import KvStateMachine
 from ggap.replica.node import SnapshotReceiver
 from ggap.rpc import HealthService, RpcPolicy, guarded_service, reflection_services, serve_grpc
 from ggap.server.cluster_service import ClusterServicer
 from ggap.server.forward import Forwarder
+from ggap.server.interim import InterimReplica
 from ggap.server.kv_service import KvServicer, NodeState
 from ggap.server.maintenance import HistoryKeeper, SpaceKeeper
+from ggap.server.members import MemberManager
 from ggap.server.reads import ReaderPool
 from ggap.server.snapshots import SnapshotStreams
 from ggap.server.ttl import Expirer
@@ -46,7 +49,7 @@ from ggap.storage import KvStore, LogStore
 from ggap.storage.log import META_CLUSTER_TOKEN, META_MEMBERS, META_NODE_ID, decode_members, encode_members
 from ggap.storage.snapshot import remove_backup_leftovers, snapshot_dir
 from ggap.transport import PeerTransport
-from ggap.types import FailedPrecondition, Unavailable
+from ggap.types import FailedPrecondition, Member, Membership, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +176,14 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
                 config=config.transport,
                 on_snapshot=SnapshotReceiver(machine, mailbox, io_timeout_s=snapshot_io_timeout_s),
             )
-        consensus = RaftReplica(
+        bootstrap = Membership(
+            members=tuple(
+                Member(i, config.node.client_addr if i == config.node.id else "", addr)
+                for i, addr in members.items()
+            )
+        )
+        consensus = InterimReplica(
+            bootstrap=bootstrap,
             spec=ClusterSpec(
                 node_id=config.node.id,
                 peers=members,
@@ -225,10 +235,15 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             max_message_bytes=config.limits.max_message_bytes,
             busy_timeout_ms=config.storage.busy_timeout_ms,
         )
+        member_manager = MemberManager(
+            consensus,
+            max_lag_entries=config.server.promote_max_lag_entries,
+            auto_promote_interval_s=config.server.auto_promote_interval_ms / 1000,
+        )
         health = HealthService()
         services = [
             guarded_service(KvServicer(state), policy),
-            guarded_service(ClusterServicer(state, kv, snapshots), policy),
+            guarded_service(ClusterServicer(state, kv, snapshots, member_manager), policy),
             health.service,
         ]
         names = [KV_SERVICE, CLUSTER_SERVICE, "grpc.health.v1.Health"]
@@ -243,6 +258,7 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             nursery.start_soon(expirer.run)
             nursery.start_soon(history.run)
             nursery.start_soon(space.run)
+            nursery.start_soon(member_manager.run)
             bound = await nursery.start(
                 functools.partial(
                     serve_grpc, services, host, port, max_message_bytes=config.limits.max_message_bytes

@@ -35,7 +35,6 @@ from ggap.types.errors import (
     Unavailable,
     Unimplemented,
 )
-from ggap.types.members import ChangeKind, Member, MemberChange, MemberProgress, Membership
 from ggap.types.kv import (
     ApplyResult,
     CompactResult,
@@ -54,15 +53,13 @@ from ggap.types.kv import (
     TxnResult,
     check_key,
 )
+from ggap.types.members import MAX_MEMBER_ID, ChangeKind, Member, MemberChange, MemberProgress, Membership
 
 __all__ = [
+    "MAX_MEMBER_ID",
     "ApplyResult",
-    "ChangeKind",
-    "Member",
-    "MemberChange",
-    "MemberProgress",
-    "Membership",
     "Cancelled",
+    "ChangeKind",
     "CodecError",
     "Command",
     "Compact",
@@ -83,6 +80,10 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "KeyValue",
+    "Member",
+    "MemberChange",
+    "MemberProgress",
+    "Membership",
     "Noop",
     "NoopResult",
     "NotFound",
