@@ -18,6 +18,7 @@ from ggap.cli import _output as out
 from ggap.cli._cluster import CLUSTER_COMMANDS
 from ggap.cli._common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, fail, output_option
 from ggap.cli._kv import KV_COMMANDS
+from ggap.cli._members import MEMBER_COMMANDS
 from ggap.cli._snapshot import SNAPSHOT_COMMANDS
 from ggap.config import ConfigError, load_config
 from ggap.types.errors import GgapError, StatusCode
@@ -28,13 +29,14 @@ from ggap.types.errors import GgapError, StatusCode
 def cli() -> None:
     """Ginnungagap: a Raft-replicated MVCC key-value store.
 
-    Exit codes: 0 ok; 2 bad usage or a request the server rejected as invalid
-    (INVALID_ARGUMENT, OUT_OF_RANGE); 1 any other failure, e.g. UNAVAILABLE,
-    DEADLINE_EXCEEDED or a missing key. Errors go to stderr as `Error: CODE: message`.
+    Exit codes: 0 ok; 2 bad usage or a request the server refused as it stands
+    (INVALID_ARGUMENT, OUT_OF_RANGE, FAILED_PRECONDITION); 1 any other failure, e.g.
+    UNAVAILABLE, DEADLINE_EXCEEDED or a missing key. Errors go to stderr as
+    `Error: CODE: message`.
     """
 
 
-for _command in (*KV_COMMANDS, *CLUSTER_COMMANDS, *SNAPSHOT_COMMANDS):
+for _command in (*KV_COMMANDS, *MEMBER_COMMANDS, *CLUSTER_COMMANDS, *SNAPSHOT_COMMANDS):
     cli.add_command(_command)
 
 

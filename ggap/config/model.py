@@ -121,6 +121,11 @@ class ServerConfig:
     snapshot_stall_timeout_ms: int = 30_000
     # How long `ggap node --join` keeps trying to be added and to fetch its snapshot.
     join_timeout_ms: int = 120_000
+    # MemberPromote (and auto-promotion) refuses a learner whose match index trails the
+    # leader's commit index by more than this many entries (0: it must have all of it).
+    promote_max_lag_entries: int = 1000
+    # How often a leader checks the learners it was asked to promote once caught up.
+    auto_promote_interval_ms: int = 500
 
 
 @attrs.frozen(slots=True)

@@ -397,6 +397,13 @@ class RaftReplica:
     def member_progress(self) -> dict[int, MemberProgress]:
         e = self._engine
         progress = e.node.status().progress if e.role is Role.LEADER else {}
+        # The core's recent_active is reset at every CheckQuorum round (it reads False for
+        # everyone just after one); a live peer connection says "reachable" steadily.
+        connected = (
+            {pid for pid, st in self._peers.statistics().peers.items() if st.connected}
+            if self._peers is not None
+            else set()
+        )
         out: dict[int, MemberProgress] = {}
         for m in e.membership.members:
             pr = progress.get(m.id)
@@ -406,7 +413,7 @@ class RaftReplica:
                 learner=m.learner,
                 match_index=pr.match if pr is not None else 0,
                 applied_index=self._progress.applied if own else e.peer_applied.get(m.id, 0),
-                recent_active=own or (pr is not None and pr.recent_active),
+                recent_active=own or (pr is not None and (pr.recent_active or m.id in connected)),
             )
         return out
 

@@ -7,6 +7,7 @@
         expirer.run                   leader-side TTL expiry
         history.run                   leader-side replicated pruning and auto compaction
         space.run                     local space measurement and reclaiming (quota)
+        members.run                   leader-side auto-promotion of caught-up learners
         serve_grpc                    the client port (KvService, ClusterService,
                                       health, reflection)
         shutdown on SIGINT/SIGTERM    drain in-flight requests, then cancel the nursery
@@ -40,6 +41,7 @@ from ggap.server.forward import Forwarder
 from ggap.server.join import auto_promote, join_cluster, needs_join
 from ggap.server.kv_service import KvServicer, NodeState
 from ggap.server.maintenance import HistoryKeeper, SpaceKeeper
+from ggap.server.members import MemberManager
 from ggap.server.reads import ReaderPool
 from ggap.server.snapshots import SnapshotStreams
 from ggap.server.ttl import Expirer
@@ -257,10 +259,15 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             busy_timeout_ms=config.storage.busy_timeout_ms,
             cluster_id=the_cluster_id,
         )
+        member_manager = MemberManager(
+            consensus,
+            max_lag_entries=config.server.promote_max_lag_entries,
+            auto_promote_interval_s=config.server.auto_promote_interval_ms / 1000,
+        )
         health = HealthService()
         services = [
             guarded_service(KvServicer(state), policy),
-            guarded_service(ClusterServicer(state, kv, snapshots), policy),
+            guarded_service(ClusterServicer(state, kv, snapshots, member_manager), policy),
             health.service,
         ]
         names = [KV_SERVICE, CLUSTER_SERVICE, "grpc.health.v1.Health"]
@@ -276,6 +283,7 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             nursery.start_soon(space.run)
             if config.node.auto_promote:
                 nursery.start_soon(auto_promote, config, consensus.membership)
+            nursery.start_soon(member_manager.run)
             bound = await nursery.start(
                 functools.partial(
                     serve_grpc, services, host, port, max_message_bytes=config.limits.max_message_bytes

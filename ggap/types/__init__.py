@@ -53,9 +53,10 @@ from ggap.types.kv import (
     TxnResult,
     check_key,
 )
-from ggap.types.members import ChangeKind, Member, MemberChange, MemberProgress, Membership
+from ggap.types.members import MAX_MEMBER_ID, ChangeKind, Member, MemberChange, MemberProgress, Membership
 
 __all__ = [
+    "MAX_MEMBER_ID",
     "ApplyResult",
     "Cancelled",
     "ChangeKind",

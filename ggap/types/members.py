@@ -7,6 +7,10 @@ import enum
 
 import attrs
 
+# Member ids travel as uint64 in the API but as signed 64-bit integers in the log's
+# conf-change encoding, so 1..2**63-1 is what every layer can carry.
+MAX_MEMBER_ID = (1 << 63) - 1
+
 
 @attrs.frozen(slots=True)
 class Member:

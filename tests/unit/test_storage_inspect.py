@@ -13,7 +13,7 @@ from ggap.codec import encode_command
 from ggap.config.model import MvccConfig, StorageConfig
 from ggap.consensus.raft.types import Entry, HardState, SnapshotMeta
 from ggap.storage import KV_SCHEMA_VERSION, LOG_SCHEMA_VERSION, KvStore, LogStore, inspect_data_dir
-from ggap.storage._schema import LOG_MIGRATIONS
+from ggap.storage._schema import KV_KNOWN, LOG_MIGRATIONS
 from ggap.storage.snapshot import snapshot_dir, snapshot_path, take_snapshot
 from ggap.types import Command, Delete, FailedPrecondition, NotFound, Prune, Put
 
@@ -125,7 +125,7 @@ def test_reopen_does_not_rerun_migrations(tmp_path: Path) -> None:
         rows = raw.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
     finally:
         raw.close()
-    assert rows == [("ggap.kv", "0001_initial"), ("ggap.kv", "0002_members")]
+    assert rows == [("ggap.kv", name) for name in KV_KNOWN]
     assert os.path.exists(tmp_path / "kv.db")
 
 

@@ -94,7 +94,7 @@ def test_fresh_store_state(h: Harness) -> None:
     assert (h.store.applied_index, h.store.revision, h.store.compact_revision) == (0, 0, 0)
     assert h.reader.state() == (0, 0, 0)
     assert h.reader.get("a") == (None, 0)
-    assert h.store.schema_version == KV_SCHEMA_VERSION == 2
+    assert h.store.schema_version == KV_SCHEMA_VERSION
 
 
 def test_put_revisions_versions_and_prev_kv(h: Harness) -> None:
