@@ -211,8 +211,10 @@ def _use_incremental_vacuum(conn: sqlite3.Connection, path: str | os.PathLike[st
     Snapshots carry it along (VACUUM INTO and the backup API copy the header)."""
     if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == _AUTO_VACUUM_INCREMENTAL:
         return
+    # Read before setting: on an empty file the pragma itself writes page 1.
+    existing = int(conn.execute("PRAGMA page_count").fetchone()[0]) > 0
     conn.execute(f"PRAGMA auto_vacuum={_AUTO_VACUUM_INCREMENTAL}")
-    if int(conn.execute("PRAGMA page_count").fetchone()[0]) > 0:
+    if existing:
         log.info("%s: switching to incremental vacuum (a one-time VACUUM)", path)
         conn.execute("VACUUM")
 

@@ -4,6 +4,7 @@ against a real KvStore: proposals are applied to it directly, as the log would."
 from __future__ import annotations
 
 import collections
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -230,7 +231,10 @@ async def test_quota_refuses_then_space_comes_back(tmp_path: Path, kv: KvStore) 
         log_store.close()
 
 
-def test_new_files_use_incremental_vacuum_and_old_ones_are_converted(tmp_path: Path) -> None:
+def test_new_files_use_incremental_vacuum_and_old_ones_are_converted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ggap.storage")
     old = tmp_path / "old.db"
     conn = sqlite3.connect(old)
     conn.execute("CREATE TABLE x (y)")
@@ -245,3 +249,5 @@ def test_new_files_use_incremental_vacuum_and_old_ones_are_converted(tmp_path: P
         finally:
             store.close()
     assert sqlite3.connect(old).execute("SELECT y FROM x").fetchall() == [(1,)]
+    converted = [r.getMessage() for r in caplog.records if "incremental vacuum" in r.getMessage()]
+    assert converted == [f"{old}: switching to incremental vacuum (a one-time VACUUM)"]  # not new.db
