@@ -18,6 +18,7 @@ from ggap.cli import _output as out
 from ggap.cli._cluster import CLUSTER_COMMANDS
 from ggap.cli._common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, fail, output_option
 from ggap.cli._kv import KV_COMMANDS
+from ggap.cli._members import MEMBER_COMMANDS
 from ggap.cli._snapshot import SNAPSHOT_COMMANDS
 from ggap.config import ConfigError, load_config
 from ggap.types.errors import GgapError, StatusCode
@@ -28,13 +29,14 @@ from ggap.types.errors import GgapError, StatusCode
 def cli() -> None:
     """Ginnungagap: a Raft-replicated MVCC key-value store.
 
-    Exit codes: 0 ok; 2 bad usage or a request the server rejected as invalid
-    (INVALID_ARGUMENT, OUT_OF_RANGE); 1 any other failure, e.g. UNAVAILABLE,
-    DEADLINE_EXCEEDED or a missing key. Errors go to stderr as `Error: CODE: message`.
+    Exit codes: 0 ok; 2 bad usage or a request the server refused as it stands
+    (INVALID_ARGUMENT, OUT_OF_RANGE, FAILED_PRECONDITION); 1 any other failure, e.g.
+    UNAVAILABLE, DEADLINE_EXCEEDED or a missing key. Errors go to stderr as
+    `Error: CODE: message`.
     """
 
 
-for _command in (*KV_COMMANDS, *CLUSTER_COMMANDS, *SNAPSHOT_COMMANDS):
+for _command in (*KV_COMMANDS, *MEMBER_COMMANDS, *CLUSTER_COMMANDS, *SNAPSHOT_COMMANDS):
     cli.add_command(_command)
 
 
@@ -54,6 +56,17 @@ for _command in (*KV_COMMANDS, *CLUSTER_COMMANDS, *SNAPSHOT_COMMANDS):
     "--peers",
     help="Initial voters' cluster addresses, ID=HOST:PORT,... this node included (raft.peers).",
 )
+@click.option(
+    "--join",
+    help="Join a running cluster: members' client HOST:PORT,... to ask (node.join). With an "
+    "empty data dir the node is added as a learner and seeds itself from a snapshot.",
+)
+@click.option(
+    "--auto-promote",
+    is_flag=True,
+    default=None,
+    help="After joining, become a voter once caught up (node.auto_promote).",
+)
 @click.option("--log-level", help="debug, info, warning, error or critical (log.level).")
 def node_cmd(
     config_file: Path | None,
@@ -63,6 +76,8 @@ def node_cmd(
     data_dir: str | None,
     history_depth: int | None,
     peers: str | None,
+    join: str | None,
+    auto_promote: bool | None,
     log_level: str | None,
 ) -> None:
     """Run a node until SIGINT/SIGTERM.
@@ -77,6 +92,8 @@ def node_cmd(
         "node.data_dir": data_dir,
         "mvcc.history_depth": history_depth,
         "raft.peers": peers,
+        "node.join": join,
+        "node.auto_promote": auto_promote,
         "log.level": log_level,
     }
     overrides = {k: v for k, v in flags.items() if v is not None}

@@ -1,8 +1,10 @@
 """What every command shares: exit codes, error printing, the trio runner, option types.
 
 Exit codes: 0 ok; 2 usage errors, client-side invalid input and server INVALID_ARGUMENT /
-OUT_OF_RANGE answers (the request itself was wrong; retrying cannot help); 1 every other
-failure (UNAVAILABLE, DEADLINE_EXCEEDED, key not found, ...), which a retry might fix.
+OUT_OF_RANGE / FAILED_PRECONDITION answers (the request as it stands was refused: retrying
+it unchanged will not help until the user acts, e.g. waits for a learner or promotes it);
+1 every other failure (UNAVAILABLE, DEADLINE_EXCEEDED, key not found, ...), which a retry
+might fix.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ EXIT_INTERRUPTED = 130
 
 DEFAULT_ENDPOINTS = "127.0.0.1:17000"
 
-_USAGE_CODES = frozenset({StatusCode.INVALID_ARGUMENT, StatusCode.OUT_OF_RANGE})
+_USAGE_CODES = frozenset(
+    {StatusCode.INVALID_ARGUMENT, StatusCode.OUT_OF_RANGE, StatusCode.FAILED_PRECONDITION}
+)
 
 READ_MODES: dict[str, kv_pb2.ReadMode] = {
     "linearizable": kv_pb2.READ_MODE_LINEARIZABLE,

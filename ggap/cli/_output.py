@@ -216,7 +216,8 @@ def status_row(endpoint: str, st: kv_pb2.StatusResponse, lag: int) -> list[str]:
 
 def format_status(results: Sequence[StatusResult]) -> str:
     """One row per endpoint in the order given; an endpoint that did not answer gets a row
-    with "-" cells and its error in an ERROR column (present only when something failed)."""
+    with "-" cells and its error in an ERROR column (present only when something failed).
+    When a leader answered, its view of every member's progress follows (`format_progress`)."""
     lags = status_lags(results)
     failed = any(isinstance(st, str) for _, st in results)
     headers = (*STATUS_HEADERS, "ERROR") if failed else STATUS_HEADERS
@@ -227,7 +228,55 @@ def format_status(results: Sequence[StatusResult]) -> str:
         else:
             assert lag is not None
             rows.append([*status_row(endpoint, st, lag), *([""] if failed else [])])
-    return render_table(headers, rows)
+    table = render_table(headers, rows)
+    leaders = [st for _, st in results if not isinstance(st, str) and st.progress]
+    if leaders:
+        table += "\n\n" + format_progress(leaders[0])
+    return table
+
+
+PROGRESS_HEADERS = ("MEMBER", "ROLE", "MATCH", "APPLIED", "BEHIND", "ACTIVE", "AUTO_PROMOTE")
+
+
+def format_progress(st: kv_pb2.StatusResponse) -> str:
+    """The leader's view of each member (StatusResponse.progress): BEHIND is how many
+    entries of the leader's commit index the member lacks, the figure MemberPromote
+    compares with server.promote_max_lag_entries."""
+    rows = [
+        [
+            str(p.id),
+            "learner" if p.learner else ("leader" if p.id == st.member_id else "voter"),
+            str(p.match_index),
+            str(p.applied_index),
+            str(0 if p.id == st.member_id else max(st.commit_index - p.match_index, 0)),
+            "yes" if p.recent_active or p.id == st.member_id else "no",
+            "yes" if p.auto_promote else "-",
+        ]
+        for p in st.progress
+    ]
+    title = f"progress as leader {st.member_id} sees it (commit index {st.commit_index}):"
+    return title + "\n" + render_table(PROGRESS_HEADERS, rows)
+
+
+MEMBER_HEADERS = ("ID", "ROLE", "CLIENT_ADDR", "CLUSTER_ADDR")
+
+
+def format_members(members: Sequence[kv_pb2.Member], leader_id: int) -> str:
+    """One row per member; ROLE is leader (as the answering node knows it), voter or learner.
+    An address a node has not told the cluster yet shows as "-"."""
+    rows = [
+        [
+            str(m.id),
+            "learner" if m.learner else ("leader" if m.id == leader_id else "voter"),
+            m.client_addr or "-",
+            m.cluster_addr or "-",
+        ]
+        for m in members
+    ]
+    voters = sum(1 for m in members if not m.learner)
+    learners = len(members) - voters
+    summary = f"{voters} voter{'s' if voters != 1 else ''}, {learners} learner{'s' if learners != 1 else ''}"
+    return render_table(MEMBER_HEADERS, rows) + "\n" + summary
 
 
 def status_json_lines(results: Sequence[StatusResult]) -> list[str]:

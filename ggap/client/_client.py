@@ -210,8 +210,15 @@ class Client:
         """grpc.health.v1 Check; "" is the whole server (SERVING = it knows a leader)."""
         return await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout_s)
 
-    async def member_list(self, *, timeout_s: float | None = None) -> kv_pb2.MemberListResponse:
-        return await self._call(self._cluster.MemberList, kv_pb2.MemberListRequest(), timeout_s)
+    async def member_list(
+        self,
+        request: kv_pb2.MemberListRequest | None = None,
+        *,
+        timeout_s: float | None = None,
+        **fields: Any,
+    ) -> kv_pb2.MemberListResponse:
+        req = self._request(kv_pb2.MemberListRequest, request, fields)
+        return await self._call(self._cluster.MemberList, req, timeout_s)
 
     async def member_add(
         self, request: kv_pb2.MemberAddRequest | None = None, *, timeout_s: float | None = None, **fields: Any

@@ -29,6 +29,8 @@ from ggap.codec.confchange import (
     CONF_CHANGE_REMOVE,
     conf_change_from_value,
     conf_change_to_value,
+    member_context_from_value,
+    member_context_to_value,
 )
 from ggap.types.commands import Command
 from ggap.types.errors import CodecError
@@ -81,6 +83,16 @@ def decode_conf_change(data: bytes) -> tuple[int, int, bytes]:
     return conf_change_from_value(unpack(data))
 
 
+def encode_member_context(client_addr: str, cluster_addr: str) -> bytes:
+    """The context of an ADD_LEARNER change: the new member's addresses."""
+    return pack(member_context_to_value(client_addr, cluster_addr))
+
+
+def decode_member_context(data: bytes) -> tuple[str, str]:
+    """(client_addr, cluster_addr); CodecError for anything encode_member_context did not make."""
+    return member_context_from_value(unpack(data))
+
+
 def encode_command_entry(index: int, term: int, cmd: Command) -> bytes:
     """A framed ENTRY_KIND_COMMAND log entry carrying `cmd`."""
     return encode_entry(index, term, ENTRY_KIND_COMMAND, encode_command(cmd))
@@ -113,10 +125,12 @@ __all__ = [
     "decode_command_entry",
     "decode_conf_change",
     "decode_entry",
+    "decode_member_context",
     "encode_command",
     "encode_command_entry",
     "encode_conf_change",
     "encode_entry",
+    "encode_member_context",
     "pack",
     "unpack",
     "version_at",

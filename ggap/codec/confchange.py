@@ -62,3 +62,25 @@ def conf_change_from_value(value: object) -> tuple[int, int, bytes]:
     if type(version) is not int or version != CONF_CHANGE_FORMAT_VERSION:
         raise CodecError(f"unknown conf change format version {version!r}")
     return _check(t, n, ctx)
+
+
+MEMBER_CONTEXT_VERSION = 1
+
+
+def member_context_to_value(client_addr: str, cluster_addr: str) -> tuple[object, ...]:
+    """The driver's context of a membership change: where to reach the member."""
+    for what, v in (("client address", client_addr), ("cluster address", cluster_addr)):
+        if type(v) is not str:
+            raise CodecError(f"member {what} must be str, got {type(v).__name__}")
+    return (MEMBER_CONTEXT_VERSION, client_addr, cluster_addr)
+
+
+def member_context_from_value(value: object) -> tuple[str, str]:
+    if not isinstance(value, tuple) or len(value) != 3:
+        raise CodecError("member context must be a 3-field sequence")
+    version, client_addr, cluster_addr = value
+    if type(version) is not int or version != MEMBER_CONTEXT_VERSION:
+        raise CodecError(f"unknown member context version {version!r}")
+    if type(client_addr) is not str or type(cluster_addr) is not str:
+        raise CodecError("member addresses must be str")
+    return client_addr, cluster_addr

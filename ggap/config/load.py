@@ -17,7 +17,7 @@ import attrs
 import cattrs
 
 from ggap.config.model import Config
-from ggap.config.peers import parse_peers
+from ggap.config.peers import addr_problem, parse_peers
 
 ENV_PREFIX = "GINNUNGAGAP_"
 
@@ -31,6 +31,7 @@ _ZERO_ALLOWED = frozenset(
         "storage.busy_timeout_ms",
         "server.shutdown_grace_ms",
         "server.answer_margin_ms",
+        "server.promote_max_lag_entries",
         "mvcc.auto_compact_revisions",
         "mvcc.auto_compact_interval_ms",
         "storage.quota_bytes",
@@ -210,21 +211,6 @@ def _apply_overrides(layers: _Layers, overrides: Mapping[str, object]) -> None:
             layers.set(section, key, value, source, from_text=True)
 
 
-def _check_address(value: str) -> str | None:
-    """Why `value` is not host:port (IPv6 as [addr]:port), or None when it is."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host:
-        return f"expected host:port, got {value!r}"
-    if host.startswith("["):
-        if not host.endswith("]") or len(host) < 3:
-            return f"expected host:port, got {value!r}"
-    elif ":" in host:
-        return f"IPv6 hosts need brackets ([addr]:port), got {value!r}"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        return f"port must be 0..65535, got {value!r}"
-    return None
-
-
 def _check_peers(value: object, layers: _Layers) -> str | None:
     if not isinstance(value, str):
         return None
@@ -264,7 +250,7 @@ def _validate(layers: _Layers) -> None:
                 elif dotted in _MAXIMUM and value > _MAXIMUM[dotted]:
                     problem = f"must be <= {_MAXIMUM[dotted]}, got {value}"
             elif key.endswith("_addr") and isinstance(value, str):
-                problem = _check_address(value)
+                problem = addr_problem(value)
             elif dotted in _UPPER:
                 if value not in _SYNCHRONOUS:
                     problem = f"must be one of {', '.join(_SYNCHRONOUS)}, got {value!r}"
@@ -276,12 +262,25 @@ def _validate(layers: _Layers) -> None:
                     problem = f"must be one of {', '.join(_LOG_LEVELS)}, got {value!r}"
             elif dotted == "raft.peers":
                 problem = _check_peers(value, layers)
+            elif dotted == "node.join":
+                problem = _check_join(value)
             elif tp is str and not value.strip():
                 problem = "must not be empty"
             if problem is not None:
                 failed.add(dotted)
                 layers.errors.append(f"{dotted}: {problem} (from {layers.source_of(dotted)})")
     _check_relations(layers, failed)
+
+
+def _check_join(value: str) -> str | None:
+    """ "" (not joining) or comma-separated host:port client endpoints."""
+    if not value.strip():
+        return None
+    for part in value.split(","):
+        problem = addr_problem(part.strip())
+        if problem is not None:
+            return problem
+    return None
 
 
 def _check_relations(layers: _Layers, failed: set[str]) -> None:

@@ -12,6 +12,11 @@ class NodeConfig:
     client_addr: str = "127.0.0.1:17000"
     cluster_addr: str = "127.0.0.1:17001"
     data_dir: str = "./data"
+    # Members to ask (host:port of client ports, comma-separated) when this node joins a
+    # running cluster with an empty data dir; "" = bootstrap or restart from the data dir.
+    join: str = ""
+    # After joining as a learner, ask for promotion to voter once caught up.
+    auto_promote: bool = False
 
 
 @attrs.frozen(slots=True)
@@ -114,6 +119,13 @@ class ServerConfig:
     # A Snapshot stream whose client has not taken a message for this long counts as
     # stalled: the next Snapshot request that finds no free slot takes its slot and copy.
     snapshot_stall_timeout_ms: int = 30_000
+    # How long `ggap node --join` keeps trying to be added and to fetch its snapshot.
+    join_timeout_ms: int = 120_000
+    # MemberPromote (and auto-promotion) refuses a learner whose match index trails the
+    # leader's commit index by more than this many entries (0: it must have all of it).
+    promote_max_lag_entries: int = 1000
+    # How often a leader checks the learners it was asked to promote once caught up.
+    auto_promote_interval_ms: int = 500
 
 
 @attrs.frozen(slots=True)

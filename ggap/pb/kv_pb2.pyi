@@ -317,7 +317,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("member_id", "leader_id", "raft_term", "role", "commit_index", "applied_index", "revision", "compact_revision", "db_size_bytes", "version", "db_size_in_use_bytes")
+    __slots__ = ("member_id", "leader_id", "raft_term", "role", "commit_index", "applied_index", "revision", "compact_revision", "db_size_bytes", "version", "db_size_in_use_bytes", "progress")
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     RAFT_TERM_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +329,7 @@ class StatusResponse(_message.Message):
     DB_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DB_SIZE_IN_USE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     member_id: int
     leader_id: int
     raft_term: int
@@ -340,7 +341,24 @@ class StatusResponse(_message.Message):
     db_size_bytes: int
     version: str
     db_size_in_use_bytes: int
-    def __init__(self, member_id: _Optional[int] = ..., leader_id: _Optional[int] = ..., raft_term: _Optional[int] = ..., role: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., revision: _Optional[int] = ..., compact_revision: _Optional[int] = ..., db_size_bytes: _Optional[int] = ..., version: _Optional[str] = ..., db_size_in_use_bytes: _Optional[int] = ...) -> None: ...
+    progress: _containers.RepeatedCompositeFieldContainer[MemberStatus]
+    def __init__(self, member_id: _Optional[int] = ..., leader_id: _Optional[int] = ..., raft_term: _Optional[int] = ..., role: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., revision: _Optional[int] = ..., compact_revision: _Optional[int] = ..., db_size_bytes: _Optional[int] = ..., version: _Optional[str] = ..., db_size_in_use_bytes: _Optional[int] = ..., progress: _Optional[_Iterable[_Union[MemberStatus, _Mapping]]] = ...) -> None: ...
+
+class MemberStatus(_message.Message):
+    __slots__ = ("id", "learner", "match_index", "applied_index", "recent_active", "auto_promote")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_FIELD_NUMBER: _ClassVar[int]
+    MATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    RECENT_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    AUTO_PROMOTE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    learner: bool
+    match_index: int
+    applied_index: int
+    recent_active: bool
+    auto_promote: bool
+    def __init__(self, id: _Optional[int] = ..., learner: _Optional[bool] = ..., match_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., recent_active: _Optional[bool] = ..., auto_promote: _Optional[bool] = ...) -> None: ...
 
 class Member(_message.Message):
     __slots__ = ("id", "client_addr", "cluster_addr", "learner")
@@ -355,8 +373,10 @@ class Member(_message.Message):
     def __init__(self, id: _Optional[int] = ..., client_addr: _Optional[str] = ..., cluster_addr: _Optional[str] = ..., learner: _Optional[bool] = ...) -> None: ...
 
 class MemberListRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("read_mode",)
+    READ_MODE_FIELD_NUMBER: _ClassVar[int]
+    read_mode: ReadMode
+    def __init__(self, read_mode: _Optional[_Union[ReadMode, str]] = ...) -> None: ...
 
 class MemberListResponse(_message.Message):
     __slots__ = ("header", "members")
@@ -379,12 +399,14 @@ class MemberAddRequest(_message.Message):
     def __init__(self, id: _Optional[int] = ..., client_addr: _Optional[str] = ..., cluster_addr: _Optional[str] = ..., learner: _Optional[bool] = ...) -> None: ...
 
 class MemberAddResponse(_message.Message):
-    __slots__ = ("header", "members")
+    __slots__ = ("header", "members", "auto_promote")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_PROMOTE_FIELD_NUMBER: _ClassVar[int]
     header: ResponseHeader
     members: _containers.RepeatedCompositeFieldContainer[Member]
-    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...
+    auto_promote: bool
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., auto_promote: _Optional[bool] = ...) -> None: ...
 
 class MemberPromoteRequest(_message.Message):
     __slots__ = ("id",)
@@ -401,10 +423,12 @@ class MemberPromoteResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...
 
 class MemberRemoveRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "force")
     ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     id: int
-    def __init__(self, id: _Optional[int] = ...) -> None: ...
+    force: bool
+    def __init__(self, id: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class MemberRemoveResponse(_message.Message):
     __slots__ = ("header", "members")
@@ -431,18 +455,20 @@ class SnapshotRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SnapshotInfo(_message.Message):
-    __slots__ = ("applied_index", "applied_term", "revision", "compact_revision", "size_bytes")
+    __slots__ = ("applied_index", "applied_term", "revision", "compact_revision", "size_bytes", "cluster_id")
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
     APPLIED_TERM_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     COMPACT_REVISION_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     applied_index: int
     applied_term: int
     revision: int
     compact_revision: int
     size_bytes: int
-    def __init__(self, applied_index: _Optional[int] = ..., applied_term: _Optional[int] = ..., revision: _Optional[int] = ..., compact_revision: _Optional[int] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, applied_index: _Optional[int] = ..., applied_term: _Optional[int] = ..., revision: _Optional[int] = ..., compact_revision: _Optional[int] = ..., size_bytes: _Optional[int] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class SnapshotResponse(_message.Message):
     __slots__ = ("header", "info", "remaining_bytes", "blob", "sha256")

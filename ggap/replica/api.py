@@ -7,7 +7,7 @@ from typing import Protocol, TypeVar
 
 import attrs
 
-from ggap.types import ApplyResult, Command, Event
+from ggap.types import ApplyResult, Command, Event, MemberChange, MemberProgress, Membership
 
 T = TypeVar("T")
 
@@ -68,4 +68,25 @@ class Consensus(Protocol):
 
     def subscribe(self, callback: Callable[[AppliedBatch], None]) -> None:
         """`callback` runs on the trio thread after each applied batch, before waiters wake."""
+        ...
+
+    def membership(self) -> Membership:
+        """The membership as of this node's applied index (the same answer on every node
+        that applied as far)."""
+        ...
+
+    async def change_membership(self, change: MemberChange) -> Membership:
+        """Propose one membership change on the leader (NotLeader elsewhere: the server
+        forwards); returns the membership once the change is applied here. Refusals
+        (another change in progress, an invalid change) raise FailedPrecondition. The
+        server checks what the core cannot (a learner caught up, a live quorum left)."""
+        ...
+
+    def member_progress(self) -> dict[int, MemberProgress]:
+        """Per member, as this node sees it (match/active are meaningful on the leader)."""
+        ...
+
+    async def transfer_leader(self, target: int) -> None:
+        """Leader only: hand leadership to voter `target`; returns once it leads, raises
+        Unavailable if that did not happen within an election timeout."""
         ...

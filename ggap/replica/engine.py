@@ -28,15 +28,17 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import attrs
 
 from ggap.consensus.raft import (
+    ConfChangeRefused,
     CoreConfig,
     DurableStorage,
     Entry,
+    EntryKind,
     Message,
     MessageType,
     ProgressState,
@@ -45,9 +47,20 @@ from ggap.consensus.raft import (
     Ready,
     Role,
     SnapshotMeta,
+    decode_conf_change,
 )
 from ggap.replica.api import AppliedBatch
-from ggap.types import Event, GgapError, Internal, NotLeader, Unavailable
+from ggap.replica.membership import conf_state, next_membership, to_conf_change
+from ggap.types import (
+    Event,
+    FailedPrecondition,
+    GgapError,
+    Internal,
+    MemberChange,
+    Membership,
+    NotLeader,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +81,21 @@ class ApplyOutput:
     events: Sequence[Event] = ()  # published to subscribers (watchers) in order
 
 
+#: What the engine decided for each CONF_CHANGE entry of an apply batch, by index: the
+#: membership it makes, or why it changes nothing.
+MembershipChanges = Mapping[int, Membership | FailedPrecondition]
+
+
+@attrs.frozen(slots=True)
+class TakenSnapshot:
+    index: int  # the log index the snapshot holds
+    membership: Membership  # as of that index
+
+
 class StateMachine(Protocol):
     """The replicated state. `apply` must be idempotent for indexes at or below
-    `applied_index` (a restarted node may be handed them again)."""
+    `applied_index` (a restarted node may be handed them again). Membership is part of
+    it: recorded atomically with the applied index, carried by snapshots."""
 
     @property
     def applied_index(self) -> int: ...
@@ -78,11 +103,19 @@ class StateMachine(Protocol):
     @property
     def revision(self) -> int: ...
 
-    def apply(self, entries: Sequence[Entry]) -> ApplyOutput: ...
+    @property
+    def membership(self) -> Membership:
+        """As of applied_index (the bootstrap members while no change was applied)."""
+        ...
 
-    def take_snapshot(self) -> int:
-        """Record a consistent snapshot of the state (durably) and return the log index it
-        holds. May run beside `apply` (the trio node runs it on its own thread)."""
+    def apply(self, entries: Sequence[Entry], changes: MembershipChanges) -> ApplyOutput:
+        """Apply committed entries; a CONF_CHANGE entry's outcome is `changes[index]`
+        (a Membership is recorded, an error changes nothing)."""
+        ...
+
+    def take_snapshot(self) -> TakenSnapshot:
+        """Record a consistent snapshot of the state (durably). May run beside `apply`
+        (the trio node runs it on its own thread)."""
         ...
 
     def restore(self, meta: SnapshotMeta) -> None:
@@ -102,6 +135,10 @@ class Transport(Protocol):
 
     def unreachable(self) -> Iterable[int]:
         """Peers whose connection is known broken right now."""
+        ...
+
+    def set_members(self, membership: Membership) -> None:
+        """The members changed (an applied change, an installed snapshot): reach these."""
         ...
 
 
@@ -159,11 +196,16 @@ class ReplicaEngine:
         self.retention = retention or Retention()
         self._log = logger or log
         self._report_context = report_context
-        self.voters = tuple(sorted(config.voters))
-        self.learners = tuple(sorted(config.learners))
         self._recover(storage, state_machine)
+        # The configuration as of the state machine's applied index, whatever `config`
+        # says (its voters are the bootstrap ones): the core must start from the one the
+        # state it will apply on top of holds.
+        self.membership = state_machine.membership
+        self.voters, self.learners = self.membership.voters, self.membership.learners
+        config = attrs.evolve(config, voters=self.voters, learners=self.learners)
         applied = min(state_machine.applied_index, storage.last_index())
         self.node = RawNode(config, storage, rng, self._log, applied=applied)
+        self.removed = False  # applied its own removal: it only answers, never leads
         hs, _snap = storage.initial_state()
         self.term = hs.term
         self.commit = max(hs.commit, applied)
@@ -178,6 +220,7 @@ class ReplicaEngine:
         self._reads_without_leader: set[bytes] = set()
         self._subscribers: list[Callable[[AppliedBatch], None]] = []
         self._peer_applied_listeners: list[Callable[[], None]] = []
+        self._membership_listeners: list[Callable[[Membership], None]] = []
         self._snapshotting = False
         self.closed = False
 
@@ -242,6 +285,34 @@ class ReplicaEngine:
         proposal = Proposal(data=data, done=done, index=before + 1, term=node.term)
         self._proposals[proposal.index] = proposal
         self._proposed(proposal)
+
+    def propose_membership(self, change: MemberChange, done: ProposalCallback) -> None:
+        """Like `propose`, for a membership change; `done` gets the resulting Membership.
+        The core's refusals (one change at a time, an invalid change) are
+        FailedPrecondition."""
+        node = self.node
+        if self.closed:
+            done(0, None, Unavailable("node is shutting down"))
+            return
+        if node.role is not Role.LEADER:
+            done(0, None, NotLeader("this node is not the leader", leader_id=node.leader or None))
+            return
+        cc = to_conf_change(change)
+        try:
+            index = node.propose_conf_change(cc)
+        except ProposalDropped as exc:
+            done(0, None, NotLeader(f"proposal dropped: {exc}", leader_id=node.leader or None))
+            return
+        except ConfChangeRefused as exc:
+            done(0, None, FailedPrecondition(f"membership change refused: {exc.reason}"))
+            return
+        proposal = Proposal(data=b"", done=done, index=index, term=node.term)
+        self._proposals[index] = proposal
+        self._proposed(proposal)
+
+    def on_membership(self, listener: Callable[[Membership], None]) -> None:
+        """`listener` runs on each change of the applied membership."""
+        self._membership_listeners.append(listener)
 
     def read_index(self, context: bytes, done: ReadCallback) -> None:
         """Ask for a linearizable read index; `done(index, None)` once a quorum confirmed
@@ -337,7 +408,22 @@ class ReplicaEngine:
             sm.restore(rd.snapshot)
         if not rd.committed:
             return ApplyOutput(outcomes=(), revision=sm.revision)
-        return sm.apply(rd.committed)
+        return sm.apply(rd.committed, self._membership_changes(rd.committed))
+
+    def _membership_changes(self, committed: Sequence[Entry]) -> dict[int, Membership | FailedPrecondition]:
+        """Decide each CONF_CHANGE entry from the state machine's membership, in log order
+        (the core decides alike when `finish` hands it the same changes)."""
+        sm = self.state_machine
+        current = sm.membership
+        changes: dict[int, Membership | FailedPrecondition] = {}
+        for e in committed:
+            if e.kind is not EntryKind.CONF_CHANGE or e.index <= sm.applied_index:
+                continue
+            decided = next_membership(current, decode_conf_change(e.data), e.index)
+            changes[e.index] = decided
+            if isinstance(decided, Membership):
+                current = decided
+        return changes
 
     def durable(self, work: Work) -> ApplyOutput:
         """Steps 2-3 in one go: what the trio node runs on its writer thread."""
@@ -355,6 +441,7 @@ class ReplicaEngine:
             self.applied = max(self.applied, self.state_machine.applied_index)
             self.revision = self.state_machine.revision
             self._fail_unknown(rd.snapshot.index)
+            self._membership_applied()
             jump = AppliedBatch(
                 applied_index=self.applied, revision=self.revision, events=(), snapshot_installed=True
             )
@@ -388,14 +475,17 @@ class ReplicaEngine:
     def snapshot_finished(self) -> None:
         self._snapshotting = False
 
-    def record_snapshot(self, index: int) -> int | None:
-        """A state-machine snapshot at `index` exists: make it the storage's snapshot, then
+    def record_snapshot(self, taken: TakenSnapshot) -> int | None:
+        """A state-machine snapshot exists: make it the storage's snapshot (with the
+        configuration as of its index, which a follower installing it adopts), then
         compact the log behind it. Returns the index compacted through, if any. Runs where
         storage writes run (the trio node's writer thread), never beside the core."""
         storage = self.storage
+        index = taken.index
         if index > storage.snapshot().index:
             term = storage.term(index)
-            meta = SnapshotMeta(index=index, term=term, voters=self.voters, learners=self.learners)
+            m = taken.membership
+            meta = SnapshotMeta(index=index, term=term, voters=m.voters, learners=m.learners)
             storage.set_snapshot(meta)
         upto = self._compaction_point(storage.snapshot().index)
         if upto is None:
@@ -456,6 +546,14 @@ class ReplicaEngine:
         self.commit = max(self.commit, last)
         self.applied = max(self.applied, last)
         self.revision = output.revision
+        changed = False
+        for entry, outcome in zip(committed, outcomes, strict=True):
+            if entry.kind is EntryKind.CONF_CHANGE and isinstance(outcome, Membership):
+                # The state machine recorded it; now the core (before `advance`, in log order).
+                self.node.apply_conf_change(decode_conf_change(entry.data))
+                changed = True
+        if changed:
+            self._membership_applied()
         batch = AppliedBatch(applied_index=last, revision=output.revision, events=list(output.events))
         for callback in self._subscribers:
             callback(batch)
@@ -464,6 +562,30 @@ class ReplicaEngine:
             if proposal is not None:
                 self._answer(proposal, entry, outcome)
         self._fail_overwritten(last)
+
+    def _membership_applied(self) -> None:
+        """The state machine's membership moved (applied changes, an installed snapshot):
+        follow it, and check the core agrees (a divergence is a bug: stop loudly)."""
+        m = self.state_machine.membership
+        core = self.node.conf_state
+        if core != conf_state(m):
+            raise Internal(
+                f"node {self.id}: core configuration {core} differs from the applied membership {m}"
+            )
+        if m == self.membership:
+            return
+        was_member = self.id in self.membership.ids
+        self.membership = m
+        self.voters, self.learners = m.voters, m.learners
+        self.transport.set_members(m)
+        self._log.info(
+            "node %d: membership at index %d: voters %s, learners %s", self.id, m.index, m.voters, m.learners
+        )
+        if was_member and self.id not in m.ids and not self.removed:
+            self.removed = True
+            self._log.warning("node %d was removed from the cluster at index %d", self.id, m.index)
+        for listener in self._membership_listeners:
+            listener(m)
 
     def _answer(self, proposal: Proposal, entry: Entry, outcome: Outcome) -> None:
         i = proposal.index
@@ -525,6 +647,7 @@ class ReplicaEngine:
 
 __all__ = [
     "ApplyOutput",
+    "MembershipChanges",
     "Outcome",
     "Proposal",
     "ProposalCallback",
@@ -532,6 +655,7 @@ __all__ = [
     "ReplicaEngine",
     "Retention",
     "StateMachine",
+    "TakenSnapshot",
     "Transport",
     "Work",
 ]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from ggap import codec
 from ggap.consensus.raft import Entry, EntryKind, SnapshotMeta
-from ggap.replica.engine import ApplyOutput, Outcome
+from ggap.replica.engine import ApplyOutput, MembershipChanges, Outcome, TakenSnapshot
 from ggap.storage import KvStore
 from ggap.storage.snapshot import SnapshotFile, describe, latest_snapshot, prune_snapshots, take_snapshot
-from ggap.types import Command, Event, GgapError, Internal, Noop
+from ggap.types import Command, Event, GgapError, Internal, Membership, Noop
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +24,26 @@ def _index_of(path: Path) -> int:
         return 0
 
 
-def entry_command(entry: Entry) -> Command:
+def entry_command(entry: Entry, changes: MembershipChanges) -> Command | Membership:
     if entry.kind is EntryKind.NORMAL:
         return codec.decode_command(entry.data)
-    return Noop()  # NOOP entries (and, until membership changes exist, conf changes)
+    if entry.kind is EntryKind.CONF_CHANGE:
+        decided = changes.get(entry.index)
+        if isinstance(decided, Membership):
+            return decided
+    return Noop()  # NOOP entries, refused (or replayed) membership changes
 
 
 class KvStateMachine:
     """apply/restore run on the writer thread; take_snapshot on a thread of its
     own (a read transaction, so writes go on meanwhile)."""
 
-    def __init__(self, kv: KvStore, snapshot_dir: Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, kv: KvStore, snapshot_dir: Path, *, bootstrap: Membership, busy_timeout_ms: int = 5000
+    ) -> None:
+        """`bootstrap`: the members before any change was applied (the initial --peers)."""
         self._kv = kv
+        self._bootstrap = bootstrap
         self._dir = snapshot_dir
         self._busy_timeout_ms = busy_timeout_ms
         self.latest: SnapshotFile | None = None
@@ -76,13 +84,19 @@ class KvStateMachine:
     def revision(self) -> int:
         return self._kv.revision
 
-    def apply(self, entries: Sequence[Entry]) -> ApplyOutput:
-        applied = self._kv.apply([(e.index, entry_command(e)) for e in entries])
+    @property
+    def membership(self) -> Membership:
+        return self._kv.membership or self._bootstrap
+
+    def apply(self, entries: Sequence[Entry], changes: MembershipChanges) -> ApplyOutput:
+        applied = self._kv.apply([(e.index, entry_command(e, changes)) for e in entries])
         outcomes: list[Outcome] = []
         events: list[Event] = []
-        for item in applied:
+        for entry, item in zip(entries, applied, strict=True):
             if item is None:
                 outcomes.append(None)
+            elif entry.kind is EntryKind.CONF_CHANGE and entry.index in changes:
+                outcomes.append(changes[entry.index])  # the membership made, or why not
             elif isinstance(item.result, GgapError):
                 outcomes.append(item.result)
             else:
@@ -90,13 +104,13 @@ class KvStateMachine:
                 events.extend(item.events)
         return ApplyOutput(outcomes=outcomes, revision=self._kv.revision, events=events)
 
-    def take_snapshot(self) -> int:
+    def take_snapshot(self) -> TakenSnapshot:
         """The file is kept beside the previous one until the log records it (`settle`):
         until then the log's snapshot is the previous one, which followers may be sent."""
         snap = take_snapshot(self._kv.path, self._dir, busy_timeout_ms=self._busy_timeout_ms)
         self._taken = snap
         log.info("snapshot at index %d (revision %d, %d bytes)", snap.index, snap.revision, snap.size)
-        return snap.index
+        return TakenSnapshot(index=snap.index, membership=snap.membership or self._bootstrap)
 
     def settle(self, recorded: int) -> None:
         """The log's snapshot is at `recorded`: that file is the one to send; others go."""

@@ -6,8 +6,10 @@ reports); each loop turn steps everything queued, then takes every Ready and han
 durable part of it (save, fsync, apply) to ONE dedicated writer thread in one hop:
 everything that arrived during one loop turn shares that fsync (group commit).
 
-The node is handed its transport (the peer transport for a group of several voters, none
-for a group of one) and its mailbox, which the transport posts received messages into.
+The node is handed its transport (the peer transport; none only for a group of one that
+was started without one, which then cannot grow) and its mailbox, which the transport posts
+received messages into. Membership changes go through the engine like writes; the
+transport follows the applied membership.
 """
 
 from __future__ import annotations
@@ -24,16 +26,25 @@ import trio
 
 from ggap import codec
 from ggap.config.model import RaftConfig as RaftKnobs
-from ggap.consensus.raft import CoreConfig, DurableStorage, Message, Role
+from ggap.consensus.raft import CoreConfig, DurableStorage, Message, ProposalDropped, Role
 from ggap.replica.api import AppliedBatch, RoleInfo
-from ggap.replica.engine import ApplyOutput, ReplicaEngine, Retention
+from ggap.replica.engine import ApplyOutput, ReplicaEngine, Retention, TakenSnapshot
 from ggap.replica.kv_machine import KvStateMachine
 from ggap.replica.progress import AppliedProgress
 from ggap.replica.transfer import SnapshotTransferError, receive_snapshot, send_snapshot
 from ggap.storage import KvStore
 from ggap.transport import PeerTransport
 from ggap.transport.peer import SnapshotStream
-from ggap.types import ApplyResult, Command, NotLeader, Unavailable
+from ggap.types import (
+    ApplyResult,
+    Command,
+    FailedPrecondition,
+    MemberChange,
+    MemberProgress,
+    Membership,
+    NotLeader,
+    Unavailable,
+)
 from ggap.types.errors import CodecError
 
 log = logging.getLogger(__name__)
@@ -56,7 +67,7 @@ class _Messages:
 
 @attrs.define(eq=False, slots=True)
 class _Proposal:
-    command: Command
+    command: Command | MemberChange
     done: trio.Event = attrs.field(factory=trio.Event)
     index: int = 0
     result: object = None
@@ -89,10 +100,17 @@ class _SnapshotReport:
 
 @attrs.frozen(slots=True)
 class _SnapshotTaken:
-    index: int  # 0: taking it failed
+    taken: TakenSnapshot | None  # None: taking it failed
 
 
-_Event = _Tick | _Messages | _Proposal | _Read | _SnapshotReport | _SnapshotTaken
+@attrs.define(eq=False, slots=True)
+class _Transfer:
+    target: int
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: BaseException | None = None
+
+
+_Event = _Tick | _Messages | _Proposal | _Read | _SnapshotReport | _SnapshotTaken | _Transfer
 _TICK = _Tick()
 _TRANSFER_ERRORS = (
     SnapshotTransferError,
@@ -132,7 +150,7 @@ class Mailbox:
         """For events that must not be lost: waits for room."""
         await self._send.send(event)
 
-    def post_request(self, event: _Proposal | _Read) -> None:
+    def post_request(self, event: _Proposal | _Read | _Transfer) -> None:
         try:
             self._send.send_nowait(event)
         except trio.WouldBlock:
@@ -169,6 +187,23 @@ class _EngineTransport:
         if self._peers is None:
             return ()
         return [pid for pid, st in self._peers.statistics().peers.items() if not st.connected]
+
+    def set_members(self, membership: Membership) -> None:
+        if self._peers is None:
+            if len(membership.members) > 1:
+                log.error(
+                    "membership now has %d members but this node runs no peer transport",
+                    len(membership.members),
+                )
+            return
+        self._peers.update_peers(
+            {m.id: _address(m.cluster_addr) for m in membership.members if m.cluster_addr}
+        )
+
+
+def _address(host_port: str) -> tuple[str, int]:
+    host, _, port = host_port.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 @attrs.frozen
@@ -269,7 +304,7 @@ class RaftReplica:
 
     # -- the Consensus protocol ------------------------------------------------------------
 
-    async def _propose(self, command: Command) -> _Proposal:
+    async def _propose(self, command: Command | MemberChange) -> _Proposal:
         if self._closed:
             raise Unavailable("node is shutting down")
         engine = self._engine
@@ -302,7 +337,8 @@ class RaftReplica:
         )
 
     def _others(self) -> list[int]:
-        return [p for p in self._spec.peers if p != self._spec.node_id]
+        """The other voters (learners never count, not even for WRITE_QUORUM_ALL)."""
+        return [p for p in self._engine.voters if p != self._spec.node_id]
 
     def _all_applied(self, index: int) -> bool:
         applied = self._engine.peer_applied
@@ -350,6 +386,84 @@ class RaftReplica:
     def subscribe(self, callback: Callable[[AppliedBatch], None]) -> None:
         self._engine.subscribe(callback)
 
+    def membership(self) -> Membership:
+        return self._engine.membership
+
+    async def change_membership(self, change: MemberChange) -> Membership:
+        result = (await self._propose(change)).result
+        assert isinstance(result, Membership)
+        return result
+
+    def member_progress(self) -> dict[int, MemberProgress]:
+        e = self._engine
+        progress = e.node.status().progress if e.role is Role.LEADER else {}
+        # The core's recent_active is reset at every CheckQuorum round (it reads False for
+        # everyone just after one); a live peer connection says "reachable" steadily.
+        connected = (
+            {pid for pid, st in self._peers.statistics().peers.items() if st.connected}
+            if self._peers is not None
+            else set()
+        )
+        out: dict[int, MemberProgress] = {}
+        for m in e.membership.members:
+            pr = progress.get(m.id)
+            own = m.id == self._spec.node_id
+            out[m.id] = MemberProgress(
+                id=m.id,
+                learner=m.learner,
+                match_index=pr.match if pr is not None else 0,
+                applied_index=self._progress.applied if own else e.peer_applied.get(m.id, 0),
+                recent_active=own or (pr is not None and (pr.recent_active or m.id in connected)),
+            )
+        return out
+
+    def handoff_target(self) -> int | None:
+        """The voter to hand leadership to before stopping: the most caught-up active one
+        (lowest id on ties); None if this node does not lead or no other voter is active."""
+        if self._engine.role is not Role.LEADER:
+            return None
+        me = self._spec.node_id
+        candidates = [
+            p for p in self.member_progress().values() if p.id != me and not p.learner and p.recent_active
+        ]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda p: (-p.match_index, p.id)).id
+
+    async def hand_off_leadership(self) -> None:
+        """Graceful shutdown: transfer leadership first, so the cluster does not wait an
+        election timeout for a new leader. Best effort: failures are logged."""
+        target = self.handoff_target()
+        if target is None:
+            return
+        log.info("handing leadership to node %d before stopping", target)
+        try:
+            await self.transfer_leader(target)
+        except (NotLeader, FailedPrecondition, Unavailable) as exc:
+            log.warning("leadership hand-off to node %d failed: %s", target, exc)
+
+    async def transfer_leader(self, target: int) -> None:
+        if self._closed:
+            raise Unavailable("node is shutting down")
+        engine = self._engine
+        if engine.leader == target and engine.role is not Role.LEADER:
+            return
+        if engine.role is not Role.LEADER:
+            raise NotLeader("this node is not the leader", leader_id=engine.leader or None)
+        if target == self._spec.node_id:
+            return
+        request = _Transfer(target)
+        self._mailbox.post_request(request)
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        timeout = 2 * self._knobs.election_tick * self._knobs.tick_ms / 1000
+        with trio.move_on_after(timeout):
+            while engine.leader != target:
+                await self._applied_changed.wait()
+            return
+        raise Unavailable(f"node {target} did not take over leadership within {timeout:g}s")
+
     def release_readers(self) -> None:
         self._closed = True
         self._progress.close()
@@ -377,7 +491,7 @@ class RaftReplica:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._ticker)
-                if len(self._spec.peers) == 1:
+                if self._engine.voters == (self._spec.node_id,):
                     self._engine.campaign()
                 await self._handle_readies()
                 task_status.started()
@@ -398,7 +512,7 @@ class RaftReplica:
         while True:
             for event in await self._mailbox.receive_batch(limit):
                 if isinstance(event, _SnapshotTaken):
-                    await self._record_snapshot(event.index)
+                    await self._record_snapshot(event.taken)
                 else:
                     self._step(event)
             await self._handle_readies()
@@ -411,7 +525,18 @@ class RaftReplica:
         elif isinstance(event, _Tick):
             engine.tick()
         elif isinstance(event, _Proposal):
-            engine.propose(codec.encode_command(event.command), event.finish)
+            if isinstance(event.command, MemberChange):
+                engine.propose_membership(event.command, event.finish)
+            else:
+                engine.propose(codec.encode_command(event.command), event.finish)
+        elif isinstance(event, _Transfer):
+            try:
+                engine.transfer_leader(event.target)
+            except ProposalDropped as exc:
+                event.error = NotLeader(f"cannot transfer leadership: {exc}", leader_id=engine.leader or None)
+            except ValueError as exc:
+                event.error = FailedPrecondition(f"cannot transfer leadership: {exc}")
+            event.done.set()
         elif isinstance(event, _Read):
             engine.read_index(event.context, event.finish)
         elif isinstance(event, _SnapshotReport):
@@ -470,23 +595,25 @@ class RaftReplica:
 
     async def _take_snapshot(self) -> None:
         """Off the raft loop and off the writer thread: a read transaction on kv.db."""
-        index = 0
+        taken: TakenSnapshot | None = None
         started = time.monotonic()
         try:
-            index = await trio.to_thread.run_sync(self._machine.take_snapshot)
-            log.info("snapshot at index %d (off the raft loop) took %.2fs", index, time.monotonic() - started)
+            taken = await trio.to_thread.run_sync(self._machine.take_snapshot)
+            log.info(
+                "snapshot at index %d (off the raft loop) took %.2fs", taken.index, time.monotonic() - started
+            )
         except Exception:
             log.exception("taking a snapshot failed; will retry after more entries")
-        await self._mailbox.post_internal(_SnapshotTaken(index))
+        await self._mailbox.post_internal(_SnapshotTaken(taken))
 
-    async def _record_snapshot(self, index: int) -> None:
+    async def _record_snapshot(self, taken: TakenSnapshot | None) -> None:
         engine = self._engine
         try:
-            if index:
-                upto = await trio.to_thread.run_sync(engine.record_snapshot, index, limiter=self._writer)
+            if taken is not None and taken.index:
+                upto = await trio.to_thread.run_sync(engine.record_snapshot, taken, limiter=self._writer)
                 self._machine.settle(engine.storage.snapshot().index)
                 if upto is not None:
-                    log.info("log compacted through %d (snapshot %d)", upto, index)
+                    log.info("log compacted through %d (snapshot %d)", upto, taken.index)
         finally:
             engine.snapshot_finished()
 

@@ -1,31 +1,48 @@
-"""ClusterService. Membership changes need Raft; until it lands they answer UNIMPLEMENTED
-rather than pretending to succeed."""
+"""ClusterService: status, snapshots, and membership from any node.
+
+Input is validated where the request arrives (INVALID_ARGUMENT needs no leader); every
+decision about the membership is the leader's (`MemberManager`), and a request reaching a
+follower is forwarded to the leader on the same path as writes (`NodeState.on_leader`:
+`ggap-forwarded` metadata, retried only on refusals). Refusals are GgapErrors, mapped to
+gRPC statuses in one place (ggap/rpc/errors.py).
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from ggap import __version__
-from ggap.config import Config
 from ggap.pb import kv_grpc
 from ggap.pb import kv_pb2 as pb
+from ggap.server import convert
 from ggap.server.kv_service import NodeState
+from ggap.server.members import MemberManager, check_member_addr, check_member_id
 from ggap.server.snapshots import SnapshotStreams
 from ggap.storage import KvStore
-from ggap.types import Unimplemented
-
-_NO_MEMBERSHIP = "membership changes need Raft replication, which this build does not have yet"
+from ggap.types import InvalidArgument, Member, Membership, ReadMode
 
 
 class ClusterServicer(kv_grpc.ClusterServiceServicer):
-    def __init__(self, node: NodeState, kv: KvStore, snapshots: SnapshotStreams) -> None:
+    def __init__(
+        self, node: NodeState, kv: KvStore, snapshots: SnapshotStreams, members: MemberManager
+    ) -> None:
         self._node = node
         self._kv = kv
         self._snapshots = snapshots
+        self._members = members
 
     async def Status(self, msg: pb.StatusRequest) -> pb.StatusResponse:
-        role = self._node.consensus.role()
+        consensus = self._node.consensus
+        role = consensus.role()
         space = await self._node.space.refresh()
+        progress: list[pb.MemberStatus] = []
+        if role.role == "leader":  # elsewhere progress means nothing (see Consensus.member_progress)
+            waiting = self._members.auto_promote
+            progress = [
+                convert.member_status_pb(p, auto_promote=p.id in waiting)
+                for p in sorted(consensus.member_progress().values(), key=lambda p: p.id)
+            ]
         return pb.StatusResponse(
             member_id=role.member_id,
             leader_id=role.leader_id,
@@ -38,6 +55,7 @@ class ClusterServicer(kv_grpc.ClusterServiceServicer):
             db_size_bytes=space.total_bytes,
             db_size_in_use_bytes=space.in_use_bytes,
             version=__version__,
+            progress=progress,
         )
 
     def Snapshot(self, msg: pb.SnapshotRequest) -> AsyncIterator[pb.SnapshotResponse]:
@@ -47,27 +65,81 @@ class ClusterServicer(kv_grpc.ClusterServiceServicer):
         return self._snapshots.stream(self._node.header)
 
     async def MemberList(self, msg: pb.MemberListRequest) -> pb.MemberListResponse:
+        """Linearizable unless the request asks otherwise, as etcd's MemberList: after the
+        ReadIndex barrier the local applied membership reflects every change acknowledged
+        before the call, so every node gives the same answer. SEQUENTIAL/EVENTUAL answer
+        from the local applied membership at once (it works without a leader)."""
+        self._node.check_open()
+        mode = convert.read_mode(msg.read_mode, ReadMode.LINEARIZABLE)
+        if mode is ReadMode.LINEARIZABLE:
+            await self._node.confirm_read()
         return pb.MemberListResponse(
-            header=self._node.header(self._kv.revision), members=[_self_member(self._node.config)]
+            header=self._header(), members=convert.members_pb(self._node.consensus.membership())
         )
 
-    async def MemberAdd(self, msg: pb.MemberAddRequest) -> pb.MemberAddResponse:
-        raise Unimplemented(_NO_MEMBERSHIP)
+    async def MemberAdd(self, msg: pb.MemberAddRequest, request: Any = None) -> pb.MemberAddResponse:
+        self._node.check_open()
+        member = Member(
+            id=check_member_id(msg.id),
+            client_addr=check_member_addr(msg.client_addr, "client_addr"),
+            cluster_addr=check_member_addr(msg.cluster_addr, "cluster_addr"),
+            learner=True,
+        )
+        if member.client_addr == member.cluster_addr:
+            raise InvalidArgument(f"client_addr and cluster_addr must differ, both are {member.client_addr}")
+        auto_promote = not msg.learner
 
-    async def MemberPromote(self, msg: pb.MemberPromoteRequest) -> pb.MemberPromoteResponse:
-        raise Unimplemented(_NO_MEMBERSHIP)
+        async def here() -> pb.MemberAddResponse:
+            after = await self._members.add_learner(member, auto_promote=auto_promote)
+            return pb.MemberAddResponse(
+                header=self._header(), members=convert.members_pb(after), auto_promote=auto_promote
+            )
 
-    async def MemberRemove(self, msg: pb.MemberRemoveRequest) -> pb.MemberRemoveResponse:
-        raise Unimplemented(_NO_MEMBERSHIP)
+        return await self._node.on_leader(
+            request, here, lambda leader, timeout_s: leader.member_add(msg, timeout_s=timeout_s)
+        )
 
-    async def TransferLeader(self, msg: pb.TransferLeaderRequest) -> pb.TransferLeaderResponse:
-        raise Unimplemented(_NO_MEMBERSHIP)
+    async def MemberPromote(
+        self, msg: pb.MemberPromoteRequest, request: Any = None
+    ) -> pb.MemberPromoteResponse:
+        self._node.check_open()
+        member_id = check_member_id(msg.id)
 
+        async def here() -> pb.MemberPromoteResponse:
+            return pb.MemberPromoteResponse(**self._answer(await self._members.promote(member_id)))
 
-def _self_member(config: Config) -> pb.Member:
-    return pb.Member(
-        id=config.node.id,
-        client_addr=config.node.client_addr,
-        cluster_addr=config.node.cluster_addr,
-        learner=False,
-    )
+        return await self._node.on_leader(
+            request, here, lambda leader, timeout_s: leader.member_promote(msg, timeout_s=timeout_s)
+        )
+
+    async def MemberRemove(self, msg: pb.MemberRemoveRequest, request: Any = None) -> pb.MemberRemoveResponse:
+        self._node.check_open()
+        member_id = check_member_id(msg.id)
+
+        async def here() -> pb.MemberRemoveResponse:
+            after = await self._members.remove(member_id, force=msg.force)
+            return pb.MemberRemoveResponse(**self._answer(after))
+
+        return await self._node.on_leader(
+            request, here, lambda leader, timeout_s: leader.member_remove(msg, timeout_s=timeout_s)
+        )
+
+    async def TransferLeader(
+        self, msg: pb.TransferLeaderRequest, request: Any = None
+    ) -> pb.TransferLeaderResponse:
+        self._node.check_open()
+        target = check_member_id(msg.target_id, "target_id")
+
+        async def here() -> pb.TransferLeaderResponse:
+            await self._members.transfer(target)
+            return pb.TransferLeaderResponse(header=self._header())
+
+        return await self._node.on_leader(
+            request, here, lambda leader, timeout_s: leader.transfer_leader(msg, timeout_s=timeout_s)
+        )
+
+    def _header(self) -> pb.ResponseHeader:
+        return self._node.header(self._kv.revision)
+
+    def _answer(self, membership: Membership) -> dict[str, Any]:
+        return {"header": self._header(), "members": convert.members_pb(membership)}

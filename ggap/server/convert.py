@@ -17,6 +17,8 @@ from ggap.types import (
     GetResult,
     InvalidArgument,
     KeyValue,
+    MemberProgress,
+    Membership,
     Put,
     PutResult,
     RangeResult,
@@ -238,4 +240,26 @@ def txn_pb(res: TxnResult, req: pb.TxnRequest, header: pb.ResponseHeader) -> pb.
         header=header,
         succeeded=res.succeeded,
         responses=[txn_op_pb(op, r, header) for op, r in zip(ops, res.responses, strict=True)],
+    )
+
+
+# -- membership ----------------------------------------------------------------------------
+
+
+def members_pb(membership: Membership) -> list[pb.Member]:
+    """Every member, voters and learners, in id order (Membership keeps them sorted)."""
+    return [
+        pb.Member(id=m.id, client_addr=m.client_addr, cluster_addr=m.cluster_addr, learner=m.learner)
+        for m in membership.members
+    ]
+
+
+def member_status_pb(progress: MemberProgress, *, auto_promote: bool) -> pb.MemberStatus:
+    return pb.MemberStatus(
+        id=progress.id,
+        learner=progress.learner,
+        match_index=progress.match_index,
+        applied_index=progress.applied_index,
+        recent_active=progress.recent_active,
+        auto_promote=auto_promote,
     )

@@ -72,6 +72,56 @@ class NodeState:
     def revision(self) -> int:
         return self.hub.published_revision
 
+    async def confirm_read(self) -> None:
+        """The linearizable read barrier: ReadIndex, then wait until it is applied here, so
+        local state reflects every write acknowledged before the call.
+
+        The wait ends a little before the request's deadline (`server.answer_margin_ms`)
+        with UNAVAILABLE (no leader or no quorum confirmed the read), so that answer still
+        reaches the client."""
+        consensus = self.consensus
+        margin_s = self.config.server.answer_margin_ms / 1000
+        with trio.move_on_at(current_deadline() - margin_s):
+            await consensus.wait_applied(await consensus.read_index())
+            return
+        leader = consensus.role().leader_id
+        raise Unavailable(
+            "no leader confirmed the read within the deadline (no leader or no quorum)",
+            leader_id=leader or None,
+        )
+
+    async def on_leader(
+        self,
+        request: Any,
+        here: Callable[[], Awaitable[_Resp]],
+        forward: Callable[[Client, float], Awaitable[_Resp]],
+    ) -> _Resp:
+        """The one forwarding path, for writes and membership requests alike: run `here`
+        (which raises NotLeader unless this node leads) and return its answer; on NotLeader
+        `forward` the request to the leader and return the leader's response, retrying
+        refusals across leader changes until the deadline (ggap/server/forward.py).
+
+        A request that was itself forwarded is never forwarded again: its NotLeader goes
+        back to the node that forwarded it, which retries against whoever leads now."""
+        consensus = self.consensus
+        while True:
+            self.check_open()
+            try:
+                return await here()
+            except NotLeader as exc:
+                if is_forwarded(request):
+                    raise
+                leader_id = exc.leader_id or 0
+            addr = consensus.leader_client_addr()
+            role = consensus.role()
+            if addr is not None and leader_id != role.member_id:
+                epoch = (role.leader_id, role.term)
+                try:
+                    return await self.forwarder.forward(addr, epoch, forward)
+                except RetryElsewhere:
+                    pass
+            await self.forwarder.pause_or_give_up(leader_id)
+
 
 class KvServicer(kv_grpc.KvServiceServicer):
     def __init__(self, node: NodeState) -> None:
@@ -79,32 +129,18 @@ class KvServicer(kv_grpc.KvServiceServicer):
         self._limits = node.config.limits
         self._max_ttl = node.config.ttl.max_ttl_ms
         self._default_mode = ReadMode(node.config.reads.default_mode)  # config spells it as a string
-        # Kept back from a request's deadline so a wait ends with a clear UNAVAILABLE.
-        self._answer_margin_s = node.config.server.answer_margin_ms / 1000
 
     # -- reads -----------------------------------------------------------------------------
 
     async def _barrier(self, mode: ReadMode, min_revision: int) -> None:
-        """Linearizable: ReadIndex, then wait to apply it. Any mode: wait for min_revision.
-
-        The ReadIndex wait ends a little before the request's deadline with UNAVAILABLE (no
-        leader or no quorum confirmed the read); a min_revision this node never reaches runs
-        into the deadline itself (DEADLINE_EXCEEDED), as the client asked to wait."""
+        """Linearizable: the ReadIndex barrier (`NodeState.confirm_read`, UNAVAILABLE just
+        before the deadline). Any mode: wait for min_revision; one this node never reaches
+        runs into the deadline itself (DEADLINE_EXCEEDED), as the client asked to wait."""
         self._node.check_open()
-        consensus = self._node.consensus
         if mode is ReadMode.LINEARIZABLE:
-            confirmed = False
-            with trio.move_on_at(current_deadline() - self._answer_margin_s):
-                await consensus.wait_applied(await consensus.read_index())
-                confirmed = True
-            if not confirmed:
-                leader = consensus.role().leader_id
-                raise Unavailable(
-                    "no leader confirmed the read within the deadline (no leader or no quorum)",
-                    leader_id=leader or None,
-                )
+            await self._node.confirm_read()
         if min_revision:
-            await consensus.wait_revision(min_revision)
+            await self._node.consensus.wait_revision(min_revision)
 
     async def _expire_visible(self, mode: ReadMode, revision: int, kvs: Sequence[KeyValue]) -> bool:
         """True when the read must be redone because it saw keys past their TTL (the leader
@@ -184,29 +220,16 @@ class KvServicer(kv_grpc.KvServiceServicer):
     ) -> _Resp:
         """The one write path: propose `cmd` here when leader and `answer` its `result`;
         otherwise `forward` the request to the leader (the leader's response is the answer),
-        retrying refusals across leader changes until the deadline."""
+        retrying refusals across leader changes until the deadline (`NodeState.on_leader`)."""
         consensus = self._node.consensus
-        while True:
-            self._node.check_open()
-            try:
-                res = await (consensus.propose_all(cmd) if all_replicas else consensus.propose(cmd))
-            except NotLeader as exc:
-                if is_forwarded(request):
-                    raise  # the node that forwarded to us retries against the new leader
-                leader_id = exc.leader_id or 0
-            else:
-                if not isinstance(res, result):
-                    raise TypeError(f"{type(cmd).__name__} applied as {type(res).__name__}")
-                return answer(res)
-            addr = consensus.leader_client_addr()
-            role = consensus.role()
-            if addr is not None and leader_id != role.member_id:
-                epoch = (role.leader_id, role.term)
-                try:
-                    return await self._node.forwarder.forward(addr, epoch, forward)
-                except RetryElsewhere:
-                    pass
-            await self._node.forwarder.pause_or_give_up(leader_id)
+
+        async def here() -> _Resp:
+            res = await (consensus.propose_all(cmd) if all_replicas else consensus.propose(cmd))
+            if not isinstance(res, result):
+                raise TypeError(f"{type(cmd).__name__} applied as {type(res).__name__}")
+            return answer(res)
+
+        return await self._node.on_leader(request, here, forward)
 
     async def Put(self, msg: pb.PutRequest, request: Any = None) -> pb.PutResponse:
         self._node.check_open()

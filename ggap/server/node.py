@@ -7,6 +7,7 @@
         expirer.run                   leader-side TTL expiry
         history.run                   leader-side replicated pruning and auto compaction
         space.run                     local space measurement and reclaiming (quota)
+        members.run                   leader-side auto-promotion of caught-up learners
         serve_grpc                    the client port (KvService, ClusterService,
                                       health, reflection)
         shutdown on SIGINT/SIGTERM    drain in-flight requests, then cancel the nursery
@@ -32,18 +33,28 @@ from ggap.config.peers import parse_peers, split_addr
 from ggap.consensus.raft.storage import LogCompactedError, LogUnavailableError
 from ggap.replica import ClusterSpec, Consensus, Mailbox, RaftReplica
 from ggap.replica.kv_machine import KvStateMachine
+from ggap.replica.membership import bootstrap_membership
 from ggap.replica.node import SnapshotReceiver
 from ggap.rpc import HealthService, RpcPolicy, guarded_service, reflection_services, serve_grpc
 from ggap.server.cluster_service import ClusterServicer
 from ggap.server.forward import Forwarder
+from ggap.server.join import auto_promote, join_cluster, needs_join
 from ggap.server.kv_service import KvServicer, NodeState
 from ggap.server.maintenance import HistoryKeeper, SpaceKeeper
+from ggap.server.members import MemberManager
 from ggap.server.reads import ReaderPool
 from ggap.server.snapshots import SnapshotStreams
 from ggap.server.ttl import Expirer
 from ggap.server.watch import WatchHub
 from ggap.storage import KvStore, LogStore
-from ggap.storage.log import META_CLUSTER_TOKEN, META_MEMBERS, META_NODE_ID, decode_members, encode_members
+from ggap.storage.log import (
+    META_CLUSTER_ID,
+    META_CLUSTER_TOKEN,
+    META_MEMBERS,
+    META_NODE_ID,
+    decode_members,
+    encode_members,
+)
 from ggap.storage.snapshot import remove_backup_leftovers, snapshot_dir
 from ggap.transport import PeerTransport
 from ggap.types import FailedPrecondition, Unavailable
@@ -146,39 +157,61 @@ async def _health_loop(
 
 async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Run a node until cancelled or signalled; `task_status` gets the bound client port."""
+    if needs_join(config):
+        if config.raft.peers:
+            raise StartupError(
+                "--join (node.join) and --peers (raft.peers) exclude each other: "
+                "a joining node learns the members from the cluster"
+            )
+        await join_cluster(config)
     kv, log_store, peers, token = await trio.to_thread.run_sync(_open_storage, config)
     readers: ReaderPool | None = None
     try:
         readers = ReaderPool(kv, threads=config.reads.reader_threads)
-        # A node started without --peers is a group of one voter: the same engine, with no
-        # peer transport (nothing to talk to until members are added).
+        # A node started without --peers is a group of one voter: the same engine, and a
+        # peer transport with nobody to talk to until members are added.
         members = peers or {config.node.id: config.node.cluster_addr}
+        bootstrap = bootstrap_membership(members, {config.node.id: config.node.client_addr})
         mailbox = Mailbox(config.raft.event_queue)
         # Off the loop: it reads and hashes the latest snapshot file (hundreds of MiB).
         snap_dir = snapshot_dir(config.node.data_dir)
         machine = await trio.to_thread.run_sync(
-            functools.partial(KvStateMachine, kv, snap_dir, busy_timeout_ms=config.storage.busy_timeout_ms)
+            functools.partial(
+                KvStateMachine,
+                kv,
+                snap_dir,
+                bootstrap=bootstrap,
+                busy_timeout_ms=config.storage.busy_timeout_ms,
+            )
         )
         if await trio.to_thread.run_sync(remove_backup_leftovers, snap_dir):
             log.info("removed Snapshot RPC copies left behind by a crash from %s", snap_dir)
         snapshot_io_timeout_s = config.transport.send_timeout_ms / 1000
-        transport: PeerTransport | None = None
-        if len(members) > 1:
-            transport = PeerTransport(
-                node_id=config.node.id,
-                cluster_id=cluster_id(members, token),
-                listen=split_addr(members[config.node.id]),
-                peers={i: split_addr(a) for i, a in members.items() if i != config.node.id},
-                on_messages=mailbox.post_messages,
-                config=config.transport,
-                on_snapshot=SnapshotReceiver(machine, mailbox, io_timeout_s=snapshot_io_timeout_s),
+        # The members as of the applied state (changes since the bootstrap included); the
+        # engine keeps the transport following them.
+        current = machine.membership
+        if config.node.id not in current.ids:
+            raise StartupError(
+                f"node {config.node.id} was removed from the cluster (members at index {current.index}: "
+                f"{list(current.ids)}); this data dir cannot rejoin: wipe it and start with --join"
             )
+        stored_id = log_store.get_meta(META_CLUSTER_ID)
+        the_cluster_id = stored_id.decode("ascii", "replace") if stored_id else cluster_id(members, token)
+        transport = PeerTransport(
+            node_id=config.node.id,
+            cluster_id=the_cluster_id,
+            listen=split_addr(members.get(config.node.id, config.node.cluster_addr)),
+            peers={m.id: split_addr(m.cluster_addr) for m in current.members if m.id != config.node.id},
+            on_messages=mailbox.post_messages,
+            config=config.transport,
+            on_snapshot=SnapshotReceiver(machine, mailbox, io_timeout_s=snapshot_io_timeout_s),
+        )
         consensus = RaftReplica(
             spec=ClusterSpec(
                 node_id=config.node.id,
                 peers=members,
                 client_addr=config.node.client_addr,
-                cluster_id=cluster_id(members, token),
+                cluster_id=the_cluster_id,
             ),
             raft=config.raft,
             storage=log_store,
@@ -224,11 +257,17 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             stall_timeout_s=config.server.snapshot_stall_timeout_ms / 1000,
             max_message_bytes=config.limits.max_message_bytes,
             busy_timeout_ms=config.storage.busy_timeout_ms,
+            cluster_id=the_cluster_id,
+        )
+        member_manager = MemberManager(
+            consensus,
+            max_lag_entries=config.server.promote_max_lag_entries,
+            auto_promote_interval_s=config.server.auto_promote_interval_ms / 1000,
         )
         health = HealthService()
         services = [
             guarded_service(KvServicer(state), policy),
-            guarded_service(ClusterServicer(state, kv, snapshots), policy),
+            guarded_service(ClusterServicer(state, kv, snapshots, member_manager), policy),
             health.service,
         ]
         names = [KV_SERVICE, CLUSTER_SERVICE, "grpc.health.v1.Health"]
@@ -236,13 +275,15 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
         host, port = split_addr(config.node.client_addr)
 
         async with trio.open_nursery() as nursery:
-            if transport is not None:
-                await nursery.start(transport.run)
+            await nursery.start(transport.run)
             await nursery.start(consensus.run)
             await nursery.start(state.forwarder.run)
             nursery.start_soon(expirer.run)
             nursery.start_soon(history.run)
             nursery.start_soon(space.run)
+            if config.node.auto_promote:
+                nursery.start_soon(auto_promote, config, consensus.membership)
+            nursery.start_soon(member_manager.run)
             bound = await nursery.start(
                 functools.partial(
                     serve_grpc, services, host, port, max_message_bytes=config.limits.max_message_bytes
@@ -270,6 +311,8 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             )
             task_status.started(bound)
             await _wait_for_shutdown_signal()
+            # A leader that stops hands off first: a rolling restart costs no election.
+            await consensus.hand_off_leadership()
             log.info("shutting down: draining in-flight requests")
             health_scope.cancel()
             state.draining = True

@@ -70,6 +70,7 @@ class SnapshotStreams:
         stall_timeout_s: float,
         max_message_bytes: int,
         busy_timeout_ms: int,
+        cluster_id: str = "",
     ) -> None:
         """`term_at(index)` gives the term of the log entry at `index` (0 if unknown); it is
         called on a worker thread. Chunks stay under half of `max_message_bytes`, so a
@@ -83,6 +84,7 @@ class SnapshotStreams:
         self._stall_timeout_s = stall_timeout_s
         self._chunk = min(CHUNK_BYTES, max(4096, max_message_bytes // 2))
         self._busy_timeout_ms = busy_timeout_ms
+        self._cluster_id = cluster_id
         self._active: set[_Stream] = set()
 
     @property
@@ -150,6 +152,7 @@ class SnapshotStreams:
                 revision=state.revision,
                 compact_revision=state.compact_revision,
                 size_bytes=copy.size,
+                cluster_id=self._cluster_id,
             )
             first = pb.SnapshotResponse(header=header(state.revision), info=info, remaining_bytes=copy.size)
             stream.waiting_since = trio.current_time()

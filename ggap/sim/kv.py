@@ -12,6 +12,7 @@ from __future__ import annotations
 import attrs
 
 from ggap.consensus.raft.types import Entry, EntryKind
+from ggap.types import Membership
 
 # Keys and values are short ASCII tokens chosen by the simulator: never contain SEP, never
 # equal ABSENT.
@@ -79,6 +80,7 @@ class KVStateMachine:
         self.applied = 0
         self.sessions: dict[int, tuple[int, object]] = {}  # client -> (last req, its result)
         self.applied_cmds: set[tuple[int, int]] = set()  # first applications, for final checks
+        self.membership: Membership | None = None  # None: the bootstrap members
 
     def apply(self, entry: Entry) -> tuple[int, int, object] | None:
         """Apply one committed entry; return (client, req, result) for a client command."""
@@ -103,6 +105,7 @@ class KVStateMachine:
         c.applied = self.applied
         c.sessions = dict(self.sessions)
         c.applied_cmds = set(self.applied_cmds)
+        c.membership = self.membership
         return c
 
     def get(self, key: str) -> str | None:

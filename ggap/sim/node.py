@@ -24,18 +24,21 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ggap.consensus.raft import CoreConfig, Entry, Message, MessageType, Ready, Role, SnapshotMeta
+from ggap.consensus.raft import CoreConfig, Entry, EntryKind, Message, MessageType, Ready, Role, SnapshotMeta
 from ggap.replica.engine import (
     ApplyOutput,
+    MembershipChanges,
     Outcome,
     ProposalCallback,
     ReadCallback,
     ReplicaEngine,
     Retention,
+    TakenSnapshot,
     Work,
 )
 from ggap.sim.kv import Command, KVStateMachine, evaluate
 from ggap.sim.storage import SimStorage
+from ggap.types import Member, Membership
 
 if TYPE_CHECKING:
     from ggap.sim.simulator import Simulator
@@ -71,7 +74,14 @@ class SimMachine:
     def revision(self) -> int:
         return self._node.kv.applied
 
-    def apply(self, entries: Sequence[Entry]) -> ApplyOutput:
+    @property
+    def membership(self) -> Membership:
+        node = self._node
+        if node.kv.membership is not None:
+            return node.kv.membership
+        return Membership(members=tuple(Member(i) for i in node.sim.ids), index=0)
+
+    def apply(self, entries: Sequence[Entry], changes: MembershipChanges) -> ApplyOutput:
         node = self._node
         sim, kv = node.sim, node.kv
         outcomes: list[Outcome] = []
@@ -80,6 +90,13 @@ class SimMachine:
                 outcomes.append(None)  # replayed after a snapshot put us ahead of the log
                 continue
             sim.inv.apply(node.id, kv.applied, e)
+            if e.kind is EntryKind.CONF_CHANGE:
+                kv.apply(e)
+                decided = changes.get(e.index)
+                if isinstance(decided, Membership):
+                    kv.membership = decided
+                outcomes.append(decided)
+                continue
             out = kv.apply(e)
             if out is None:
                 outcomes.append(None)
@@ -88,10 +105,10 @@ class SimMachine:
             outcomes.append(Reply(out[2]))
         return ApplyOutput(outcomes=outcomes, revision=kv.applied)
 
-    def take_snapshot(self) -> int:
+    def take_snapshot(self) -> TakenSnapshot:
         node = self._node
         node.snap_kv = node.kv.copy()
-        return node.snap_kv.applied
+        return TakenSnapshot(index=node.snap_kv.applied, membership=self.membership)
 
     def restore(self, meta: SnapshotMeta) -> None:
         node = self._node
@@ -141,6 +158,9 @@ class SimTransport:
 
     def unreachable(self) -> Iterable[int]:
         return ()
+
+    def set_members(self, membership: Membership) -> None:
+        pass  # every node can reach every other; the network decides what arrives
 
 
 class SimNode:
@@ -427,8 +447,9 @@ class SimNode:
         if engine.snapshot_due():
             # Taking it is instant here; the trio node does it on a thread meanwhile.
             engine.snapshot_started()
-            index = self.state_machine.take_snapshot()
-            upto = engine.record_snapshot(index)
+            taken = self.state_machine.take_snapshot()
+            index = taken.index
+            upto = engine.record_snapshot(taken)
             engine.snapshot_finished()
             self.snapshots_taken += 1
             if upto is not None:

@@ -20,6 +20,7 @@ from typing import Any
 from ggap.codec import visible_versions
 from ggap.types.errors import InvalidArgument, OutOfRange
 from ggap.types.kv import Event, EventType, KeyValue, RangeResult, check_key
+from ggap.types.members import Member, Membership
 
 Row = tuple[Any, ...]
 
@@ -187,6 +188,23 @@ def live_kv(row: Row | None) -> KeyValue | None:
     if row is None or row[5]:
         return None
     return to_kv(row)
+
+
+_SQL_MEMBERSHIP_INDEX = "SELECT membership_index FROM kv_meta WHERE shard=?"
+_SQL_MEMBERS = "SELECT id, client_addr, cluster_addr, learner FROM kv_members WHERE shard=? ORDER BY id"
+
+
+def read_membership(conn: sqlite3.Connection, shard: int) -> Membership | None:
+    """The membership recorded by the last applied change; None while none was applied
+    (the bootstrap members hold)."""
+    row = conn.execute(_SQL_MEMBERSHIP_INDEX, (shard,)).fetchone()
+    if row is None or not row[0]:
+        return None
+    members = [
+        Member(id=int(i), client_addr=c, cluster_addr=p, learner=bool(learner))
+        for i, c, p, learner in conn.execute(_SQL_MEMBERS, (shard,))
+    ]
+    return Membership(members=tuple(members), index=int(row[0]))
 
 
 def read_state(conn: sqlite3.Connection, shard: int) -> tuple[int, int, int]:

@@ -128,7 +128,30 @@ def _log_0002_snapshot(db: sqlite_utils.Database) -> None:
     db.execute("UPDATE log_state SET snapshot_index=compacted_index, snapshot_term=compacted_term")
 
 
-_KV_STEPS: list[tuple[str, Migration]] = [("0001_initial", _kv_0001_initial)]
+def _kv_0002_members(db: sqlite_utils.Database) -> None:
+    # Cluster membership is replicated state: written by the apply transaction of each
+    # membership change, with the applied index, and carried by every snapshot. While
+    # membership_index is 0 no change was ever applied: the members are the bootstrap ones
+    # (raft.db's), and kv_members is empty.
+    db.execute(
+        """
+        CREATE TABLE kv_members (
+            shard INTEGER NOT NULL,
+            id INTEGER NOT NULL,
+            client_addr TEXT NOT NULL,
+            cluster_addr TEXT NOT NULL,
+            learner INTEGER NOT NULL,
+            PRIMARY KEY (shard, id)
+        ) WITHOUT ROWID, STRICT
+        """
+    )
+    db.execute("ALTER TABLE kv_meta ADD COLUMN membership_index INTEGER NOT NULL DEFAULT 0")
+
+
+_KV_STEPS: list[tuple[str, Migration]] = [
+    ("0001_initial", _kv_0001_initial),
+    ("0002_members", _kv_0002_members),
+]
 _LOG_STEPS: list[tuple[str, Migration]] = [
     ("0001_initial", _log_0001_initial),
     ("0002_snapshot", _log_0002_snapshot),

@@ -29,7 +29,7 @@ import attrs
 
 from ggap.config.model import MvccConfig, StorageConfig
 from ggap.storage import _reads
-from ggap.storage._reads import Row, check_int, live_kv, make_event, read_state
+from ggap.storage._reads import Row, check_int, live_kv, make_event, read_membership, read_state
 from ggap.storage._schema import KV_KNOWN, KV_MIGRATIONS
 from ggap.storage._sqlite import (
     connect,
@@ -74,6 +74,7 @@ from ggap.types.kv import (
     TxnResult,
     check_key,
 )
+from ggap.types.members import Membership
 
 __all__ = ["Applied", "KvReader", "KvStore"]
 
@@ -87,6 +88,11 @@ _SQL_META_INIT = (
     "INSERT OR IGNORE INTO kv_meta (shard, applied_index, revision, compact_revision) VALUES (?, 0, 0, 0)"
 )
 _SQL_META_SET = "UPDATE kv_meta SET applied_index=?, revision=?, compact_revision=? WHERE shard=?"
+_SQL_MEMBERS_CLEAR = "DELETE FROM kv_members WHERE shard=?"
+_SQL_MEMBER_ADD = (
+    "INSERT INTO kv_members (shard, id, client_addr, cluster_addr, learner) VALUES (?, ?, ?, ?, ?)"
+)
+_SQL_MEMBERSHIP_INDEX_SET = "UPDATE kv_meta SET membership_index=? WHERE shard=?"
 # Compaction from C0 to C: a version at or below C that is not its key's newest there has a
 # newer version in (C0, C] (the previous compaction left one version per key at or below
 # C0), so the work is proportional to what was written since C0, not to the whole store.
@@ -162,6 +168,7 @@ class KvStore:
         self.schema_version = schema_version
         applied, revision, compact = read_state(conn, shard)
         self._state = _State(applied, revision, compact)
+        self._membership = read_membership(conn, shard)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, mvcc: MvccConfig, storage: StorageConfig) -> KvStore:
@@ -224,6 +231,20 @@ class KvStore:
         self._conn.execute(_SQL_META_INIT, (self._shard,))
         applied, revision, compact = read_state(self._conn, self._shard)
         self._state = _State(applied, revision, compact)
+        self._membership = read_membership(self._conn, self._shard)
+
+    @property
+    def membership(self) -> Membership | None:
+        """As of applied_index: the last applied membership change; None while none was
+        (the bootstrap members hold)."""
+        return self._membership
+
+    def reset_membership(self) -> None:
+        """Forget recorded membership (a restore seeding a new cluster: its --peers hold)."""
+        with write_txn(self._conn):
+            self._conn.execute(_SQL_MEMBERS_CLEAR, (self._shard,))
+            self._conn.execute(_SQL_MEMBERSHIP_INDEX_SET, (0, self._shard))
+        self._membership = None
 
     def reader(self) -> KvReader:
         """A new read-only connection; the caller owns it (and closes it)."""
@@ -232,8 +253,10 @@ class KvStore:
 
     # --- apply -----------------------------------------------------------------------------
 
-    def apply(self, entries: Sequence[tuple[int, Command]]) -> list[Applied | None]:
-        """Apply committed entries in ONE transaction (group commit).
+    def apply(self, entries: Sequence[tuple[int, Command | Membership]]) -> list[Applied | None]:
+        """Apply committed entries in ONE transaction (group commit). A `Membership` is a
+        membership change already decided by the replica engine: it is recorded (a no-op
+        for the key space).
 
         Entries at or below applied_index give None (replay after a crash is harmless). A
         command that fails validation gives an Applied holding the error and changes
@@ -245,17 +268,34 @@ class KvStore:
         st = attrs.evolve(self._state)
         out: list[Applied | None] = []
         conn = self._conn
+        membership = self._membership
         with write_txn(conn):
             for index, cmd in entries:
                 if index <= st.applied_index:
                     out.append(None)
                     continue
                 st.applied_index = index
-                out.append(self._apply_one(st, cmd))
+                if isinstance(cmd, Membership):
+                    membership = cmd
+                    out.append(Applied(NoopResult(revision=st.revision), []))
+                else:
+                    out.append(self._apply_one(st, cmd))
+            if membership is not self._membership and membership is not None:
+                self._write_membership(membership)
             if st.applied_index != self._state.applied_index:
                 conn.execute(_SQL_META_SET, (st.applied_index, st.revision, st.compact_revision, self._shard))
         self._state = st
+        self._membership = membership
         return out
+
+    def _write_membership(self, membership: Membership) -> None:
+        conn, shard = self._conn, self._shard
+        conn.execute(_SQL_MEMBERS_CLEAR, (shard,))
+        conn.executemany(
+            _SQL_MEMBER_ADD,
+            [(shard, m.id, m.client_addr, m.cluster_addr, int(m.learner)) for m in membership.members],
+        )
+        conn.execute(_SQL_MEMBERSHIP_INDEX_SET, (membership.index, shard))
 
     def _apply_one(self, st: _State, cmd: Command) -> Applied:
         # A savepoint per command: whatever a failing command wrote is undone, so an error

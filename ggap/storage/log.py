@@ -42,6 +42,7 @@ from ggap.storage._sqlite import connect, connect_readonly, file_size, migrate, 
 from ggap.types.errors import CodecError, StorageCorrupt
 
 __all__ = [
+    "META_CLUSTER_ID",
     "META_CLUSTER_TOKEN",
     "META_MEMBERS",
     "META_NODE_ID",
@@ -59,6 +60,7 @@ DEFAULT_CACHE_BYTES = 16 << 20
 META_NODE_ID = "node_id"  # this node's id, decimal ASCII
 META_MEMBERS = "members"  # the bootstrap voters, encode_members
 META_CLUSTER_TOKEN = "cluster_token"  # mixed into the cluster id; set by a restore only
+META_CLUSTER_ID = "cluster_id"  # the cluster's id as given to a node that joined (it never saw the bootstrap)
 
 _SQL_STATE_INIT = (
     "INSERT OR IGNORE INTO log_state (shard, compacted_index, compacted_term, term, vote, commit_index) "

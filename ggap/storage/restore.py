@@ -37,11 +37,26 @@ from ggap.consensus.raft.types import HardState, SnapshotMeta
 from ggap.storage._schema import KV_DB_NAME, LOG_DB_NAME
 from ggap.storage.backup import TOKEN_RE, BackupMeta, copy_database, verify_backup
 from ggap.storage.kv import KvStore
-from ggap.storage.log import META_CLUSTER_TOKEN, META_MEMBERS, META_NODE_ID, LogStore, encode_members
-from ggap.storage.snapshot import SNAPSHOT_DIR, fsync_dir, fsync_path, snapshot_path, snapshot_state
+from ggap.storage.log import (
+    META_CLUSTER_ID,
+    META_CLUSTER_TOKEN,
+    META_MEMBERS,
+    META_NODE_ID,
+    LogStore,
+    encode_members,
+)
+from ggap.storage.snapshot import (
+    SNAPSHOT_DIR,
+    fsync_dir,
+    fsync_path,
+    snapshot_path,
+    snapshot_state,
+    take_snapshot,
+)
 from ggap.types.errors import FailedPrecondition, InvalidArgument, StorageCorrupt
+from ggap.types.members import Membership
 
-__all__ = ["RESTORED_TERM", "Restored", "restore_data_dir"]
+__all__ = ["RESTORED_TERM", "Restored", "restore_data_dir", "seed_joiner"]
 
 # The term a restored cluster's log starts in (the backup's own term belongs to the old
 # cluster and means nothing to the new one).
@@ -134,9 +149,9 @@ def _build(
     store_cfg = storage or StorageConfig()
     snap_dir = root / SNAPSHOT_DIR
     snap_dir.mkdir()
-    snap = snapshot_path(snap_dir, meta.index)
-    copy_database(backup, snap)
-    state = snapshot_state(snap)
+    copied = root / "backup.db"
+    copy_database(backup, copied)
+    state = snapshot_state(copied)
     if (state.index, state.revision, state.compact_revision) != (
         meta.index,
         meta.revision,
@@ -150,9 +165,12 @@ def _build(
 
     kv = KvStore.open(root / KV_DB_NAME, mvcc=mvcc, storage=store_cfg)
     try:
-        kv.install_snapshot(snap)
+        kv.install_snapshot(copied)
+        # The new cluster's members are its --peers, not those the backup's cluster had.
+        kv.reset_membership()
     finally:
         kv.close()
+    copied.unlink()
     # Open again as the node will: runs any migration the backup's schema lacks, and
     # refuses a backup from a newer ggap (FailedPrecondition) before anything is renamed.
     kv = KvStore.open(root / KV_DB_NAME, mvcc=mvcc, storage=store_cfg)
@@ -160,6 +178,13 @@ def _build(
         if kv.applied_index != meta.index:
             raise StorageCorrupt(
                 f"{backup}: installed, kv.db is at index {kv.applied_index}, not {meta.index}"
+            )
+        # The node's own latest snapshot: the restored state (members reset), sendable as
+        # is; taken while the writer is open, so its close removes the WAL files.
+        taken = take_snapshot(root / KV_DB_NAME, snap_dir, busy_timeout_ms=store_cfg.busy_timeout_ms)
+        if taken.index != meta.index:
+            raise StorageCorrupt(
+                f"{backup}: the restored snapshot holds index {taken.index}, not {meta.index}"
             )
     finally:
         kv.close()
@@ -178,3 +203,67 @@ def _build(
         fsync_path(path)
     fsync_dir(snap_dir)
     fsync_dir(root)
+
+
+def seed_joiner(
+    source: Path,
+    data_dir: Path,
+    *,
+    node_id: int,
+    term: int,
+    cluster_id: str,
+    storage: StorageConfig,
+    mvcc: MvccConfig,
+) -> Membership:
+    """Build the data dir of a node joining a running cluster from `source`, a snapshot of
+    a member's kv.db taken after this node was added (as a learner), so the membership
+    inside it includes this node. raft.db starts at the snapshot's index and `term` (the
+    cluster's term of that entry: the leader's next append is checked against it), with
+    the configuration the snapshot holds, and records the cluster's id (a joiner cannot
+    derive it: it never saw the bootstrap members). Returns that membership.
+    Built beside `data_dir` and renamed into place, like a restore."""
+    target = data_dir.absolute()
+    _check_target(target)
+    state = snapshot_state(source)
+    membership = state.membership
+    if membership is None or membership.get(node_id) is None:
+        raise FailedPrecondition(
+            f"the snapshot at index {state.index} does not list node {node_id} as a member"
+        )
+    if not state.index or term < 1:
+        raise FailedPrecondition(f"the snapshot at index {state.index} (term {term}) cannot seed a log")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.join-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    try:
+        snap_dir = staging / SNAPSHOT_DIR
+        snap_dir.mkdir()
+        snap = snapshot_path(snap_dir, state.index)
+        shutil.copyfile(source, snap)
+        fsync_path(snap)
+        kv = KvStore.open(staging / KV_DB_NAME, mvcc=mvcc, storage=storage)
+        try:
+            kv.install_snapshot(snap)
+        finally:
+            kv.close()
+        log = LogStore.open(staging / LOG_DB_NAME, storage)
+        try:
+            meta = SnapshotMeta(
+                index=state.index, term=term, voters=membership.voters, learners=membership.learners
+            )
+            log.save(HardState(term=term, vote=0, commit=state.index), [], meta)
+            log.set_meta(META_NODE_ID, str(node_id).encode())
+            log.set_meta(META_CLUSTER_ID, cluster_id.encode())
+        finally:
+            log.close()
+        for path in (staging / KV_DB_NAME, staging / LOG_DB_NAME):
+            fsync_path(path)
+        fsync_dir(snap_dir)
+        fsync_dir(staging)
+        _check_target(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    fsync_dir(target.parent)
+    return membership

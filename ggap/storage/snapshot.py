@@ -23,9 +23,10 @@ from typing import BinaryIO
 
 import attrs
 
-from ggap.storage._reads import read_state
+from ggap.storage._reads import read_membership, read_state
 from ggap.storage._sqlite import connect_readonly
 from ggap.types.errors import StorageCorrupt
+from ggap.types.members import Membership
 
 SNAPSHOT_DIR = "snap"
 # Temporary copies made for the Snapshot RPC (ggap/server/snapshots.py).
@@ -40,6 +41,7 @@ class SnapshotFile:
     revision: int
     size: int
     sha256: str
+    membership: Membership | None = None  # as of index; None: the bootstrap members
 
 
 @attrs.frozen(slots=True)
@@ -49,6 +51,7 @@ class SnapshotState:
     index: int  # the log index applied into it
     revision: int
     compact_revision: int
+    membership: Membership | None = None  # as of index; None: the bootstrap members
 
 
 def snapshot_dir(data_dir: str | os.PathLike[str]) -> Path:
@@ -101,7 +104,10 @@ def snapshot_state(path: str | os.PathLike[str]) -> SnapshotState:
         if ok is None or ok[0] != "ok":
             raise StorageCorrupt(f"{path}: integrity check failed: {ok}")
         applied, revision, compact = read_state(conn, 0)
-        return SnapshotState(index=applied, revision=revision, compact_revision=compact)
+        membership = read_membership(conn, 0)
+        return SnapshotState(
+            index=applied, revision=revision, compact_revision=compact, membership=membership
+        )
     except (sqlite3.Error, LookupError) as exc:
         raise StorageCorrupt(f"{path}: not a kv.db snapshot: {exc}") from exc
     finally:
@@ -116,9 +122,16 @@ def read_snapshot_state(path: str | os.PathLike[str]) -> tuple[int, int]:
 
 
 def describe(path: Path) -> SnapshotFile:
-    index, revision = read_snapshot_state(path)
+    state = snapshot_state(path)
     size = path.stat().st_size
-    return SnapshotFile(path=path, index=index, revision=revision, size=size, sha256=sha256_of(path))
+    return SnapshotFile(
+        path=path,
+        index=state.index,
+        revision=state.revision,
+        size=size,
+        sha256=sha256_of(path),
+        membership=state.membership,
+    )
 
 
 def sha256_of(path: Path) -> str:

@@ -53,10 +53,13 @@ from ggap.types.kv import (
     TxnResult,
     check_key,
 )
+from ggap.types.members import MAX_MEMBER_ID, ChangeKind, Member, MemberChange, MemberProgress, Membership
 
 __all__ = [
+    "MAX_MEMBER_ID",
     "ApplyResult",
     "Cancelled",
+    "ChangeKind",
     "CodecError",
     "Command",
     "Compact",
@@ -77,6 +80,10 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "KeyValue",
+    "Member",
+    "MemberChange",
+    "MemberProgress",
+    "Membership",
     "Noop",
     "NoopResult",
     "NotFound",

@@ -15,6 +15,7 @@ from ggap.server import node as node_mod
 from ggap.server import serve_node
 from ggap.server.forward import Forwarder
 from ggap.server.maintenance import HistoryKeeper
+from ggap.server.members import MemberManager
 from ggap.server.reads import ReaderPool
 from ggap.storage import KvStore
 
@@ -23,7 +24,9 @@ def node_config(tmp_path: Path) -> Config:
     cfg = Config()
     return attrs.evolve(
         cfg,
-        node=attrs.evolve(cfg.node, client_addr="127.0.0.1:0", data_dir=str(tmp_path / "data")),
+        node=attrs.evolve(
+            cfg.node, client_addr="127.0.0.1:0", cluster_addr="127.0.0.1:0", data_dir=str(tmp_path / "data")
+        ),
         mvcc=attrs.evolve(cfg.mvcc, prune_interval_ms=50),
     )
 
@@ -38,6 +41,12 @@ async def test_serves_then_cancels_cleanly_and_closes_storage(tmp_path: Path) ->
                 got = await client.get(key="a")
             assert got.found and got.kv.value == b"1"
             assert got.header.revision == put.header.revision == 1
+            async with open_client(f"127.0.0.1:{port}") as client:
+                listed = await client.member_list()
+            # A node started without --peers is its own bootstrap voter.
+            assert [(m.id, m.client_addr, m.cluster_addr, m.learner) for m in listed.members] == [
+                (1, "127.0.0.1:0", cfg.node.cluster_addr, False)
+            ]
             nursery.cancel_scope.cancel()
     # The database was closed: a second open (which takes the write lock) works at once,
     # and sees the acknowledged write.
@@ -65,8 +74,9 @@ async def test_a_crashing_background_task_brings_the_node_down(
 async def test_serve_node_hands_the_configured_knobs_down(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """reads.reader_threads reaches the ReaderPool; the server's forward and health knobs
-    reach the Forwarder and the health loop, converted to seconds."""
+    """reads.reader_threads reaches the ReaderPool; the server's forward, health and
+    membership knobs reach the Forwarder, the health loop and the MemberManager, converted
+    to seconds."""
     seen: dict[str, Any] = {}
 
     class Pool(ReaderPool):
@@ -79,6 +89,11 @@ async def test_serve_node_hands_the_configured_knobs_down(
             super().__init__(**kw)
             seen["forwarder"] = self
 
+    class Members(MemberManager):
+        def __init__(self, consensus: Any, **kw: Any) -> None:
+            super().__init__(consensus, **kw)
+            seen["members"] = self
+
     real_health_loop = node_mod._health_loop
 
     async def health_loop(*args: Any) -> None:
@@ -88,6 +103,7 @@ async def test_serve_node_hands_the_configured_knobs_down(
     monkeypatch.setattr(node_mod, "ReaderPool", Pool)
     monkeypatch.setattr(node_mod, "Forwarder", Fwd)
     monkeypatch.setattr(node_mod, "_health_loop", health_loop)
+    monkeypatch.setattr(node_mod, "MemberManager", Members)
     cfg = node_config(tmp_path)
     cfg = attrs.evolve(
         cfg,
@@ -98,6 +114,8 @@ async def test_serve_node_hands_the_configured_knobs_down(
             forward_retry_ms=70,
             answer_margin_ms=30,
             health_interval_ms=250,
+            promote_max_lag_entries=0,
+            auto_promote_interval_ms=120,
         ),
     )
     with trio.fail_after(20):
@@ -110,3 +128,5 @@ async def test_serve_node_hands_the_configured_knobs_down(
     fwd = seen["forwarder"]
     assert (fwd.connect_timeout_s, fwd.retry_pause_s, fwd.answer_margin_s) == (1.5, 0.07, 0.03)
     assert seen["health_interval_s"] == 0.25
+    members = seen["members"]
+    assert (members.max_lag_entries, members.auto_promote_interval_s) == (0, 0.12)

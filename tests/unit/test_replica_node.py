@@ -13,6 +13,7 @@ from ggap.config import load_config
 from ggap.consensus.raft.types import Entry, EntryKind, Message, MessageType, Role
 from ggap.replica import ClusterSpec, Mailbox, RaftReplica
 from ggap.replica.kv_machine import KvStateMachine
+from ggap.replica.membership import bootstrap_membership
 from ggap.replica.node import _Proposal
 from ggap.storage import KvStore, LogStore
 from ggap.storage.snapshot import snapshot_dir
@@ -43,7 +44,7 @@ async def test_proposal_in_the_batch_that_deposes_the_leader_is_refused(tmp_path
         kv=kv,
         mailbox=mailbox,
         transport=None,
-        machine=KvStateMachine(kv, snapshot_dir(tmp_path)),
+        machine=KvStateMachine(kv, snapshot_dir(tmp_path), bootstrap=bootstrap_membership(peers)),
     )
     try:
         with trio.fail_after(20):
@@ -116,7 +117,9 @@ async def test_a_group_of_one_elects_itself_commits_and_restarts(tmp_path: Path)
                 kv=kv,
                 mailbox=Mailbox(cfg.raft.event_queue),
                 transport=None,
-                machine=KvStateMachine(kv, snapshot_dir(tmp_path)),
+                machine=KvStateMachine(
+                    kv, snapshot_dir(tmp_path), bootstrap=bootstrap_membership(spec.peers)
+                ),
             )
             with trio.fail_after(20):
                 async with trio.open_nursery() as nursery:

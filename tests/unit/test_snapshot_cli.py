@@ -49,7 +49,13 @@ def node_config(data_dir: Path, node_id: int = 1) -> Config:
     cfg = Config()
     return attrs.evolve(
         cfg,
-        node=attrs.evolve(cfg.node, id=node_id, client_addr="127.0.0.1:0", data_dir=str(data_dir)),
+        node=attrs.evolve(
+            cfg.node,
+            id=node_id,
+            client_addr="127.0.0.1:0",
+            cluster_addr="127.0.0.1:0",
+            data_dir=str(data_dir),
+        ),
     )
 
 

@@ -57,7 +57,9 @@ async def start(
     server_knobs = {k: limits.pop(k) for k in list(limits) if k.startswith("snapshot_")}
     cfg = attrs.evolve(
         cfg,
-        node=attrs.evolve(cfg.node, client_addr="127.0.0.1:0", data_dir=str(tmp_path / "data")),
+        node=attrs.evolve(
+            cfg.node, client_addr="127.0.0.1:0", cluster_addr="127.0.0.1:0", data_dir=str(tmp_path / "data")
+        ),
         limits=attrs.evolve(cfg.limits, **limits),
         server=attrs.evolve(cfg.server, **server_knobs),
     )

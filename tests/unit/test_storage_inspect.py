@@ -13,7 +13,7 @@ from ggap.codec import encode_command
 from ggap.config.model import MvccConfig, StorageConfig
 from ggap.consensus.raft.types import Entry, HardState, SnapshotMeta
 from ggap.storage import KV_SCHEMA_VERSION, LOG_SCHEMA_VERSION, KvStore, LogStore, inspect_data_dir
-from ggap.storage._schema import LOG_MIGRATIONS
+from ggap.storage._schema import KV_KNOWN, LOG_MIGRATIONS
 from ggap.storage.snapshot import snapshot_dir, snapshot_path, take_snapshot
 from ggap.types import Command, Delete, FailedPrecondition, NotFound, Prune, Put
 
@@ -118,14 +118,14 @@ def test_open_refuses_a_newer_schema(tmp_path: Path) -> None:
 def test_reopen_does_not_rerun_migrations(tmp_path: Path) -> None:
     for _ in range(2):
         store = KvStore.open(tmp_path / "kv.db", mvcc=MvccConfig(), storage=StorageConfig())
-        assert store.schema_version == 1
+        assert store.schema_version == KV_SCHEMA_VERSION
         store.close()
     raw = sqlite3.connect(tmp_path / "kv.db")
     try:
         rows = raw.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
     finally:
         raw.close()
-    assert rows == [("ggap.kv", "0001_initial")]
+    assert rows == [("ggap.kv", name) for name in KV_KNOWN]
     assert os.path.exists(tmp_path / "kv.db")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ggap.config.model import MvccConfig, StorageConfig
-from ggap.storage import Applied, KvReader, KvStore
+from ggap.storage import KV_SCHEMA_VERSION, Applied, KvReader, KvStore
 from ggap.types import (
     Command,
     Compact,
@@ -94,7 +94,7 @@ def test_fresh_store_state(h: Harness) -> None:
     assert (h.store.applied_index, h.store.revision, h.store.compact_revision) == (0, 0, 0)
     assert h.reader.state() == (0, 0, 0)
     assert h.reader.get("a") == (None, 0)
-    assert h.store.schema_version == 1
+    assert h.store.schema_version == KV_SCHEMA_VERSION
 
 
 def test_put_revisions_versions_and_prev_kv(h: Harness) -> None:
@@ -760,7 +760,7 @@ def test_every_table_has_a_shard_column(h: Harness) -> None:
     try:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         ours = [t for t in tables if not t.startswith("_sqlite")]
-        assert set(ours) == {"kv_versions", "kv_meta", "kv_ttl", "kv_pruned"}
+        assert set(ours) == {"kv_versions", "kv_meta", "kv_ttl", "kv_pruned", "kv_members"}
         for t in ours:
             cols = {r[1]: r for r in conn.execute(f"PRAGMA table_info({t})")}
             assert "shard" in cols and cols["shard"][3] == 1, t  # NOT NULL
