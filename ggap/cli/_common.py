@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import os
 import re
+import signal
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
@@ -63,11 +65,38 @@ def _only_interrupts(exc: BaseException) -> bool:
     return False
 
 
+async def _interruptible(fn: Callable[[], Awaitable[int | None]]) -> int | None:
+    """Run `fn`, turning SIGINT into a cancellation at a checkpoint: a KeyboardInterrupt
+    raised wherever the signal lands (in the middle of a socket call, say) can leave a
+    coroutine half-run and print a RuntimeWarning on the way out. Off the main thread
+    (tests invoking commands in a worker) signals cannot be received: run `fn` as is."""
+    if threading.current_thread() is not threading.main_thread():
+        return await fn()
+    interrupted = False
+    rc: int | None = None
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(on_signal)
+            rc = await fn()
+            nursery.cancel_scope.cancel()
+    if interrupted:
+        raise KeyboardInterrupt
+    return rc
+
+
 def run_async(fn: Callable[[], Awaitable[int | None]], *, interrupt_exit: int = EXIT_INTERRUPTED) -> None:
     """Run a command's async body, turning every failure into a message and an exit code
     (never a traceback, unless GGAP_DEBUG is set). The body may return an exit code."""
     try:
-        rc = trio.run(fn)
+        rc = trio.run(_interruptible, fn)
     except ClientError as e:
         fail(e.code.name, e.message, exit_code_for(e.code))
     except (click.exceptions.Exit, click.ClickException):
