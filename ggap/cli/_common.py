@@ -75,18 +75,24 @@ async def _interruptible(fn: Callable[[], Awaitable[int | None]]) -> int | None:
     interrupted = False
     rc: int | None = None
     with trio.open_signal_receiver(signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
+        try:
+            async with trio.open_nursery() as nursery:
 
-            async def on_signal() -> None:
-                nonlocal interrupted
-                async for _ in signals:
-                    interrupted = True
-                    nursery.cancel_scope.cancel()
-                    return
+                async def on_signal() -> None:
+                    nonlocal interrupted
+                    async for _ in signals:
+                        interrupted = True
+                        nursery.cancel_scope.cancel()
+                        return
 
-            nursery.start_soon(on_signal)
-            rc = await fn()
-            nursery.cancel_scope.cancel()
+                nursery.start_soon(on_signal)
+                rc = await fn()
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # Only the body can fail (on_signal cannot): hand its error on as it was.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
     if interrupted:
         raise KeyboardInterrupt
     return rc
