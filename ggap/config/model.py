@@ -154,6 +154,8 @@ class RaftConfig:
     entry_cache_bytes: int = 16_777_216
     # Log growth (entries) between snapshots.
     snapshot_entries: int = 10_000
+    # Log entries dropped per storage transaction when compacting behind a snapshot.
+    compact_step_entries: int = 500
 
 
 @attrs.frozen(slots=True)

@@ -147,11 +147,13 @@ class Retention:
     """When to snapshot and compact: a snapshot once `snapshot_entries` entries were applied
     since the last one; then the log behind it is dropped except the last `log_retain`
     entries. A leader also keeps what a follower within `max_lag` entries still needs, so
-    that follower catches up from the log rather than by snapshot."""
+    that follower catches up from the log rather than by snapshot. The log is dropped
+    `compact_step_entries` entries per storage transaction."""
 
     snapshot_entries: int = 10_000
     log_retain: int = 5000
     max_lag: int = 5000
+    compact_step_entries: int = 500
 
 
 @attrs.define(eq=False, slots=True)
@@ -475,11 +477,11 @@ class ReplicaEngine:
     def snapshot_finished(self) -> None:
         self._snapshotting = False
 
-    def record_snapshot(self, taken: TakenSnapshot) -> int | None:
+    def record_snapshot(self, taken: TakenSnapshot) -> None:
         """A state-machine snapshot exists: make it the storage's snapshot (with the
-        configuration as of its index, which a follower installing it adopts), then
-        compact the log behind it. Returns the index compacted through, if any. Runs where
-        storage writes run (the trio node's writer thread), never beside the core."""
+        configuration as of its index, which a follower installing it adopts). Then
+        `compaction_point` says how much log it frees and `compact_log` drops that in
+        steps. Runs where storage writes run (the trio node's writer thread)."""
         storage = self.storage
         index = taken.index
         if index > storage.snapshot().index:
@@ -487,15 +489,26 @@ class ReplicaEngine:
             m = taken.membership
             meta = SnapshotMeta(index=index, term=term, voters=m.voters, learners=m.learners)
             storage.set_snapshot(meta)
-        upto = self._compaction_point(storage.snapshot().index)
-        if upto is None:
-            return None
-        # No checkpoint of the state machine first: should it lose unsynced applies (kv.db
-        # runs synchronous=NORMAL), the snapshot file, durable before the log recorded it,
-        # covers everything compacted away, and `_recover` installs it at the next start.
-        # (A WAL checkpoint here stalled the writer thread for seconds on a 1M-key store.)
-        storage.compact(upto)
-        return upto
+
+    def compaction_point(self) -> int | None:
+        """How far the log behind the storage's snapshot may go now; None: nothing to drop.
+        Reads the core (followers' progress), so it runs beside the core, not on a thread."""
+        return self._compaction_point(self.storage.snapshot().index)
+
+    def compact_log(self, upto: int) -> int:
+        """Drop at most `retention.compact_step_entries` more entries, towards `upto` (from
+        `compaction_point`); returns the index compacted through. A step is one storage
+        transaction: the trio node interleaves its steps with the log's appends, so a
+        snapshot of a big log never stalls writes for the whole deletion (5000 entries of
+        16 KiB took 0.6-0.9 s in one go). No checkpoint of the state machine first: should
+        it lose unsynced applies (kv.db runs synchronous=NORMAL), the snapshot file,
+        durable before the log recorded it, covers everything compacted away, and
+        `_recover` installs it at the next start. (A WAL checkpoint here stalled the writer
+        thread for seconds on a 1M-key store.)"""
+        storage = self.storage
+        step = min(upto, storage.first_index() - 1 + max(1, self.retention.compact_step_entries))
+        storage.compact(step)
+        return step
 
     def _compaction_point(self, snap_index: int) -> int | None:
         retention = self.retention

@@ -283,7 +283,10 @@ class RaftReplica:
             transport=_EngineTransport(transport, self._start_snapshot_send),
             rng=rng or random.Random(),
             retention=Retention(
-                snapshot_entries=raft.snapshot_entries, log_retain=raft.log_retain, max_lag=raft.log_retain
+                snapshot_entries=raft.snapshot_entries,
+                log_retain=raft.log_retain,
+                max_lag=raft.log_retain,
+                compact_step_entries=raft.compact_step_entries,
             ),
             logger=log,
             report_context=spec.client_addr.encode(),
@@ -608,12 +611,29 @@ class RaftReplica:
 
     async def _record_snapshot(self, taken: TakenSnapshot | None) -> None:
         engine = self._engine
+        upto: int | None = None
         try:
             if taken is not None and taken.index:
-                upto = await trio.to_thread.run_sync(engine.record_snapshot, taken, limiter=self._writer)
+                await trio.to_thread.run_sync(engine.record_snapshot, taken, limiter=self._writer)
                 self._machine.settle(engine.storage.snapshot().index)
-                if upto is not None:
-                    log.info("log compacted through %d (snapshot %d)", upto, taken.index)
+                upto = engine.compaction_point()
+        finally:
+            if upto is None:
+                engine.snapshot_finished()
+        if upto is not None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._compact_log, upto)
+
+    async def _compact_log(self, upto: int) -> None:
+        """Beside the raft loop: each step takes its turn on the writer thread, so the
+        log's appends go in between and a big deletion never stalls writes. The next
+        snapshot waits until this is done (`snapshot_finished`)."""
+        engine = self._engine
+        try:
+            reached = 0
+            while reached < upto:
+                reached = await trio.to_thread.run_sync(engine.compact_log, upto, limiter=self._writer)
+            log.info("log compacted through %d (snapshot %d)", upto, engine.storage.snapshot().index)
         finally:
             engine.snapshot_finished()
 

@@ -449,7 +449,11 @@ class SimNode:
             engine.snapshot_started()
             taken = self.state_machine.take_snapshot()
             index = taken.index
-            upto = engine.record_snapshot(taken)
+            engine.record_snapshot(taken)
+            upto = engine.compaction_point()
+            if upto is not None:
+                while engine.compact_log(upto) < upto:
+                    pass
             engine.snapshot_finished()
             self.snapshots_taken += 1
             if upto is not None:

@@ -109,7 +109,8 @@ async def test_snapshots_are_taken_and_logs_compacted_behind_them(tmp_path: Path
     from ggap.storage.snapshot import read_snapshot_state, snapshot_path
 
     configs = [
-        attrs.evolve(c, raft=attrs.evolve(c.raft, log_retain=10, snapshot_entries=20))
+        # Steps of 3 entries: the compaction behind each snapshot takes several writer turns.
+        attrs.evolve(c, raft=attrs.evolve(c.raft, log_retain=10, snapshot_entries=20, compact_step_entries=3))
         for c in cluster_configs(tmp_path)
     ]
     with trio.fail_after(30):
