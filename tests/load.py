@@ -30,6 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -52,6 +53,22 @@ DEFINITE_REFUSALS = {
 TEST_CLIENT_BASE = 1000
 
 
+@dataclass(frozen=True)
+class SlowAttempt:
+    """An attempt that took at least `Load.slow_s` (where an unavailability window went)."""
+
+    began: float  # monotonic
+    took: float
+    node: int
+    kind: str
+    outcome: str  # "ok" or the status code's name
+
+    def describe(self, t0: float) -> str:
+        return (
+            f"+{self.began - t0:.3f}s {self.kind} on node {self.node}: {self.outcome} after {self.took:.3f}s"
+        )
+
+
 class LoadClient(threading.Thread):
     """One client: random ops on random nodes, each attempt recorded before it is sent."""
 
@@ -65,6 +82,7 @@ class LoadClient(threading.Thread):
         self.counts: collections.Counter[str] = collections.Counter()
         self.failures: list[str] = []
         self.write_times: list[float] = []  # when a write was answered (monotonic)
+        self.slow: list[SlowAttempt] = []
         self.error: BaseException | None = None
         self._n = 0
 
@@ -155,6 +173,11 @@ class LoadClient(threading.Thread):
             return bool(resp.succeeded)
         return None
 
+    def _note(self, began: float, node: NodeProcess, kind: OpKind, outcome: str) -> None:
+        took = time.monotonic() - began
+        if took >= self.load.slow_s:
+            self.slow.append(SlowAttempt(began, took, node.node_id, str(kind), outcome))
+
     def _request(
         self,
         kind: OpKind,
@@ -176,10 +199,12 @@ class LoadClient(threading.Thread):
             tries += 1
             args, call = attempt(self._stub(node), key)
             op = load.recorder.invoke(self.cid, key, kind, args)
+            began = time.monotonic()
             try:
                 resp = call()
             except grpc.RpcError as err:
                 code = err.code()
+                self._note(began, node, kind, f"{code.name} ({err.details()})")
                 self.counts[f"{kind} {code.name}"] += 1
                 if code in DEFINITE_REFUSALS:
                     load.recorder.discard(op)
@@ -197,6 +222,7 @@ class LoadClient(threading.Thread):
                 load.stop_event.wait(load.retry_pause_s)
                 nodes = load.nodes() or nodes
                 continue
+            self._note(began, node, kind, "ok")
             load.recorder.complete(op, self._result(kind, key, resp))
             self.counts[f"{kind} ok"] += 1
             if kind is not OpKind.GET:
@@ -221,6 +247,7 @@ class Load:
         retry_pause_s: float = 0.05,
         op_deadline: float = 2.0,
         pause_s: float = 0.005,
+        slow_s: float = 0.1,
     ) -> None:
         self.nodes = nodes
         self.keys = list(keys)
@@ -229,6 +256,7 @@ class Load:
         self.retry_pause_s = retry_pause_s
         self.op_deadline = op_deadline
         self.pause_s = pause_s
+        self.slow_s = slow_s
         self.recorder = HistoryRecorder()
         self.stop_event = threading.Event()
         # value -> the mod_revision that wrote it (values are unique, so this is a fact).
@@ -284,6 +312,11 @@ class Load:
         inside = times[bisect.bisect_left(times, start) : bisect.bisect_right(times, end)]
         points = [start, *inside, end]
         return max(b - a for a, b in itertools.pairwise(points))
+
+    def slow_attempts(self, start: float, end: float) -> list[SlowAttempt]:
+        """Attempts that took `slow_s` or more and overlap [start, end], by start time."""
+        found = [a for c in self.clients for a in c.slow if a.began <= end and a.began + a.took >= start]
+        return sorted(found, key=lambda a: a.began)
 
     def final_reads(self, nodes: Iterable[NodeProcess], timeout: float = 10.0) -> None:
         """A linearizable read of every key on every node, recorded: it closes the history
