@@ -134,11 +134,9 @@ def wait_removed(node: NodeProcess, timeout: float = 20.0) -> None:
     )
 
 
-def joiner(
-    data_dir: Path, node_id: int, endpoints: Sequence[NodeProcess], env: dict[str, str], *extra: str
-) -> NodeProcess:
-    join = ",".join(n.client_addr for n in endpoints)
-    return NodeProcess(data_dir, node_id=node_id, extra_args=["--join", join, *extra], env=env)
+def join_args(endpoints: Sequence[NodeProcess], *extra: str) -> list[str]:
+    """`ggap node` arguments to join the cluster through the client ports of `endpoints`."""
+    return ["--join", ",".join(n.client_addr for n in endpoints), *extra]
 
 
 @pytest.fixture
@@ -172,8 +170,7 @@ def finish(load: Load, nodes: Sequence[NodeProcess]) -> None:
 
 def test_replace_a_follower_under_load(cluster: Cluster) -> None:
     c = cluster
-    nodes = dict(c.nodes)
-    serving = list(nodes.values())
+    serving = list(c.nodes.values())
     leader = the_leader(serving)
     old = next(n for n in serving if n is not leader)
     rest = [n for n in serving if n is not old]
@@ -191,7 +188,7 @@ def test_replace_a_follower_under_load(cluster: Cluster) -> None:
         assert "was removed from the cluster" in launch_log(old)
         # Wiped, it joins again with the same id and addresses: the id is free once removed.
         shutil.rmtree(old.data_dir)
-        old.extra_args = ["--join", ",".join(n.client_addr for n in rest), "--auto-promote"]
+        old.extra_args = join_args(rest, "--auto-promote")
         old.start_and_wait(timeout=90)
         serving.append(old)
         wait_voter(rest, old.node_id)
@@ -221,7 +218,7 @@ def test_grow_from_one_to_five_and_shrink_to_three_under_load(
             node = node_factory(
                 node_id=i,
                 env=env,
-                extra_args=["--join", ",".join(n.client_addr for n in serving), "--auto-promote"],
+                extra_args=join_args(serving, "--auto-promote"),
                 timeout=90,
             )
             wait_voter(serving, i)
@@ -359,7 +356,7 @@ def test_refusals_through_grpc_leave_the_membership_unchanged(cluster: Cluster, 
     serving = list(voters)
     leader = the_leader(voters)
     follower, other = (n for n in voters if n is not leader)
-    learner = joiner(tmp_path / "node4", 4, voters, c.env)
+    learner = NodeProcess(tmp_path / "node4", node_id=4, extra_args=join_args(voters), env=c.env)
     try:
         with Load(lambda: serving) as load:
             before = lists_agree(voters)
