@@ -411,12 +411,14 @@ class RaftReplica:
         for m in e.membership.members:
             pr = progress.get(m.id)
             own = m.id == self._spec.node_id
+            reported = e.peer_context.get(m.id, b"").decode("utf-8", "replace")
             out[m.id] = MemberProgress(
                 id=m.id,
                 learner=m.learner,
                 match_index=pr.match if pr is not None else 0,
                 applied_index=self._progress.applied if own else e.peer_applied.get(m.id, 0),
                 recent_active=own or (pr is not None and (pr.recent_active or m.id in connected)),
+                client_addr=self._spec.client_addr if own else reported,
             )
         return out
 

@@ -23,6 +23,7 @@ rather than clever: Status marks the learners this leader will promote (`auto_pr
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import attrs
 import trio
@@ -70,13 +71,20 @@ def _same_addr(a: str, b: str) -> bool:
     return pa == pb and ha.lower() == hb.lower()
 
 
-def address_clash(membership: Membership, new: Member) -> str | None:
-    """Why `new` cannot join `membership` (its id or an address is taken), or None."""
+def address_clash(
+    membership: Membership, new: Member, reported: Mapping[int, str] | None = None
+) -> str | None:
+    """Why `new` cannot join `membership` (its id or an address is taken), or None.
+
+    `reported`: member id -> the client address that member reports of itself. It covers
+    the members whose client address the membership does not record (the bootstrap ones)."""
     if membership.get(new.id) is not None:
         return f"{new.id} is already a member"
+    reported = reported or {}
     for m in membership.members:
+        taken = (m.client_addr, reported.get(m.id, ""), m.cluster_addr)
         for addr in (new.client_addr, new.cluster_addr):
-            if _same_addr(addr, m.client_addr) or _same_addr(addr, m.cluster_addr):
+            if any(_same_addr(addr, used) for used in taken):
                 return f"{addr} is already used by member {m.id}"
     return None
 
@@ -148,7 +156,8 @@ class MemberManager:
         towards every quorum without being able to help one. With `auto_promote` this
         leader promotes it once it has caught up (`run`)."""
         view = self.leader_view()
-        clash = address_clash(view.membership, member)
+        reported = {p.id: p.client_addr for p in view.progress.values() if p.client_addr}
+        clash = address_clash(view.membership, member, reported)
         if clash is not None:
             raise FailedPrecondition(clash)
         learner = attrs.evolve(member, learner=True)

@@ -171,7 +171,12 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
         # A node started without --peers is a group of one voter: the same engine, and a
         # peer transport with nobody to talk to until members are added.
         members = peers or {config.node.id: config.node.cluster_addr}
-        bootstrap = bootstrap_membership(members, {config.node.id: config.node.client_addr})
+        # The same on every node: --peers names no client addresses, so a node records its
+        # own only when it is the whole bootstrap group (each node filling in just its own
+        # would give every node a different membership, and joiners a copy of one of them).
+        sole = set(members) == {config.node.id}
+        own = {config.node.id: config.node.client_addr} if sole else {}
+        bootstrap = bootstrap_membership(members, own)
         mailbox = Mailbox(config.raft.event_queue)
         # Off the loop: it reads and hashes the latest snapshot file (hundreds of MiB).
         snap_dir = snapshot_dir(config.node.data_dir)

@@ -74,3 +74,6 @@ class MemberProgress:
     match_index: int  # highest log index known replicated to it (leader's view)
     applied_index: int  # what it last reported applying (0: unknown)
     recent_active: bool  # heard from within the last election timeout (leader's view)
+    # The client address the member reports of itself ("" not heard yet); the applied
+    # membership may not know it (a bootstrap member: --peers names cluster addresses only).
+    client_addr: str = ""

@@ -2,13 +2,9 @@
 partitioned; afterwards the cluster must converge to identical data on every node and the
 recorded client history must be linearizable (ggap/testing/lincheck.py).
 
-Clients (grpcio, one channel per client and node) pick a random node and a random key from a
-small set and do puts, linearizable gets, deletes and compare-and-swap Txns (compare on the
-value, or on mod_revision when the client knows which revision wrote the value it expects;
-success: put). Every written value is unique, so a value names exactly one write. Outcomes:
-an answer is recorded as completed; UNAVAILABLE, DEADLINE_EXCEEDED or anything else that may
-come after the request was sent is an unknown outcome (may or may not have taken effect);
-definite refusals (INVALID_ARGUMENT, ...) are left out of the history.
+The clients are tests/load.py's `Load` without retries (each attempt stands alone): random
+nodes, a few keys, puts, linearizable gets, deletes and compare-and-swap Txns, every written
+value unique, unknown outcomes recorded as such.
 
 A fault thread, for CHAOS_SECONDS, picks faults at random from a seeded RNG: kill -9 and
 restart, SIGSTOP/SIGCONT, isolating a node, a random 1|2 partition, a one-way link. The seed
@@ -17,21 +13,17 @@ is printed (rerun with GGAP_CHAOS_SEED=<seed>), and so is the fault log.
 
 from __future__ import annotations
 
-import collections
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
-import grpc
 import pytest
 
-from ggap.pb import kv_pb2 as pb
-from ggap.pb import kv_pb2_grpc
-from ggap.testing.lincheck import HistoryRecorder, OpKind, check
-from tests.cluster import LIN, Cluster, assert_same_data
+from ggap.testing.lincheck import OpKind
+from tests.cluster import Cluster, assert_same_data
+from tests.load import TEST_CLIENT_BASE, Load
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +32,6 @@ CLIENTS = 4
 KEYS = [f"chaos/k{i}" for i in range(5)]
 OP_DEADLINE = 2.0
 CHECK_BUDGET_S = 90.0
-
-#: Refusals the server guarantees happen before anything is proposed.
-DEFINITE_REFUSALS = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.OUT_OF_RANGE,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
 
 
 class FaultLog:
@@ -59,137 +43,6 @@ class FaultLog:
     def __call__(self, text: str) -> None:
         with self._lock:
             self.lines.append(f"{time.monotonic() - self.t0:7.2f}s  {text}")
-
-
-class Client(threading.Thread):
-    """One client: random ops on random nodes, each recorded before it is sent."""
-
-    def __init__(
-        self,
-        cid: int,
-        cluster: Cluster,
-        recorder: HistoryRecorder,
-        stop: threading.Event,
-        seed: int,
-        revisions: dict[bytes, int],
-    ) -> None:
-        super().__init__(name=f"chaos-client-{cid}", daemon=True)
-        self.cid = cid
-        self.cluster = cluster
-        self.recorder = recorder
-        self.stop_event = stop
-        self.rng = random.Random(seed)
-        self.stubs = {i: kv_pb2_grpc.KvServiceStub(n.new_channel()) for i, n in cluster.nodes.items()}
-        # value -> the mod_revision that wrote it (values are unique, so this is a fact),
-        # shared between clients; filled from read answers.
-        self.revisions = revisions
-        self.seen: dict[str, bytes | None] = {}
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.error: BaseException | None = None
-        self._n = 0
-
-    def _value(self) -> bytes:
-        self._n += 1
-        return f"c{self.cid}-{self._n}".encode()
-
-    def run(self) -> None:
-        try:
-            while not self.stop_event.is_set():
-                self.one_op()
-        except BaseException as exc:  # surfaced by the test
-            self.error = exc
-
-    def one_op(self) -> None:
-        rng = self.rng
-        node = rng.choice(self.cluster.ids)
-        kv = self.stubs[node]
-        key = rng.choice(KEYS)
-        roll = rng.random()
-        if roll < 0.35:
-            value = self._value()
-            self._do(
-                OpKind.PUT,
-                key,
-                (value,),
-                lambda: kv.Put(pb.PutRequest(key=key, value=value), timeout=OP_DEADLINE),
-                lambda r: None,
-            )
-        elif roll < 0.70:
-            self._do(
-                OpKind.GET,
-                key,
-                (),
-                lambda: kv.Get(pb.GetRequest(key=key, read_mode=LIN), timeout=OP_DEADLINE),
-                self._get_result(key),
-            )
-        elif roll < 0.75:
-            self._do(
-                OpKind.DELETE,
-                key,
-                (),
-                lambda: kv.Delete(pb.DeleteRequest(key=key), timeout=OP_DEADLINE),
-                lambda r: bool(r.deleted),
-            )
-        else:
-            expected = self.seen.get(key) if rng.random() < 0.8 else rng.choice([None, *self.seen.values()])
-            new = self._value()
-            compare = self._compare(key, expected)
-            txn = pb.TxnRequest(compare=[compare], success=[pb.TxnOp(put=pb.PutRequest(key=key, value=new))])
-            self._do(
-                OpKind.CAS,
-                key,
-                (expected, new),
-                lambda: kv.Txn(txn, timeout=OP_DEADLINE),
-                lambda r: bool(r.succeeded),
-            )
-
-    def _compare(self, key: str, expected: bytes | None) -> pb.Compare:
-        rev = 0 if expected is None else self.revisions.get(expected)
-        if rev is not None and self.rng.random() < 0.5:
-            # mod_revision == rev  <=>  the key holds exactly the write of `expected`
-            # (0: the key is missing).
-            return pb.Compare(
-                key=key, target=pb.COMPARE_TARGET_MOD_REVISION, op=pb.COMPARE_OP_EQUAL, number=rev
-            )
-        if expected is None:
-            return pb.Compare(key=key, target=pb.COMPARE_TARGET_VERSION, op=pb.COMPARE_OP_EQUAL, number=0)
-        return pb.Compare(key=key, target=pb.COMPARE_TARGET_VALUE, op=pb.COMPARE_OP_EQUAL, value=expected)
-
-    def _get_result(self, key: str) -> Callable[[pb.GetResponse], bytes | None]:
-        def result(resp: pb.GetResponse) -> bytes | None:
-            if not resp.found:
-                self.seen[key] = None
-                return None
-            value = bytes(resp.kv.value)
-            self.seen[key] = value
-            self.revisions.setdefault(value, int(resp.kv.mod_revision))
-            return value
-
-        return result
-
-    def _do(
-        self,
-        kind: OpKind,
-        key: str,
-        args: tuple[Any, ...],
-        call: Callable[[], Any],
-        result: Callable[[Any], Any],
-    ) -> None:
-        op = self.recorder.invoke(self.cid, key, kind, args)
-        try:
-            resp = call()
-        except grpc.RpcError as err:
-            code = err.code()
-            self.counts[f"{kind} {code.name}"] += 1
-            if code in DEFINITE_REFUSALS:
-                self.recorder.discard(op)
-            else:
-                self.recorder.timeout(op)
-                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    self.counts[f"unexpected {code.name}: {err.details()}"] += 1
-            return
-        self.recorder.complete(op, result(resp))
-        self.counts[f"{kind} ok"] += 1
 
 
 def current_leader(cluster: Cluster) -> int | None:
@@ -287,11 +140,17 @@ def test_chaos_linearizable_and_convergent(chaos_cluster: Cluster) -> None:
     rng = random.Random(seed)
     t0 = time.monotonic()
     log = FaultLog(t0)
-    recorder = HistoryRecorder()
-    stop_clients = threading.Event()
+    nodes = list(c.nodes.values())
+    load = Load(
+        lambda: nodes,
+        clients=CLIENTS,
+        keys=KEYS,
+        seed=rng.randrange(2**32),
+        retry_for=0.0,
+        op_deadline=OP_DEADLINE,
+        pause_s=0.0,
+    )
     stop_faults = threading.Event()
-    revisions: dict[bytes, int] = {}
-    clients = [Client(i, c, recorder, stop_clients, rng.randrange(2**32), revisions) for i in range(CLIENTS)]
     fault_error: list[BaseException] = []
 
     def faults() -> None:
@@ -303,30 +162,25 @@ def test_chaos_linearizable_and_convergent(chaos_cluster: Cluster) -> None:
 
     fault_thread = threading.Thread(target=faults, name="chaos-faults", daemon=True)
     try:
-        for client in clients:
-            client.start()
+        load.start()
         fault_thread.start()
         fault_thread.join(CHAOS_SECONDS + 30)
     finally:
         stop_faults.set()
-        stop_clients.set()
         fault_thread.join(30)
-        for client in clients:
-            client.join(OP_DEADLINE + 10)
+        load.stop()
         print("fault log:\n" + "\n".join(log.lines))
     assert not fault_thread.is_alive() and not fault_error, fault_error
-    for client in clients:
-        assert not client.is_alive(), f"{client.name} did not stop"
-        assert client.error is None, f"{client.name} crashed: {client.error!r}"
 
     # Liveness: everything healed and running, one leader, every node at the same applied
     # index and with identical data.
     c.restore(timeout=30)
     log("restored: every node running, every link healed")
     # Liveness: every node takes a write again (recorded: it is part of the history).
+    recorder = load.recorder
     for i in c.ids:
         key, value = KEYS[i % len(KEYS)], f"final-{i}".encode()
-        op = recorder.invoke(100 + i, key, OpKind.PUT, (value,))
+        op = recorder.invoke(TEST_CLIENT_BASE + i, key, OpKind.PUT, (value,))
         c.put(i, key, value, timeout=10.0)
         recorder.complete(op)
     data = assert_same_data(c, timeout=30)
@@ -335,23 +189,13 @@ def test_chaos_linearizable_and_convergent(chaos_cluster: Cluster) -> None:
     # what the eventual reads above found).
     for i in c.ids:
         for key in KEYS:
-            op = recorder.invoke(100 + i, key, OpKind.GET)
+            op = recorder.invoke(TEST_CLIENT_BASE + i, key, OpKind.GET)
             resp = c.get(i, key, timeout=5.0)
             got = bytes(resp.kv.value) if resp.found else None
             recorder.complete(op, got)
             assert got == (data[key][0] if key in data else None), (i, key, got, data.get(key))
 
-    history = recorder.history()
-    counts: collections.Counter[str] = collections.Counter()
-    for client in clients:
-        counts.update(client.counts)
-    pending = sum(op.pending for op in history)
-    print(f"history: {len(history)} ops ({pending} with unknown outcome)")
-    print(f"per kind/outcome: {dict(sorted(counts.items()))}")
-    result = check(history, timeout_s=CHECK_BUDGET_S)
-    print(f"lincheck: {result.explain()}")
-    assert result.ok, result.explain(context=20)
-    # Codes outside the error table (INTERNAL, ...) and refusals the workload never earns.
-    unexpected = {k: v for k, v in counts.items() if k.startswith("unexpected") or "INVALID_ARGUMENT" in k}
-    assert not unexpected, f"errors the workload should never cause: {unexpected}"
+    load.check(CHECK_BUDGET_S)
+    assert not load.unexpected, f"errors the workload should never cause: {load.unexpected}"
+    counts = load.counts
     assert counts["put ok"] + counts["cas ok"] > 0 and counts["get ok"] > 0, counts

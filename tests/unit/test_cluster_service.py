@@ -330,6 +330,23 @@ async def test_member_add_of_an_existing_id_or_address_is_refused(
     assert cluster.shared.attempts == 0
 
 
+async def test_member_add_of_a_client_address_only_its_member_reports_is_refused(
+    nursery: trio.Nursery,
+) -> None:
+    """Bootstrap members have no client address in the membership (--peers names cluster
+    addresses only); the leader knows the one each reports of itself and refuses it too."""
+    bootstrap = [Member(i, "", f"10.0.0.{i}:17001") for i in (1, 2, 3)]
+    cluster = await start_cluster(nursery, bootstrap, served=[1, 2])
+    shared = cluster.shared
+    shared.progress[2] = attrs.evolve(shared.progress[2], client_addr="10.0.0.2:17000")
+    err = await cluster.refused(2, "member_add", **{**NEW, "client_addr": "10.0.0.2:17000"})
+    assert err.code == StatusCode.FAILED_PRECONDITION
+    assert err.message == "10.0.0.2:17000 is already used by member 2"
+    # Member 3 reported nothing yet: its client address cannot be checked.
+    await cluster.call(1, "member_add", **{**NEW, "client_addr": "10.0.0.3:17000"})
+    assert [c.member.id for _, c in shared.changes] == [5]
+
+
 async def test_member_add_always_adds_a_learner(cluster: Cluster) -> None:
     resp = await cluster.call(1, "member_add", **NEW, learner=True)
     assert (5, True) in ids(resp) and not resp.auto_promote

@@ -136,3 +136,51 @@ async def test_snapshots_are_taken_and_logs_compacted_behind_them(tmp_path: Path
         finally:
             kv.close()
             log_store.close()
+
+
+async def test_bootstrap_members_list_the_same_everywhere_and_their_client_addresses_are_taken(
+    tmp_path: Path,
+) -> None:
+    """--peers names cluster addresses only: MemberList must not differ by which node
+    answers (each filling in its own client address did), and MemberAdd still refuses a
+    client address a bootstrap member serves on (the leader knows what each reports)."""
+    import pytest
+
+    from ggap.client import ClientError
+    from ggap.types import StatusCode
+
+    configs = cluster_configs(tmp_path)
+    endpoints = [c.node.client_addr for c in configs]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for cfg in configs:
+                await nursery.start(serve_node, cfg)
+            leader = 0
+            while not leader:  # the leader has heard every follower's applied report
+                async with open_client(endpoints[0]) as c:
+                    leader = (await c.status()).leader_id
+                if leader:
+                    async with open_client(endpoints[leader - 1]) as c:
+                        progress = (await c.status()).progress
+                    if len(progress) < 3 or not all(p.applied_index for p in progress):
+                        leader = 0
+                await trio.sleep(0.05)
+            lists = []
+            for ep in endpoints:
+                async with open_client(ep) as c:
+                    listed = await c.member_list()
+                lists.append([(m.id, m.client_addr, m.cluster_addr, m.learner) for m in listed.members])
+            assert lists[0] == [(c.node.id, "", c.node.cluster_addr, False) for c in configs]
+            assert lists[1] == lists[0] and lists[2] == lists[0]
+            follower = next(c for c in configs if c.node.id != leader)
+            async with open_client(endpoints[0]) as c:
+                with pytest.raises(ClientError) as info:
+                    await c.member_add(
+                        id=9, client_addr=follower.node.client_addr, cluster_addr="127.0.0.1:1"
+                    )
+            assert info.value.code == StatusCode.FAILED_PRECONDITION
+            assert (
+                info.value.message
+                == f"{follower.node.client_addr} is already used by member {follower.node.id}"
+            )
+            nursery.cancel_scope.cancel()
