@@ -38,14 +38,25 @@ from ggap.testing.lincheck import check
 # match-by-index: a write overwritten by a new leader is acknowledged with another's result.
 # install-before-log: a crash between the state machine taking a snapshot and the log
 # recording it leaves a log whose conflicting tail the restarted core treats as committed.
+# learner-quorum: a learner's ack counts toward the commit majority (a core override).
+# membership-wrong-index: a change is recorded at the last index of its apply batch.
+# skip-core-conf-change: the core never switches to an applied change; the engine's own
+# check (core configuration == applied membership) stops it, hence "exception" (PLANTED_DETAIL).
+# bootstrap-core-config: a node restarting from a snapshot past a change builds its core
+# from the bootstrap voters.
 # All but stale-read are subclasses of the production ReplicaEngine (ggap/sim/bugs.py).
 PLANTED: dict[str, tuple[list[int], int | None, set[str]]] = {
-    "skip-persist-before-vote": ([1, 39], None, {"leader-completeness", "election-safety"}),
+    "skip-persist-before-vote": ([1, 39], None, {"commit-quorum", "leader-completeness", "election-safety"}),
     "ack-before-commit": ([0], 300, {"acked-write-lost", "linearizability"}),
     "stale-read": ([2, 3], 300, {"linearizability"}),
     "match-by-index": ([43, 74], None, {"acked-write-lost"}),
     "install-before-log": ([178, 36], None, {"leader-completeness", "exception"}),
+    "learner-quorum": ([0, 1], None, {"commit-quorum"}),
+    "membership-wrong-index": ([0, 1], None, {"membership-agreement"}),
+    "skip-core-conf-change": ([0, 1], None, {"exception"}),
+    "bootstrap-core-config": ([1, 6], None, {"membership-agreement"}),
 }
+PLANTED_DETAIL = {"skip-core-conf-change": "differs from the applied membership"}
 
 
 def ents(*spec: tuple[int, int]) -> tuple[Entry, ...]:
@@ -264,12 +275,13 @@ def test_planted_bug_is_caught(bug: str) -> None:
     for seed in seeds:
         res = run_seed(seed, plant_bug=bug, ticks=ticks)
         assert res.failure in expected, (seed, res.failure, res.detail)
+        assert PLANTED_DETAIL.get(bug, "") in res.detail, (seed, res.detail)
         assert f"--seed {seed}" in res.replay and f"--plant-bug {bug}" in res.replay
 
 
 def test_lost_acked_write_also_fails_the_linearizability_check() -> None:
     """The acked-write check fires first; the history alone must condemn the bug too."""
-    sim = Simulator(SimConfig.from_seed(0, plant_bug="ack-before-commit", ticks=300))
+    sim = Simulator(SimConfig.from_seed(10, plant_bug="ack-before-commit", ticks=300))
     assert sim.run().failure == "acked-write-lost"
     verdict = check(sim.resolve_history(), max_steps=2_000_000)
     assert verdict.violation, verdict.explain()
