@@ -383,7 +383,8 @@ class ReplicaEngine:
     def write(self, work: Work) -> None:
         """Save the Ready's log changes. A hard state that only moved the commit index is
         not written (must_sync is False): after a crash the core recovers commit from the
-        applied index."""
+        applied index. (A Ready that applies a membership change has must_sync set, so its
+        commit is written.)"""
         if work.persist:
             rd = work.ready
             self.storage.save(rd.hard_state, rd.entries, rd.snapshot)

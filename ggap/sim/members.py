@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 # Relative weights of the operator's actions (when each is possible).
 _WEIGHTS = {"add": 3.0, "promote": 3.0, "remove": 2.0, "transfer": 1.0}
 _CAREFUL = 0.8  # probability of the server's safety checks (caught-up learner, live quorum)
+_KEEP_TWO = 0.75  # probability of refusing to remove a voter of a configuration of two
 
 
 class MemberSchedule:
@@ -119,6 +120,8 @@ class MemberSchedule:
                 self._propose(leader, ChangeKind.PROMOTE, self.rng.choice(learners))
         elif kind == "remove":
             nid = self.rng.choice(m.ids)
+            if nid in m.voters and len(m.voters) <= 2 and self.rng.random() < _KEEP_TWO:
+                return  # mostly keep two voters or more: elections stay interesting
             if careful and nid in m.voters:
                 active = [pid for pid, pr in status.progress.items() if pid == leader.id or pr.recent_active]
                 if not live_quorum_after(ConfState(voters=m.voters, learners=m.learners), nid, active):
