@@ -169,9 +169,11 @@ class MemberSchedule:
         sim.schedule(sim.now + delay, self._retire_when_applied, nid, index)
 
     def _retire_when_applied(self, nid: int, index: int) -> None:
+        """Retire `nid` once every voter of the latest configuration applied its removal
+        (the voters as of the removal itself may be gone by then: seed 2024)."""
         sim = self.sim
-        _, conf = sim.inv.conf_at(index)
-        if all(sim.nodes[v].up and sim.nodes[v].kv.applied >= index for v in conf.voters):
+        _, conf = sim.inv.conf_at(len(sim.inv.applied) - 1)
+        if all(sim.nodes[v].up and sim.nodes[v].kv.applied >= index for v in conf.voters if v != nid):
             self.retire(nid)
         else:
             sim.schedule(sim.now + sim.cfg.tick_ms, self._retire_when_applied, nid, index)

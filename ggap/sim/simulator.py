@@ -345,11 +345,12 @@ class Simulator:
         return out
 
     def client_targets(self) -> tuple[int, ...]:
-        """The nodes a client may ask: every node started and not shut down for good (a
-        client learns of added and removed members from the cluster's member list)."""
+        """The nodes a client may ask: every node started and not known removed (a client
+        learns of added and removed members from the cluster's member list)."""
         if len(self.all_ids) == len(self.ids) or self.members.stats["proposed"] == 0:
             return self.ids  # no membership change yet: the draws of a run without them
-        return tuple(n.id for n in self.nodes.values() if n.incarnation > 0 and not n.retired)
+        removed = self.members.removed
+        return tuple(n.id for n in self.nodes.values() if n.incarnation > 0 and n.id not in removed)
 
     def _leader(self) -> SimNode | None:
         leaders = [n for n in self.nodes.values() if n.up and n.role == Role.LEADER]
