@@ -206,7 +206,7 @@ class ReplicaEngine:
         self.voters, self.learners = self.membership.voters, self.membership.learners
         config = attrs.evolve(config, voters=self.voters, learners=self.learners)
         applied = min(state_machine.applied_index, storage.last_index())
-        self.node = RawNode(config, storage, rng, self._log, applied=applied)
+        self.node = self._new_core(config, storage, rng, applied)
         self.removed = False  # applied its own removal: it only answers, never leads
         hs, _snap = storage.initial_state()
         self.term = hs.term
@@ -219,7 +219,10 @@ class ReplicaEngine:
         self.peer_context: dict[int, bytes] = {}
         self._proposals: dict[int, Proposal] = {}
         self._reads: dict[bytes, ReadCallback] = {}
-        self._reads_without_leader: set[bytes] = set()
+        # Insertion-ordered (a dict, not a set): they are asked again in this order, and the
+        # order of the messages that go out must not depend on hash randomisation (the
+        # simulator replays a seed exactly).
+        self._reads_without_leader: dict[bytes, None] = {}
         self._subscribers: list[Callable[[AppliedBatch], None]] = []
         self._peer_applied_listeners: list[Callable[[], None]] = []
         self._membership_listeners: list[Callable[[Membership], None]] = []
@@ -331,16 +334,14 @@ class ReplicaEngine:
         leadership change, until answered or cancelled (the caller's deadline)."""
         waiting = self._reads_without_leader
         for ctx in contexts:
-            if ctx not in self._reads:
-                waiting.discard(ctx)
-            elif self.node.read_index(ctx):
-                waiting.discard(ctx)
+            if ctx not in self._reads or self.node.read_index(ctx):
+                waiting.pop(ctx, None)
             else:
-                waiting.add(ctx)
+                waiting[ctx] = None
 
     def cancel_read(self, context: bytes) -> None:
         self._reads.pop(context, None)
-        self._reads_without_leader.discard(context)
+        self._reads_without_leader.pop(context, None)
 
     def transfer_leader(self, target: int) -> None:
         self.node.transfer_leader(target)
@@ -384,7 +385,8 @@ class ReplicaEngine:
     def write(self, work: Work) -> None:
         """Save the Ready's log changes. A hard state that only moved the commit index is
         not written (must_sync is False): after a crash the core recovers commit from the
-        applied index."""
+        applied index. (A Ready that applies a membership change has must_sync set, so its
+        commit is written.)"""
         if work.persist:
             rd = work.ready
             self.storage.save(rd.hard_state, rd.entries, rd.snapshot)
@@ -443,16 +445,19 @@ class ReplicaEngine:
             self.applied = max(self.applied, self.state_machine.applied_index)
             self.revision = self.state_machine.revision
             self._fail_unknown(rd.snapshot.index)
-            self._membership_applied()
+            if not rd.committed:
+                # Otherwise after the core applied the batch's changes too: the state machine
+                # already holds the membership of the snapshot *and* of any change after it.
+                self._membership_applied()
             jump = AppliedBatch(
                 applied_index=self.applied, revision=self.revision, events=(), snapshot_installed=True
             )
             for callback in self._subscribers:
                 callback(jump)
         if rd.committed:
-            self._finish_applied(rd.committed, output)
+            self._finish_applied(rd.committed, output, snapshot_installed=rd.snapshot is not None)
         for rs in rd.read_states:
-            self._reads_without_leader.discard(rs.context)
+            self._reads_without_leader.pop(rs.context, None)
             done = self._reads.pop(rs.context, None)
             if done is not None:
                 done(rs.index, None)
@@ -551,7 +556,9 @@ class ReplicaEngine:
             # since each was confirmed by a quorum after the read began).
             self._request_reads(list(self._reads))
 
-    def _finish_applied(self, committed: Sequence[Entry], output: ApplyOutput) -> None:
+    def _finish_applied(
+        self, committed: Sequence[Entry], output: ApplyOutput, *, snapshot_installed: bool = False
+    ) -> None:
         outcomes = output.outcomes
         if len(outcomes) != len(committed):
             raise Internal(f"state machine gave {len(outcomes)} outcomes for {len(committed)} entries")
@@ -559,7 +566,7 @@ class ReplicaEngine:
         self.commit = max(self.commit, last)
         self.applied = max(self.applied, last)
         self.revision = output.revision
-        changed = False
+        changed = snapshot_installed
         for entry, outcome in zip(committed, outcomes, strict=True):
             if entry.kind is EntryKind.CONF_CHANGE and isinstance(outcome, Membership):
                 # The state machine recorded it; now the core (before `advance`, in log order).
@@ -652,7 +659,12 @@ class ReplicaEngine:
             if pr is not None and pr.state is ProgressState.REPLICATE:
                 self.node.report_unreachable(peer)
 
-    # A hook for the planted bugs (ggap/sim/bugs.py); a no-op here.
+    # Hooks for the planted bugs (ggap/sim/bugs.py).
+
+    def _new_core(
+        self, config: CoreConfig, storage: DurableStorage, rng: random.Random, applied: int
+    ) -> RawNode:
+        return RawNode(config, storage, rng, self._log, applied=applied)
 
     def _proposed(self, proposal: Proposal) -> None:
         pass

@@ -7,9 +7,18 @@ the rule it breaks, so the override reads as the bug.
 
 from __future__ import annotations
 
-from ggap.consensus.raft import Entry, Ready
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from ggap.consensus.raft import ConfChange, ConfState, CoreConfig, DurableStorage, Entry, RawNode, Ready
+from ggap.consensus.raft.membership import changed_conf, conf_change_error
+from ggap.consensus.raft.quorum import majority
 from ggap.replica.engine import Outcome, Proposal, ReplicaEngine, Work
 from ggap.sim.node import SimMachine
+from ggap.types import FailedPrecondition, Membership
 
 
 class SkipPersistBeforeVote(ReplicaEngine):
@@ -30,6 +39,8 @@ class AckBeforeCommit(ReplicaEngine):
     """A write is acknowledged when proposed, before it is committed."""
 
     def _proposed(self, proposal: Proposal) -> None:
+        if not proposal.data:
+            return  # a membership change: only writes are acknowledged early
         machine = self.state_machine
         assert isinstance(machine, SimMachine)
         proposal.done(proposal.index, machine.preview(proposal.data), None)
@@ -55,7 +66,77 @@ class InstallBeforeLog(ReplicaEngine):
         super().write(work)
 
 
+class _LearnerAckCore(RawNode):
+    """The core's commit rule counting learners' acks toward the voters' majority."""
+
+    def _maybe_commit(self) -> bool:
+        acked = sorted((pr.match for pr in self._prs.values()), reverse=True)
+        return self.log.maybe_commit(acked[majority(len(self._voters)) - 1], self._term)
+
+
+class LearnerQuorum(ReplicaEngine):
+    """A learner's ack counts toward the commit majority (a core-level bug, planted through
+    the engine's `_new_core` hook): with one voter down, the leader commits on its own
+    ack plus a learner's, which no later leader need hold."""
+
+    def _new_core(
+        self, config: CoreConfig, storage: DurableStorage, rng: random.Random, applied: int
+    ) -> RawNode:
+        return _LearnerAckCore(config, storage, rng, self._log, applied=applied)
+
+
+class MembershipWrongIndex(ReplicaEngine):
+    """Each membership is recorded as taking effect at the last entry of its apply batch
+    rather than at its own CONF_CHANGE entry: right only when the change ends the batch."""
+
+    def _membership_changes(self, committed: Sequence[Entry]) -> dict[int, Membership | FailedPrecondition]:
+        last = committed[-1].index
+        return {
+            i: attrs.evolve(m, index=last) if isinstance(m, Membership) else m
+            for i, m in super()._membership_changes(committed).items()
+        }
+
+
+class _ConfIgnoringCore(RawNode):
+    def apply_conf_change(self, cc: ConfChange) -> ConfState:
+        conf = self.conf_state
+        return conf if conf_change_error(conf, cc) is not None else changed_conf(conf, cc)
+
+
+class SkipCoreConfChange(ReplicaEngine):
+    """The state machine records each applied change, but the core never switches to it
+    (as if the engine skipped `core.apply_conf_change`): it keeps counting votes and acks
+    with the configuration it started with."""
+
+    def _new_core(
+        self, config: CoreConfig, storage: DurableStorage, rng: random.Random, applied: int
+    ) -> RawNode:
+        return _ConfIgnoringCore(config, storage, rng, self._log, applied=applied)
+
+
+class BootstrapCoreConfig(ReplicaEngine):
+    """The core is built from the bootstrap configuration (the one the node was configured
+    with), not from the membership the state machine holds as of its applied index: a
+    node restarting from a snapshot past some change runs with the wrong voters."""
+
+    def __init__(self, *, config: CoreConfig, **kw: Any) -> None:
+        self._bootstrap = (config.voters, config.learners)
+        super().__init__(config=config, **kw)
+
+    def _new_core(
+        self, config: CoreConfig, storage: DurableStorage, rng: random.Random, applied: int
+    ) -> RawNode:
+        voters, learners = self._bootstrap
+        return super()._new_core(
+            attrs.evolve(config, voters=voters, learners=learners), storage, rng, applied
+        )
+
+
 ENGINE_BUGS: dict[str, type[ReplicaEngine]] = {
+    "learner-quorum": LearnerQuorum,
+    "membership-wrong-index": MembershipWrongIndex,
+    "skip-core-conf-change": SkipCoreConfChange,
+    "bootstrap-core-config": BootstrapCoreConfig,
     "install-before-log": InstallBeforeLog,
     "skip-persist-before-vote": SkipPersistBeforeVote,
     "ack-before-commit": AckBeforeCommit,

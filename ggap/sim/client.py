@@ -101,7 +101,8 @@ class SimClient:
         op.attempts += 1
         self._token += 1
         tok = self._token
-        ids = [i for i in sim.ids if i != op.last_node] or list(sim.ids)
+        targets = sim.client_targets()
+        ids = [i for i in targets if i != op.last_node] or list(targets)
         node = sim.nodes[self.rng.choice(ids)]
         op.last_node = node.id
         sim.schedule(sim.now + sim.cfg.request_timeout_ms, self._timeout, tok)

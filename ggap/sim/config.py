@@ -18,6 +18,10 @@ PLANTED_BUGS = (
     "stale-read",
     "match-by-index",
     "install-before-log",
+    "learner-quorum",
+    "membership-wrong-index",
+    "skip-core-conf-change",
+    "bootstrap-core-config",
 )
 PARTITION_MODES = ("none", "isolate-one", "random-halves", "uniform")
 DEFAULT_TICKS = 1000
@@ -69,7 +73,12 @@ class SimConfig:
     snapshot_entries: int  # applied entries between snapshots
     log_retain: int  # entries kept behind a snapshot when the log is compacted
     max_lag: int  # a leader keeps entries for followers at most this far behind
+    # --- membership (ggap/sim/members.py; drawn after everything above, so they shift nothing) ---
+    spares: int  # node ids outside the initial cluster that may join (as learners)
+    member_probability: float  # per tick: the operator tries one membership change or transfer
     plant_bug: str | None = None
+    # Seed of the membership schedule's own RNG stream (drawn last of all).
+    members_seed: int = attrs.field(default=0, repr=False)
     # Seeds of the per-component RNG streams (network, disk, nodes, faults, clients), drawn
     # last so every component gets its own stream and the knobs above stay put.
     streams: tuple[int, ...] = attrs.field(default=(), repr=False)
@@ -128,6 +137,9 @@ class SimConfig:
         snapshot_entries = r.choice((r.randint(3, 20), r.randint(20, 100), 1_000_000))
         log_retain = r.randint(0, 2 * min(snapshot_entries, 100))
         max_lag = r.choice((0, log_retain, 10 * log_retain))
+        spares = r.randint(1, 3)
+        member_p = r.choice((0.0, r.uniform(0.005, 0.02), r.uniform(0.02, 0.06), r.uniform(0.02, 0.06)))
+        members_seed = r.getrandbits(64)
         return cls(
             seed=seed,
             nodes=nodes if nodes is not None else n,
@@ -168,7 +180,10 @@ class SimConfig:
             snapshot_entries=snapshot_entries,
             log_retain=log_retain,
             max_lag=max_lag,
+            spares=spares,
+            member_probability=round(member_p, 4),
             plant_bug=plant_bug,
+            members_seed=members_seed,
             streams=streams,
         )
 

@@ -14,13 +14,31 @@ Each check is O(what changed), so they can run on every event of every step:
   node's commit index (hard state) over its own log.
 - state-machine-safety: no two nodes apply different entries at one index, and every node
   applies exactly index applied+1 next, so applied prefixes are identical.
+
+Membership (the configurations C0, C1, ... that committed CONF_CHANGE entries make):
+
+- membership-agreement: a reference model replays every applied CONF_CHANGE entry with the
+  core's pure rules (`conf_change_error`, `changed_conf`) from the bootstrap voters; every
+  membership a node records (applying a change, installing a snapshot, starting) and every
+  configuration its core runs with must be the model's as of that node's applied index,
+  including the index the membership says it took effect at.
+- commit-quorum: when a leader's commit index moves, a majority of the voters of its
+  configuration (or of the one just before its last change) durably hold that entry. This
+  is the rule behind leader completeness, checked where it is applied, so a quorum that
+  counts the wrong nodes (a learner, a removed node) is caught even when no entry is lost.
+- leader-not-voter: a leader is a voter of the configuration its node applied (so a node
+  that is not a voter never leads, and a leader that applied its own removal steps down).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import bisect
+from collections.abc import Callable, Collection, Iterable
 
-from ggap.consensus.raft.types import Entry, EntryKind
+from ggap.consensus.raft.membership import changed_conf, conf_change_error, decode_conf_change
+from ggap.consensus.raft.quorum import majority
+from ggap.consensus.raft.types import ConfChange, ConfState, Entry, EntryKind
+from ggap.types import Membership
 
 EntryKey = tuple[int, int]  # (index, term)
 EntryRecord = tuple[EntryKind, bytes, int]  # (kind, data, term of the previous entry)
@@ -36,12 +54,23 @@ class InvariantViolation(Exception):
 
 
 class Invariants:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        bootstrap: Collection[int] = (),
+        on_change: Callable[[ConfChange, int], None] | None = None,
+    ) -> None:
+        """`bootstrap`: the voters as of index 0; `on_change(cc, index)` runs when the model first
+        sees a committed change applied (the simulated operator shuts removed nodes down)."""
         self.leaders: dict[int, int] = {}  # term -> leader id
         self.entries: dict[EntryKey, EntryRecord] = {}
         self.committed: list[int] = [0]  # committed[i] = term of committed entry i (i >= 1)
         self.applied: list[Entry | None] = [None]  # applied[i] = entry applied at index i
         self.checks = 0
+        # The reference membership model: conf_index[k] is the log index at which the
+        # configuration confs[k] took effect (0: the bootstrap one).
+        self.conf_index: list[int] = [0]
+        self.confs: list[ConfState] = [ConfState(voters=tuple(sorted(bootstrap)))]
+        self._on_change = on_change
 
     # --- election safety ---
 
@@ -182,6 +211,8 @@ class Invariants:
                 )
         elif entry.index == len(applied):
             applied.append(entry)
+            if entry.kind is EntryKind.CONF_CHANGE:
+                self._model_change(entry)
         else:  # pragma: no cover - impossible given the contiguity check above
             raise InvariantViolation("state-machine-safety", f"n{node} applied {entry.index} out of order")
         committed = self.committed
@@ -190,6 +221,86 @@ class Invariants:
                 "state-machine-safety",
                 f"n{node} applied {entry.index}@t{entry.term} but {entry.index}@t{committed[entry.index]} "
                 "was committed",
+            )
+
+    # --- membership ---
+
+    def _model_change(self, entry: Entry) -> None:
+        """A CONF_CHANGE entry is applied for the first time anywhere: advance the model
+        (a change invalid in the current configuration changes nothing, as in the core)."""
+        cc = decode_conf_change(entry.data)
+        conf = self.confs[-1]
+        if conf_change_error(conf, cc) is not None:
+            return
+        self.conf_index.append(entry.index)
+        self.confs.append(changed_conf(conf, cc))
+        if self._on_change is not None:
+            self._on_change(cc, entry.index)
+
+    def conf_at(self, index: int) -> tuple[int, ConfState]:
+        """(index it took effect at, configuration) as of log index `index`. Exact for
+        every index some node applied; beyond that, the latest change known."""
+        k = bisect.bisect_right(self.conf_index, index) - 1
+        return self.conf_index[k], self.confs[k]
+
+    def membership(self, node: int, applied: int, m: Membership, what: str) -> None:
+        """`node`, applied through `applied`, records membership `m` (`what`: how)."""
+        self.checks += 1
+        at, conf = self.conf_at(applied)
+        if (m.voters, m.learners, m.index) != (conf.voters, conf.learners, at):
+            raise InvariantViolation(
+                "membership-agreement",
+                f"n{node} ({what}, applied {applied}) records voters={m.voters} learners={m.learners} "
+                f"from index {m.index}, but the committed log gives voters={conf.voters} "
+                f"learners={conf.learners} from index {at}",
+            )
+
+    def core_conf(self, node: int, applied: int, conf: ConfState, what: str) -> None:
+        """The core of `node`, applied through `applied`, runs with configuration `conf`."""
+        self.checks += 1
+        _, want = self.conf_at(applied)
+        if (conf.voters, conf.learners) != (want.voters, want.learners):
+            raise InvariantViolation(
+                "membership-agreement",
+                f"n{node}'s core ({what}, applied {applied}) runs with voters={conf.voters} "
+                f"learners={conf.learners}, but the committed log gives voters={want.voters} "
+                f"learners={want.learners}",
+            )
+
+    def commit_quorum(
+        self,
+        node: int,
+        term: int,
+        commit: int,
+        confs: Iterable[ConfState],
+        holds: Callable[[int, int, int], bool],
+    ) -> None:
+        """Leader `node` of `term` moved its commit index to `commit`; `holds(voter, index,
+        term)` says whether a voter durably holds that entry. A majority of the voters of
+        one of `confs` (its configuration, and the one before its last change) must."""
+        self.checks += 1
+        entry_term = self.committed[commit] if commit < len(self.committed) else None
+        if entry_term is None:
+            return  # not learnt yet (the caller reports commit before extending it)
+        best: tuple[int, ...] = ()
+        for conf in confs:
+            holders = tuple(v for v in conf.voters if holds(v, commit, entry_term))
+            if len(holders) >= majority(len(conf.voters)):
+                return
+            best = best or holders
+        raise InvariantViolation(
+            "commit-quorum",
+            f"n{node}, leader of t{term}, committed {commit}@t{entry_term} but only {best} of the "
+            f"voters of {[c.voters for c in confs]} durably hold it",
+        )
+
+    def leader_is_voter(self, node: int, term: int, voters: Collection[int], what: str) -> None:
+        self.checks += 1
+        if node not in voters:
+            raise InvariantViolation(
+                "leader-not-voter",
+                f"n{node} leads t{term} but is not a voter of its applied configuration "
+                f"(voters={tuple(voters)}; {what})",
             )
 
 

@@ -24,7 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ggap.consensus.raft import CoreConfig, Entry, EntryKind, Message, MessageType, Ready, Role, SnapshotMeta
+from ggap.consensus.raft import (
+    ConfState,
+    CoreConfig,
+    Entry,
+    EntryKind,
+    Message,
+    MessageType,
+    Ready,
+    Role,
+    SnapshotMeta,
+)
 from ggap.replica.engine import (
     ApplyOutput,
     MembershipChanges,
@@ -38,18 +48,19 @@ from ggap.replica.engine import (
 )
 from ggap.sim.kv import Command, KVStateMachine, evaluate
 from ggap.sim.storage import SimStorage
-from ggap.types import Member, Membership
+from ggap.types import Member, MemberChange, Membership
 
 if TYPE_CHECKING:
     from ggap.sim.simulator import Simulator
 
-_TICK, _MSG, _PROPOSE, _READ, _TRANSFER, _SNAP_REPORT = range(6)
+_TICK, _MSG, _PROPOSE, _READ, _TRANSFER, _SNAP_REPORT, _MEMBER = range(7)
 _QUIET = logging.getLogger("ggap.sim.engine")
 _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False  # the trace (--log=short) says what matters
 _LEADER_MSGS = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
 
 OnResult = Callable[[object], None]
+OnMember = Callable[[object], None]  # the resulting Membership, or why it failed (a str)
 OnError = Callable[[str], None]
 
 
@@ -95,6 +106,7 @@ class SimMachine:
                 decided = changes.get(e.index)
                 if isinstance(decided, Membership):
                     kv.membership = decided
+                sim.inv.membership(node.id, e.index, self.membership, "applying a change")
                 outcomes.append(decided)
                 continue
             out = kv.apply(e)
@@ -122,6 +134,7 @@ class SimMachine:
         node.disk_kv = staged.copy()
         node.snap_kv = staged.copy()
         node.sim.trace(node, f"installed snapshot {meta.index}@t{meta.term}")
+        node.sim.inv.membership(node.id, meta.index, self.membership, "installing a snapshot")
 
     def preview(self, data: bytes) -> Reply:
         """What applying `data` now would answer (for the ack-before-commit planted bug)."""
@@ -172,6 +185,8 @@ class SimNode:
         self.snap_kv: KVStateMachine | None = None  # the durable snapshot (what is sent)
         self.engine: ReplicaEngine | None = None
         self.up = False
+        self.retired = False  # shut down for good (removed from the cluster)
+        self.prev_conf: ConfState | None = None  # the core's configuration before its last change
         self.incarnation = 0
         self.inbox: deque[tuple[Any, ...]] = deque()
         self.persisting: Work | None = None
@@ -239,11 +254,15 @@ class SimNode:
             ),
         )
         self._may_have_ready = True
+        self.prev_conf = None
         sim.trace(
             self,
             f"start (incarnation {self.incarnation}) hs={hs.term}/{hs.vote}/{hs.commit} "
             f"snap={snap.index} kv@{self.kv.applied}",
         )
+        applied = self.kv.applied
+        sim.inv.membership(self.id, applied, self.state_machine.membership, "starting")
+        sim.inv.core_conf(self.id, applied, self.engine.node.conf_state, "starting")
         sim.schedule(sim.now + sim.node_rng.randint(1, cfg.tick_ms), self._tick, self.incarnation)
 
     def crash(self, why: str) -> None:
@@ -266,6 +285,14 @@ class SimNode:
             self,
             f"CRASH ({why}{', mid-write' if in_write else ''}): {lost} unsynced writes, {kept} survived",
         )
+
+    def retire(self, why: str) -> None:
+        """Shut down for good (the operator stops a removed node); the disk is kept, for
+        the final log cross-check, but the node never starts again."""
+        if self.up:
+            self.crash(why)
+        self.retired = True
+        self.sim.trace(self, f"RETIRED ({why})")
 
     def _tick(self, incarnation: int) -> None:
         if incarnation != self.incarnation:
@@ -296,6 +323,13 @@ class SimNode:
             on_ok(self.kv.get(key))
             return
         self.inbox.append((_READ, ctx, key, on_ok, on_err))
+
+    def submit_membership(self, change: MemberChange, on_done: OnMember) -> None:
+        """An operator's membership change, asked of this node (the leader, it hopes)."""
+        if not self.up:
+            on_done("node down")
+            return
+        self.inbox.append((_MEMBER, change, on_done))
 
     def submit_transfer(self, target: int) -> None:
         """An operator's "move leadership to `target`" (exercises TIMEOUT_NOW)."""
@@ -341,6 +375,9 @@ class SimNode:
         elif kind == _READ:
             _, ctx, key, on_ok, on_err = item
             engine.read_index(ctx, self._read_callback(key, on_ok, on_err))
+        elif kind == _MEMBER:
+            _, change, on_done = item
+            engine.propose_membership(change, self._member_callback(on_done))
         elif kind == _TRANSFER:
             try:
                 engine.transfer_leader(item[1])
@@ -364,6 +401,15 @@ class SimNode:
             else:
                 assert isinstance(result, Reply), result
                 on_ok(result.value)
+
+        return done
+
+    def _member_callback(self, on_done: OnMember) -> ProposalCallback:
+        incarnation = self.incarnation
+
+        def done(_index: int, result: object, error: BaseException | None) -> None:
+            if incarnation == self.incarnation:
+                on_done(result if error is None else f"{type(error).__name__}: {error}")
 
         return done
 
@@ -400,6 +446,17 @@ class SimNode:
         if rd.hard_state is not None and rd.hard_state.commit > self.commit:
             self.commit = rd.hard_state.commit
             sim.inv.commit(self.id, self.commit, self.storage.term, self.storage.first_index())
+            core = engine.node
+            if core.role is Role.LEADER:
+                confs = [core.conf_state] + ([self.prev_conf] if self.prev_conf is not None else [])
+                nodes = sim.nodes
+                sim.inv.commit_quorum(
+                    self.id,
+                    core.term,
+                    self.commit,
+                    confs,
+                    lambda v, i, t: v in nodes and nodes[v].storage.durably_holds(i, t),
+                )
         if engine.role == Role.LEADER:
             self._became_leader("ready")
         if work.must_sync:
@@ -440,7 +497,15 @@ class SimNode:
             sim.crash_node(self.id, self.incarnation, "between recording and installing a snapshot")
             return
         output = engine.apply(work)
+        before = engine.node.conf_state
         engine.finish(work, output)
+        after = engine.node.conf_state
+        if after != before:
+            self.prev_conf = before
+        rd = work.ready
+        if rd.snapshot is not None or any(e.kind is EntryKind.CONF_CHANGE for e in rd.committed):
+            sim.inv.core_conf(self.id, self.kv.applied, after, "after applying")
+
         pending = self.pending_reads
         while pending and pending[0][0] <= self.kv.applied:
             heapq.heappop(pending)[2]()

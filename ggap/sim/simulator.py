@@ -29,13 +29,14 @@ from typing import Any, TextIO
 
 import attrs
 
-from ggap.consensus.raft.types import Role
+from ggap.consensus.raft.types import ConfChange, ConfChangeType, Role
 from ggap.replica.engine import ReplicaEngine
 from ggap.sim.bugs import ENGINE_BUGS
 from ggap.sim.client import SimClient
 from ggap.sim.config import SimConfig
 from ggap.sim.invariants import Invariants, InvariantViolation
 from ggap.sim.kv import KVStateMachine
+from ggap.sim.members import MemberSchedule
 from ggap.sim.network import SimNetwork
 from ggap.sim.node import SimNode
 from ggap.testing.lincheck import Operation, OpKind, check
@@ -80,7 +81,10 @@ class Simulator:
         self.node_rng = random.Random(node_seed)
         self.fault_rng = random.Random(fault_seed)
 
-        self.ids = tuple(range(1, cfg.nodes + 1))
+        self.ids = tuple(range(1, cfg.nodes + 1))  # the bootstrap voters
+        # Spare ids start outside the cluster; the membership schedule adds them.
+        spares = tuple(range(cfg.nodes + 1, cfg.nodes + 1 + (cfg.spares if cfg.member_probability else 0)))
+        self.all_ids = self.ids + spares
         self.now = 0
         self.steps = 0
         self.phase = "safety"
@@ -93,13 +97,14 @@ class Simulator:
         self.tail: deque[str] = deque(maxlen=tail)
         self._hash = hashlib.sha256()
 
-        self.inv = Invariants()
+        self.members = MemberSchedule(self, spares, random.Random(cfg.members_seed))
+        self.inv = Invariants(self.ids, self._model_change)
         # The production engine, or a planted-bug subclass of it.
         self.engine_class: type[ReplicaEngine] = ENGINE_BUGS.get(cfg.plant_bug or "", ReplicaEngine)
         # Snapshot data "in flight": (sender, index) -> the sender's checkpoint at that index.
         self.snapshot_data: dict[tuple[int, int], KVStateMachine] = {}
-        self.net = SimNetwork(cfg, self.ids, self.net_rng)
-        self.nodes = {i: SimNode(self, i) for i in self.ids}
+        self.net = SimNetwork(cfg, self.all_ids, self.net_rng)
+        self.nodes = {i: SimNode(self, i) for i in self.all_ids}
         crng = random.Random(client_seed)
         self.clients = [
             SimClient(self, c, random.Random(crng.getrandbits(64))) for c in range(1, cfg.clients + 1)
@@ -135,9 +140,15 @@ class Simulator:
 
     # --- faults ---
 
+    def _model_change(self, cc: ConfChange, index: int) -> None:
+        if cc.type is ConfChangeType.REMOVE:
+            self.members.on_applied_removal(cc.node_id, index)
+        elif cc.type is ConfChangeType.ADD_LEARNER:
+            self.members.joined(cc.node_id)
+
     def crash_node(self, node_id: int, incarnation: int, why: str) -> None:
         node = self.nodes[node_id]
-        if not node.up or node.incarnation != incarnation or not self.faulty:
+        if not node.up or node.incarnation != incarnation or not self.faulty or node.retired:
             return
         node.crash(why)
         delay = 1 + int(self.fault_rng.expovariate(1.0 / self.cfg.restart_mean_ms))
@@ -145,7 +156,7 @@ class Simulator:
 
     def _restart(self, node_id: int, incarnation: int) -> None:
         node = self.nodes[node_id]
-        if not node.up and node.incarnation == incarnation:
+        if not node.up and node.incarnation == incarnation and not node.retired:
             node.start()
 
     def _fault_tick(self) -> None:
@@ -155,7 +166,9 @@ class Simulator:
             self.trace(None, ev)
         if self.cfg.crash_probability:
             for node in self.nodes.values():
-                if node.up and self.fault_rng.random() < self.cfg.crash_probability:
+                # Spare nodes draw from a stream of their own: the others' faults stay put.
+                rng = self.fault_rng if node.id in self.ids else self.members.crash_rng
+                if node.up and rng.random() < self.cfg.crash_probability:
                     self.crash_node(node.id, node.incarnation, "random")
         if self.cfg.transfer_probability and self.fault_rng.random() < self.cfg.transfer_probability:
             leaders = [n for n in self.nodes.values() if n.up and n.role == Role.LEADER]
@@ -194,7 +207,8 @@ class Simulator:
                 return True
 
     def _check_step(self) -> None:
-        """After every step: current leaders are unique per term; periodic full log check."""
+        """After every step: current leaders are unique per term and are voters of their
+        applied configuration; periodic full log check."""
         seen: dict[int, int] = {}
         for node in self.nodes.values():
             if node.up and node.role == Role.LEADER:
@@ -203,6 +217,11 @@ class Simulator:
                     raise InvariantViolation(
                         "election-safety", f"n{other} and n{node.id} are both leader of t{node.term}"
                     )
+            engine = node.engine
+            if engine is not None and engine.node.role is Role.LEADER:
+                term = engine.node.term
+                self.inv.leader_is_voter(node.id, term, engine.membership.voters, "applied membership")
+                self.inv.leader_is_voter(node.id, term, engine.node.conf_state.voters, "core")
         if self.steps % FULL_CHECK_EVERY == 0:
             self.check_durable_logs()
 
@@ -227,6 +246,7 @@ class Simulator:
                 node.start()
             for c in self.clients:
                 c.start()
+            self.members.start()
             self.schedule(self.cfg.tick_ms, self._fault_tick)
             self.run_until(self.cfg.safety_ticks * self.cfg.tick_ms)
             self.check_durable_logs()
@@ -262,7 +282,7 @@ class Simulator:
         self.net.heal()
         self.trace(None, "LIVENESS: heal network, restart all nodes, stop faults and new ops")
         for node in self.nodes.values():
-            if not node.up:
+            if not node.up and not node.retired and node.incarnation > 0:
                 node.start()
         bound = cfg.liveness_timeouts * cfg.election_tick * cfg.tick_ms
 
@@ -291,7 +311,7 @@ class Simulator:
         self.check_durable_logs()
 
         for client, req, kind, key in self.acked_writes:
-            for node in self.nodes.values():
+            for node in self._members():
                 if (client, req) not in node.kv.applied_cmds:
                     raise LivenessFailure(
                         "acked-write-lost",
@@ -324,33 +344,56 @@ class Simulator:
             out.append(op)
         return out
 
-    def _leader_elected(self) -> bool:
+    def client_targets(self) -> tuple[int, ...]:
+        """The nodes a client may ask: every node started and not known removed (a client
+        learns of added and removed members from the cluster's member list)."""
+        if len(self.all_ids) == len(self.ids) or self.members.stats["proposed"] == 0:
+            return self.ids  # no membership change yet: the draws of a run without them
+        removed = self.members.removed
+        return tuple(n.id for n in self.nodes.values() if n.incarnation > 0 and n.id not in removed)
+
+    def _leader(self) -> SimNode | None:
         leaders = [n for n in self.nodes.values() if n.up and n.role == Role.LEADER]
-        if len(leaders) != 1:
+        return leaders[0] if len(leaders) == 1 else None
+
+    def _members(self) -> list[SimNode]:
+        """The nodes of the final configuration: the model's, as of the last applied index."""
+        _, conf = self.inv.conf_at(len(self.inv.applied) - 1)
+        return [self.nodes[i] for i in (*conf.voters, *conf.learners)]
+
+    def _leader_elected(self) -> bool:
+        leader = self._leader()
+        if leader is None or leader.engine is None:
             return False
-        lid = leaders[0].id
-        return all(n.up and n.leader == lid for n in self.nodes.values())
+        members = [self.nodes[i] for i in leader.engine.membership.ids]
+        return all(n.up and n.leader == leader.id for n in members)
 
     def _converged(self) -> bool:
-        leaders = [n for n in self.nodes.values() if n.role == Role.LEADER]
-        if len(leaders) != 1:
+        leader = self._leader()
+        if leader is None or leader.engine is None:
             return False
-        last = leaders[0].storage.last_index()
-        data = leaders[0].kv.data
-        return all(
+        last = leader.storage.last_index()
+        data = leader.kv.data
+        membership = leader.engine.membership
+        members = self._members()
+        return membership.ids == tuple(sorted(n.id for n in members)) and all(
             n.up
             and n.persisting is None
+            and n.engine is not None
+            and n.engine.membership == membership
             and n.kv.applied == last
             and n.storage.last_index() == last
             and n.kv.data == data
-            for n in self.nodes.values()
+            for n in members
         )
 
     # --- reporting ---
 
     def explain(self) -> str:
         lines = [f"  at t={self.now}ms step {self.steps}, phase {self.phase}:"]
-        lines += [f"    {n.status_line()}" for n in self.nodes.values()]
+        lines += [f"    {n.status_line()}" for n in self.nodes.values() if n.incarnation > 0]
+        _, conf = self.inv.conf_at(len(self.inv.applied) - 1)
+        lines.append(f"    configuration: voters={conf.voters} learners={conf.learners}")
         lines.append(f"    network: {self.net.in_flight()} in flight, cut={sorted(self.net.blocked)}")
         return "\n".join(lines)
 
@@ -369,7 +412,9 @@ class Simulator:
             "ops": len(self.history),
             "ops_unknown": sum(op.pending for op in self.history),
             "acked_writes": len(self.acked_writes),
+            "conf_changes": len(self.inv.confs) - 1,
         }
+        s.update({f"members_{k}": v for k, v in self.members.stats.items()})
         s.update({f"net_{k}": v for k, v in sorted(self.net.stats.items())})
         return s
 

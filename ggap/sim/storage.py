@@ -266,6 +266,13 @@ class SimStorage:
     def durable_snapshot(self) -> SnapshotMeta:
         return self._durable.snap
 
+    def durably_holds(self, index: int, term: int) -> bool:
+        """Whether the durable log has entry `index` of `term` (or compacted it: applied)."""
+        d = self._durable
+        if index <= d.compacted[0]:
+            return index > 0
+        return index <= d.last_index() and d.term(index) == term
+
     def durable_compacted(self) -> tuple[int, int]:
         """(index, term) of the durable compaction point; durable_entries() follow it."""
         return self._durable.compacted

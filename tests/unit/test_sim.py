@@ -13,8 +13,12 @@ from typing import Any
 import attrs
 import pytest
 
+from ggap.consensus.raft.membership import encode_conf_change
 from ggap.consensus.raft.storage import LogCompactedError, LogUnavailableError
 from ggap.consensus.raft.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
     Entry,
     EntryKind,
     HardState,
@@ -28,6 +32,7 @@ from ggap.sim.kv import Command, KVStateMachine
 from ggap.sim.network import SimNetwork
 from ggap.sim.storage import SimStorage
 from ggap.testing.lincheck import check
+from ggap.types import Member, Membership
 
 # Pinned seeds that fail quickly with each planted bug: (seeds, safety ticks, what must fail).
 # skip-persist-before-vote: an APPEND_RESP leaves before the entry is durable, the follower
@@ -38,14 +43,25 @@ from ggap.testing.lincheck import check
 # match-by-index: a write overwritten by a new leader is acknowledged with another's result.
 # install-before-log: a crash between the state machine taking a snapshot and the log
 # recording it leaves a log whose conflicting tail the restarted core treats as committed.
+# learner-quorum: a learner's ack counts toward the commit majority (a core override).
+# membership-wrong-index: a change is recorded at the last index of its apply batch.
+# skip-core-conf-change: the core never switches to an applied change; the engine's own
+# check (core configuration == applied membership) stops it, hence "exception" (PLANTED_DETAIL).
+# bootstrap-core-config: a node restarting from a snapshot past a change builds its core
+# from the bootstrap voters.
 # All but stale-read are subclasses of the production ReplicaEngine (ggap/sim/bugs.py).
 PLANTED: dict[str, tuple[list[int], int | None, set[str]]] = {
-    "skip-persist-before-vote": ([1, 39], None, {"leader-completeness", "election-safety"}),
+    "skip-persist-before-vote": ([1, 39], None, {"commit-quorum", "leader-completeness", "election-safety"}),
     "ack-before-commit": ([0], 300, {"acked-write-lost", "linearizability"}),
     "stale-read": ([2, 3], 300, {"linearizability"}),
     "match-by-index": ([43, 74], None, {"acked-write-lost"}),
     "install-before-log": ([178, 36], None, {"leader-completeness", "exception"}),
+    "learner-quorum": ([0, 1], None, {"commit-quorum"}),
+    "membership-wrong-index": ([0, 1], None, {"membership-agreement"}),
+    "skip-core-conf-change": ([0, 1], None, {"exception"}),
+    "bootstrap-core-config": ([1, 6], None, {"membership-agreement"}),
 }
+PLANTED_DETAIL = {"skip-core-conf-change": "differs from the applied membership"}
 
 
 def ents(*spec: tuple[int, int]) -> tuple[Entry, ...]:
@@ -203,6 +219,40 @@ def test_invariants_catch_divergent_applies() -> None:
     assert e.value.name == "state-machine-safety"
 
 
+def test_invariants_check_membership_against_the_committed_log() -> None:
+    removed: list[int] = []
+    inv = Invariants((1, 2, 3), lambda cc, index: removed.append(cc.node_id))
+    remove_3 = encode_conf_change(ConfChange(ConfChangeType.REMOVE, 3))
+    inv.apply(1, 0, Entry(1, 1, kind=EntryKind.NOOP))
+    inv.apply(1, 1, Entry(2, 1, kind=EntryKind.CONF_CHANGE, data=remove_3))
+    assert removed == [3] and inv.conf_at(1)[1].voters == (1, 2, 3)
+    assert inv.conf_at(5) == (2, ConfState((1, 2)))
+    two = Membership(members=(Member(1), Member(2)), index=2)
+    inv.membership(1, 2, two, "applying")
+    inv.core_conf(1, 2, ConfState((1, 2)), "after")
+    with pytest.raises(InvariantViolation) as e:  # the right voters, recorded at the wrong index
+        inv.membership(2, 2, attrs.evolve(two, index=3), "applying")
+    assert e.value.name == "membership-agreement"
+    with pytest.raises(InvariantViolation) as e:  # a core still counting the removed node
+        inv.core_conf(2, 3, ConfState((1, 2, 3)), "starting")
+    assert e.value.name == "membership-agreement"
+    with pytest.raises(InvariantViolation) as e:
+        inv.leader_is_voter(3, 4, (1, 2), "applied membership")
+    assert e.value.name == "leader-not-voter"
+
+
+def test_invariants_check_that_a_commit_has_a_majority_of_voters() -> None:
+    inv = Invariants((1, 2, 3))
+    inv.commit(1, 2, lambda i: 1)
+    held = {1: 2, 2: 1, 3: 1, 4: 2}  # node -> last durable index (all term 1); 4 is a learner
+    holds = lambda v, i, t: held.get(v, 0) >= i  # noqa: E731
+    inv.commit_quorum(1, 1, 1, [ConfState((1, 2, 3), (4,))], holds)
+    with pytest.raises(InvariantViolation) as e:  # only the leader and the learner hold 2
+        inv.commit_quorum(1, 1, 2, [ConfState((1, 2, 3), (4,))], holds)
+    assert e.value.name == "commit-quorum"
+    inv.commit_quorum(1, 1, 2, [ConfState((1, 2, 3)), ConfState((1, 4))], holds)  # the one before
+
+
 # --- configuration ---
 
 
@@ -243,19 +293,21 @@ def test_same_seed_same_trace() -> None:
 
 
 def test_same_seed_same_trace_in_another_process() -> None:
-    """No hidden dependence on str/bytes hash randomisation, the wall clock or global state."""
-    hashes = set()
-    for hashseed in ("1", "2"):
-        out = subprocess.run(
-            [sys.executable, "-m", "ggap.sim", "--seed", "4", "--ticks", "150"],
-            env={**os.environ, "PYTHONHASHSEED": hashseed},
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        ).stdout
-        hashes.add(next(line for line in out.splitlines() if line.startswith("trace hash:")))
-    assert len(hashes) == 1, hashes
+    """No hidden dependence on str/bytes hash randomisation, the wall clock or global state.
+    Seed 1006 also adds, promotes and removes members and installs a snapshot."""
+    for seed, ticks in (("4", "150"), ("1006", "300")):
+        hashes = set()
+        for hashseed in ("1", "2"):
+            out = subprocess.run(
+                [sys.executable, "-m", "ggap.sim", "--seed", seed, "--ticks", ticks],
+                env={**os.environ, "PYTHONHASHSEED": hashseed},
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=120,
+            ).stdout
+            hashes.add(next(line for line in out.splitlines() if line.startswith("trace hash:")))
+        assert len(hashes) == 1, (seed, hashes)
 
 
 @pytest.mark.parametrize("bug", sorted(PLANTED))
@@ -264,12 +316,13 @@ def test_planted_bug_is_caught(bug: str) -> None:
     for seed in seeds:
         res = run_seed(seed, plant_bug=bug, ticks=ticks)
         assert res.failure in expected, (seed, res.failure, res.detail)
+        assert PLANTED_DETAIL.get(bug, "") in res.detail, (seed, res.detail)
         assert f"--seed {seed}" in res.replay and f"--plant-bug {bug}" in res.replay
 
 
 def test_lost_acked_write_also_fails_the_linearizability_check() -> None:
     """The acked-write check fires first; the history alone must condemn the bug too."""
-    sim = Simulator(SimConfig.from_seed(0, plant_bug="ack-before-commit", ticks=300))
+    sim = Simulator(SimConfig.from_seed(10, plant_bug="ack-before-commit", ticks=300))
     assert sim.run().failure == "acked-write-lost"
     verdict = check(sim.resolve_history(), max_steps=2_000_000)
     assert verdict.violation, verdict.explain()

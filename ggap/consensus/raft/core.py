@@ -384,6 +384,8 @@ class RawNode:
         """Handle one message from a peer: term rules here, the rest in the role's step function."""
         if m.type not in _PROTOCOL:
             return
+        if m.type in (MT.VOTE_RESP, MT.PRE_VOTE_RESP):
+            self._learn_commit(m)
         if m.type in (MT.PROPOSE, MT.READ_INDEX):
             pass  # forwarded requests are not bound to a term
         elif m.term > self._term:
@@ -411,7 +413,7 @@ class RawNode:
                 # A deposed leader that missed the newer term: tell it, so it steps down.
                 self._send(MT.APPEND_RESP, m.frm)
             elif m.type is MT.PRE_VOTE:
-                self._send(MT.PRE_VOTE_RESP, m.frm, reject=True)
+                self._send_vote_resp(MT.PRE_VOTE_RESP, m.frm, reject=True)
             return
 
         if m.type in (MT.VOTE, MT.PRE_VOTE):
@@ -449,10 +451,19 @@ class RawNode:
         # Entries that carry a conf change always travel with the hard state, so that the
         # commit index covering the previous change is durable with them (DESIGN.md,
         # "Membership changes": a node that holds a change knows the one before is committed).
-        hard_changed = hard != self._prev_hard or any(e.kind == EntryKind.CONF_CHANGE for e in entries)
+        # A Ready that applies a conf change makes its commit index durable first (must_sync),
+        # even when only the commit moved: a node whose state machine is lost (a power loss
+        # rolls it back) must not forget that a change it acted on committed. Otherwise a
+        # voter left alone by a removal restarts into the configuration before it and waits
+        # forever for the removed node's vote.
+        applies_change = any(e.kind == EntryKind.CONF_CHANGE for e in committed)
+        hard_changed = (
+            hard != self._prev_hard or applies_change or any(e.kind == EntryKind.CONF_CHANGE for e in entries)
+        )
         must_sync = (
             bool(entries)
             or snap is not None
+            or applies_change
             or (hard_changed and (hard.term, hard.vote) != (self._prev_hard.term, self._prev_hard.vote))
         )
         rd = Ready(
@@ -633,12 +644,35 @@ class RawNode:
         # of its own configuration, and it may know of a promotion we have not applied yet
         # (without our vote, a configuration that just promoted us could be stuck).
         if can_vote and self.log.is_up_to_date(m.index, m.log_term):
-            self._send(resp, m.frm, term=m.term)
+            self._send_vote_resp(resp, m.frm, term=m.term)
             if m.type is MT.VOTE:
                 self._election_elapsed = 0
                 self._vote = m.frm
         else:
-            self._send(resp, m.frm, reject=True)
+            self._send_vote_resp(resp, m.frm, reject=True)
+
+    def _send_vote_resp(self, type: MessageType, to: int, **fields: Any) -> None:
+        """A (pre-)vote answer also tells our commit index, with the term of that entry.
+
+        A candidate may lag behind a commit only we know of, a membership change above all:
+        when a leader removes itself from a cluster of two, the other voter may never hear
+        that the removal committed, and then it campaigns in the old configuration, which
+        needs our vote, while we (removed, or simply ahead) refuse it forever. Learning our
+        commit lets it apply the change and win in the new configuration."""
+        commit = self.log.committed
+        try:
+            commit_term = self.log.term(commit) if commit else 0
+        except LookupError:
+            commit, commit_term = 0, 0
+        self._send(type, to, commit=commit, log_term=commit_term, **fields)
+
+    def _learn_commit(self, m: Message) -> None:
+        """A (pre-)vote answer tells its sender's commit index `m.commit` of term
+        `m.log_term`: if our log holds that entry, everything up to it matches the
+        sender's log (Log Matching) and is committed."""
+        if m.commit > self.log.committed and m.log_term and self.log.match_term(m.commit, m.log_term):
+            self._logger.info("%d learns commit %d from %d's vote answer", self._id, m.commit, m.frm)
+            self.log.commit_to(m.commit)
 
     # ---- ticks ---------------------------------------------------------------------------
 

@@ -99,6 +99,8 @@ class Message:
     frm: int
     term: int = 0
     # APPEND: index/log_term of the entry preceding `entries`; *_RESP: the index acked/rejected.
+    # VOTE_RESP / PRE_VOTE_RESP: `commit` is the voter's commit index and `log_term` that
+    # entry's term (a candidate holding it learns it is committed).
     log_term: int = 0
     index: int = 0
     entries: tuple[Entry, ...] = ()

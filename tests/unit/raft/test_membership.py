@@ -515,6 +515,48 @@ def test_conf_change_entries_always_carry_the_hard_state() -> None:
         assert rd.hard_state.commit >= 2
 
 
+def test_applying_a_change_makes_its_commit_durable_first() -> None:
+    """Found by the simulator (seed 8 of the first membership sweep): the last voter of a
+    cluster of two applied the removal of the other from a commit-only Ready, which the
+    engine does not write; its state machine was lost in a crash, it restarted into the
+    configuration before the removal and waited forever for the removed node's vote."""
+    c = Cluster([1, 2], seed=21)
+    c.persist_commit_only = False  # skip commit-only hard states, like the replica engine
+    c.elect(1)
+    removal = c.change(1, cc(REMOVE, 2))
+    assert c.conf(1) == ConfState(voters=(1,))
+    applying = [rd for i, rd in c.readies if i == 1 and any(e.index == removal for e in rd.committed)]
+    assert len(applying) == 1 and applying[0].must_sync and applying[0].hard_state is not None
+    assert c.storages[1].initial_state()[0].commit >= removal
+    c.stop(2)  # the operator shuts the removed node down
+    # A power loss takes node 1's state machine (and its configuration) back to nothing.
+    c.applied[1], c.confs[1] = [], [(0, c.bootstrap)]
+    c.start(1)
+    c.process(1)  # replays through the removal: the durable commit covers it
+    assert c.conf(1) == ConfState(voters=(1,))
+    tick_until_leader(c, [1], 1)
+
+
+def test_a_refused_vote_tells_the_candidate_what_is_committed() -> None:
+    """Found by the simulator (seed 1042): leader 1 of {1, 2} removed itself, appended one
+    more entry, committed the removal with 2's ack, applied it and stepped down before 2
+    heard of the commit. 2 campaigned in {1, 2}, which needs 1's vote; 1, removed (so it
+    never campaigns) and with a longer log, refused it, at every term, forever."""
+    c = Cluster([1, 2], seed=22)
+    c.elect(1)
+    removal = c[1].propose_conf_change(cc(REMOVE, 1))
+    c[1].propose(b"after the removal")
+    c.drop = lambda m: m.frm == 1 and (m.commit >= removal or any(e.index > removal for e in m.entries))
+    c.stabilize()
+    assert c.conf(1) == ConfState(voters=(2,)) and c[1].role is Role.FOLLOWER
+    assert c[2].status().commit < removal and c.conf(2) == ConfState(voters=(1, 2))
+    c.drop = lambda m: False
+    tick_until_leader(c, [1, 2], 2)
+    assert c.conf(2) == ConfState(voters=(2,))
+    refusals = c.sent_of(MT.PRE_VOTE_RESP, frm=1) + c.sent_of(MT.VOTE_RESP, frm=1)
+    assert refusals and all(m.commit >= removal for m in refusals)
+
+
 def test_no_campaign_while_a_committed_change_is_unapplied() -> None:
     change = Entry(index=2, term=1, kind=EntryKind.CONF_CHANGE, data=encode_conf_change(cc(ADD, 4)))
     st = MemoryStorage(
