@@ -339,6 +339,47 @@ def test_mtls_cluster_forwards_writes_and_refuses_a_foreign_peer(
         cluster.close()
 
 
+def test_join_and_auto_promote_over_tls(tmp_path: Path, creds: Creds) -> None:
+    """--join and --auto-promote call a member's client port (client-cert-auth) with the
+    node's own credentials; the snapshot that seeds the joiner comes over TLS too."""
+    first = NodeProcess(
+        tmp_path / "n1",
+        node_id=1,
+        env=FAST_RAFT_ENV,
+        extra_args=creds.node_args(),
+        credentials=creds.grpc_creds(),
+    )
+    second: NodeProcess | None = None
+    try:
+        first.start_and_wait(30)
+        kv = first.kv_stub()
+        kv.Put(kv_pb2.PutRequest(key="seeded", value=b"before-join"), timeout=T)
+        second = NodeProcess(
+            tmp_path / "n2",
+            node_id=2,
+            env=FAST_RAFT_ENV,
+            extra_args=["--join", first.client_addr, "--auto-promote", *creds.node_args()],
+            credentials=creds.grpc_creds(),
+        )
+        second.start_and_wait(60)
+        got = second.kv_stub().Get(
+            kv_pb2.GetRequest(key="seeded", read_mode=kv_pb2.READ_MODE_EVENTUAL), timeout=T
+        )
+        assert got.kv.value == b"before-join"
+        joined = second
+
+        def promoted() -> bool:
+            return joined.cluster_stub().Status(kv_pb2.StatusRequest(), timeout=2).role == "follower"
+
+        wait_until(promoted, 30, "node 2 to be promoted to voter")
+        # Two voters, over peer mTLS; a write through node 2 is forwarded over TLS.
+        assert second.kv_stub().Put(kv_pb2.PutRequest(key="two", value=b"voters"), timeout=T).header.revision
+    finally:
+        if second is not None:
+            second.close()
+        first.close()
+
+
 # --- cluster up --tls ------------------------------------------------------------------------------
 
 
