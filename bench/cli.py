@@ -109,6 +109,9 @@ def _headline(summary: dict[str, Any]) -> str:
     help="Keys asked per range request.",
 )
 @click.option("--seed", default=None, type=int, help="Seed the key and op choices (reproducible runs).")
+@click.option("--cacert", default="", help="PEM CA bundle: connect with TLS, verifying the nodes.")
+@click.option("--cert", default="", help="PEM client certificate (nodes with --client-cert-auth).")
+@click.option("--key", "key_file", default="", help="PEM key of --cert.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 def bench_command(
@@ -127,6 +130,9 @@ def bench_command(
     timeout: float,
     range_limit: int,
     seed: int | None,
+    cacert: str,
+    cert: str,
+    key_file: str,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -151,6 +157,9 @@ def bench_command(
         timeout=timeout,
         range_limit=range_limit,
         seed=seed,
+        cacert=cacert,
+        cert=cert,
+        key_file=key_file,
     )
     try:
         summary = run(cfg, progress_out=None if quiet else sys.stderr)

@@ -93,6 +93,11 @@ class BenchConfig:
     timeout: float = 5.0
     range_limit: int = 10
     seed: int | None = None
+    # TLS to the nodes: CA bundle (turns TLS on), and a client certificate and key for
+    # nodes run with --client-cert-auth; "" = plaintext / no client certificate.
+    cacert: str = ""
+    cert: str = ""
+    key_file: str = ""
 
     def __attrs_post_init__(self) -> None:
         problems = []
@@ -116,6 +121,10 @@ class BenchConfig:
             problems.append(f"quorum must be one of {QUORUMS}")
         if self.processes < 1:
             problems.append("processes must be >= 1")
+        if bool(self.cert) != bool(self.key_file):
+            problems.append("cert and key go together")
+        if self.cert and not self.cacert:
+            problems.append("cert needs cacert (TLS)")
         if not self.timeout > 0:
             problems.append("timeout must be > 0")
         if self.range_limit < 1:

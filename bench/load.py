@@ -11,6 +11,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -55,8 +56,19 @@ class Progress:
 class Endpoints:
     """One channel per endpoint for this process; requests take the endpoints in turn."""
 
-    def __init__(self, addresses: tuple[str, ...], offset: int = 0) -> None:
-        self.channels = [grpc.aio.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses]
+    def __init__(
+        self, addresses: tuple[str, ...], offset: int = 0, tls: tuple[str, str, str] = ("", "", "")
+    ) -> None:
+        cacert, cert, key = tls
+        if cacert:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=Path(cacert).read_bytes(),
+                private_key=Path(key).read_bytes() if key else None,
+                certificate_chain=Path(cert).read_bytes() if cert else None,
+            )
+            self.channels = [grpc.aio.secure_channel(a, creds, options=CHANNEL_OPTIONS) for a in addresses]
+        else:
+            self.channels = [grpc.aio.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses]
         self.stubs = [kv_pb2_grpc.KvServiceStub(ch) for ch in self.channels]
         self._next = offset
 

@@ -108,7 +108,7 @@ def build_summary(
 async def _single(
     cfg: BenchConfig, out: TextIO | None, window: WindowHook | None = None
 ) -> tuple[RunStats, float, dict[str, Any] | None]:
-    endpoints = Endpoints(cfg.endpoints)
+    endpoints = Endpoints(cfg.endpoints, tls=(cfg.cacert, cfg.cert, cfg.key_file))
     try:
         await endpoints.connect(min(_CONNECT_TIMEOUT_S, cfg.timeout))
         preload_info = await preload(cfg, endpoints) if cfg.preload else None
@@ -136,7 +136,7 @@ async def _single(
 
 
 async def _preload_only(cfg: BenchConfig) -> dict[str, Any]:
-    endpoints = Endpoints(cfg.endpoints)
+    endpoints = Endpoints(cfg.endpoints, tls=(cfg.cacert, cfg.cert, cfg.key_file))
     try:
         await endpoints.connect(min(_CONNECT_TIMEOUT_S, cfg.timeout))
         return await preload(cfg, endpoints)
@@ -154,7 +154,7 @@ def _worker_main(cfg: BenchConfig, worker: int, messages: Any, go: Any) -> None:
 
 
 async def _worker_async(cfg: BenchConfig, worker: int, messages: Any, go: Any) -> None:
-    endpoints = Endpoints(cfg.endpoints, offset=worker)
+    endpoints = Endpoints(cfg.endpoints, offset=worker, tls=(cfg.cacert, cfg.cert, cfg.key_file))
     try:
         await endpoints.connect(min(_CONNECT_TIMEOUT_S, cfg.timeout))
         messages.put(("ready", worker, None))

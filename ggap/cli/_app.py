@@ -67,6 +67,24 @@ for _command in (*KV_COMMANDS, *MEMBER_COMMANDS, *CLUSTER_COMMANDS, *SNAPSHOT_CO
     default=None,
     help="After joining, become a voter once caught up (node.auto_promote).",
 )
+@click.option("--cert-file", help="PEM certificate for TLS on the client port (tls.cert_file).")
+@click.option("--key-file", help="PEM key of --cert-file (tls.key_file).")
+@click.option(
+    "--trusted-ca-file",
+    help="PEM CA bundle for client certificates and node-to-node calls (tls.trusted_ca_file).",
+)
+@click.option(
+    "--client-cert-auth",
+    is_flag=True,
+    default=None,
+    help="Require client certificates signed by --trusted-ca-file (tls.client_cert_auth).",
+)
+@click.option("--peer-cert-file", help="PEM certificate for mutual TLS with peers (peer_tls.cert_file).")
+@click.option("--peer-key-file", help="PEM key of --peer-cert-file (peer_tls.key_file).")
+@click.option(
+    "--peer-trusted-ca-file",
+    help="PEM CA bundle every peer's certificate must chain to (peer_tls.trusted_ca_file).",
+)
 @click.option("--log-level", help="debug, info, warning, error or critical (log.level).")
 def node_cmd(
     config_file: Path | None,
@@ -78,6 +96,13 @@ def node_cmd(
     peers: str | None,
     join: str | None,
     auto_promote: bool | None,
+    cert_file: str | None,
+    key_file: str | None,
+    trusted_ca_file: str | None,
+    client_cert_auth: bool | None,
+    peer_cert_file: str | None,
+    peer_key_file: str | None,
+    peer_trusted_ca_file: str | None,
     log_level: str | None,
 ) -> None:
     """Run a node until SIGINT/SIGTERM.
@@ -94,6 +119,13 @@ def node_cmd(
         "raft.peers": peers,
         "node.join": join,
         "node.auto_promote": auto_promote,
+        "tls.cert_file": cert_file,
+        "tls.key_file": key_file,
+        "tls.trusted_ca_file": trusted_ca_file,
+        "tls.client_cert_auth": client_cert_auth,
+        "peer_tls.cert_file": peer_cert_file,
+        "peer_tls.key_file": peer_key_file,
+        "peer_tls.trusted_ca_file": peer_trusted_ca_file,
         "log.level": log_level,
     }
     overrides = {k: v for k, v in flags.items() if v is not None}

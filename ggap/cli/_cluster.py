@@ -31,6 +31,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ import click
 import trio
 
 from ggap.cli import _output as out
+from ggap.cli._certs import ClusterCerts, ensure_cluster_certs
 from ggap.cli._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, fail, run_async
 from ggap.client import ClientError, open_client
 from ggap.pb import health_pb2
@@ -122,9 +124,12 @@ def endpoints_string(specs: Sequence[NodeSpec]) -> str:
     return ",".join(s.client_addr for s in specs)
 
 
-def node_argv(spec: NodeSpec, peers: str, config_file: Path | None) -> list[str]:
+def node_argv(
+    spec: NodeSpec, peers: str, config_file: Path | None, certs: ClusterCerts | None = None
+) -> list[str]:
     """`python -m ggap.cli node ...`: the same interpreter and package as this supervisor,
-    whatever is on PATH. Paths are absolute so the child's cwd does not matter."""
+    whatever is on PATH. Paths are absolute so the child's cwd does not matter. With
+    `certs`: TLS with client certificates on the client port and mutual TLS with peers."""
     argv = [
         sys.executable,
         "-m",
@@ -143,6 +148,12 @@ def node_argv(spec: NodeSpec, peers: str, config_file: Path | None) -> list[str]
     ]
     if config_file is not None:
         argv += ["--config", str(config_file.absolute())]
+    if certs is not None:
+        cert = str(certs.node_cert(spec.node_id).absolute())
+        key = str(certs.node_key(spec.node_id).absolute())
+        ca = str(certs.ca_file.absolute())
+        argv += ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth"]
+        argv += ["--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", ca]
     return argv
 
 
@@ -153,6 +164,7 @@ class Layout:
     nodes: int
     host: str
     base_port: int
+    tls: bool = False
 
     def to_json(self) -> str:
         return json.dumps(attrs.asdict(self), sort_keys=True) + "\n"
@@ -163,13 +175,20 @@ class Layout:
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
         nodes, host, base_port = doc.get("nodes"), doc.get("host"), doc.get("base_port")
+        tls = doc.get("tls", False)
         if not (isinstance(nodes, int) and isinstance(host, str) and isinstance(base_port, int)):
             raise ValueError("expected nodes (int), host (str) and base_port (int)")
-        return cls(nodes=nodes, host=host, base_port=base_port)
+        if not isinstance(tls, bool):
+            raise ValueError("expected tls (bool)")
+        return cls(nodes=nodes, host=host, base_port=base_port, tls=tls)
 
 
 def resolve_layout(
-    saved: Layout | None, nodes: int | None, host: str | None, base_port: int | None
+    saved: Layout | None,
+    nodes: int | None,
+    host: str | None,
+    base_port: int | None,
+    tls: bool | None = None,
 ) -> Layout:
     """Flags fill in (or must agree with) the layout a data dir was created with.
 
@@ -180,13 +199,18 @@ def resolve_layout(
     if saved is None:
         if nodes is None:
             raise ValueError("--nodes is required for a new cluster (the data dir has no cluster.json)")
-        return Layout(nodes, host or DEFAULT_HOST, DEFAULT_BASE_PORT if base_port is None else base_port)
+        return Layout(
+            nodes, host or DEFAULT_HOST, DEFAULT_BASE_PORT if base_port is None else base_port, bool(tls)
+        )
     wanted = {"nodes": nodes, "host": host, "base_port": base_port}
     clashes = [
         f"--{name.replace('_', '-')} {value} (it was created with {getattr(saved, name)})"
         for name, value in wanted.items()
         if value is not None and value != getattr(saved, name)
     ]
+    if tls is not None and tls != saved.tls:
+        was = "--tls" if saved.tls else "--no-tls"
+        clashes.append(f"--{'' if tls else 'no-'}tls (it was created with {was})")
     if clashes:
         raise ValueError(
             "this data dir holds a cluster with another layout: "
@@ -333,11 +357,13 @@ class Child:
             self.proc.send_signal(sig)
 
 
-async def check_serving(endpoint: str, timeout_s: float = HEALTH_TIMEOUT_S) -> tuple[bool, str]:
+async def check_serving(
+    endpoint: str, timeout_s: float = HEALTH_TIMEOUT_S, ssl_context: ssl.SSLContext | None = None
+) -> tuple[bool, str]:
     """grpc.health.v1 Check of the whole server (service ""): SERVING means the node knows a
     leader. Returns (serving, what was seen)."""
     try:
-        async with open_client(endpoint, timeout_s=timeout_s) as client:
+        async with open_client(endpoint, timeout_s=timeout_s, ssl_context=ssl_context) as client:
             resp = await client.health("", timeout_s=timeout_s)
     except ClientError as e:
         return False, f"{e.code.name}: {e.message}"
@@ -347,15 +373,46 @@ async def check_serving(endpoint: str, timeout_s: float = HEALTH_TIMEOUT_S) -> t
     return resp.status == health_pb2.HealthCheckResponse.SERVING, name
 
 
+def connect_hint(endpoints: str, certs: ClusterCerts) -> str:
+    """How to reach a `--tls` cluster with the CLI, grpcurl and grpcio."""
+    ca, cert, key = (str(p.absolute()) for p in (certs.ca_file, certs.client_cert, certs.client_key))
+    first = endpoints.split(",")[0]
+    return "\n".join(
+        [
+            "  TLS with client certificates (throwaway CA in " + str(certs.directory.absolute()) + "):",
+            f"  export GGAP_ENDPOINTS={endpoints}",
+            f"  export GGAP_CACERT={ca}",
+            f"  export GGAP_CERT={cert}",
+            f"  export GGAP_KEY={key}",
+            "  ggap status",
+            f"  grpcurl -cacert {ca} -cert {cert} -key {key} {first} list",
+            "  grpcio: grpc.ssl_channel_credentials(root_certificates=<ca.pem>, "
+            "private_key=<client.key>, certificate_chain=<client.pem>)",
+        ]
+    )
+
+
 # --- the supervisor ------------------------------------------------------------------------
 
 
 class Supervisor:
     """Runs the children until a signal or a fatal child exit; always stops them all."""
 
-    def __init__(self, children: Sequence[Child], *, echo: Callable[..., Any] = click.echo) -> None:
+    def __init__(
+        self,
+        children: Sequence[Child],
+        *,
+        echo: Callable[..., Any] = click.echo,
+        certs: ClusterCerts | None = None,
+    ) -> None:
         self.children = list(children)
         self.echo = echo
+        self.certs = certs
+        self._ssl: ssl.SSLContext | None = None
+        if certs is not None:
+            from ggap.tls import client_context
+
+            self._ssl = client_context(str(certs.ca_file), str(certs.client_cert), str(certs.client_key))
         self.result: int | None = None
         self._cancel: trio.CancelScope | None = None
 
@@ -441,7 +498,7 @@ class Supervisor:
 
         async def probe(child: Child) -> None:
             pid = child.pid
-            ok, seen = await check_serving(child.spec.client_addr)
+            ok, seen = await check_serving(child.spec.client_addr, ssl_context=self._ssl)
             if child.pid == pid and child.alive():  # else the verdict is about a dead process
                 child.serving, child.last_problem = ok, seen
                 if ok and announced:
@@ -461,7 +518,10 @@ class Supervisor:
                     f"ready: {n} node{'s' if n != 1 else ''} SERVING after {took:.1f}s; "
                     f"use --endpoints {self.endpoints}"
                 )
-                self.echo(f"  e.g. export GGAP_ENDPOINTS={self.endpoints}; ggap status")
+                if self.certs is None:
+                    self.echo(f"  e.g. export GGAP_ENDPOINTS={self.endpoints}; ggap status")
+                else:
+                    self.echo(connect_hint(self.endpoints, self.certs))
             if not announced and trio.current_time() >= next_notice:
                 next_notice += WAITING_NOTICE_S
                 waiting = [c for c in self.children if not c.serving]
@@ -537,6 +597,14 @@ def cluster_group() -> None:
     help="TOML file passed to every node (its node.*/raft.peers keys are overridden).",
 )
 @click.option(
+    "--tls/--no-tls",
+    "tls",
+    default=None,
+    help="Secure cluster: generate a throwaway CA and certificates in DATA_DIR/tls and run "
+    "every node with TLS + client certificates on the client port and mutual TLS with peers "
+    "[default: what the data dir holds, else off].",
+)
+@click.option(
     "--peers-only",
     is_flag=True,
     help="Print the --peers string of this layout and exit, starting nothing.",
@@ -547,6 +615,7 @@ def up_cmd(
     base_port: int | None,
     host: str | None,
     config_file: Path | None,
+    tls: bool | None,
     peers_only: bool,
 ) -> None:
     """Start N nodes on this machine and supervise them until Ctrl-C (or SIGTERM).
@@ -570,7 +639,7 @@ def up_cmd(
         except (OSError, ValueError) as e:
             fail("FAILED_PRECONDITION", f"cannot read {layout_path}: {e}", EXIT_USAGE)
     try:
-        layout = resolve_layout(saved, nodes, host, base_port)
+        layout = resolve_layout(saved, nodes, host, base_port, tls)
         specs = plan_cluster(layout.nodes, layout.host, layout.base_port, data_dir)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
@@ -594,8 +663,16 @@ def up_cmd(
     except OSError as e:
         fail("FAILED_PRECONDITION", f"cannot use data dir {data_dir}: {e}", EXIT_USAGE)
 
-    children = [Child(s, node_argv(s, peers, config_file)) for s in specs]
-    supervisor = Supervisor(children)
+    certs: ClusterCerts | None = None
+    if layout.tls:
+        try:
+            certs, made = ensure_cluster_certs(data_dir, [s.node_id for s in specs], layout.host)
+        except OSError as e:
+            fail("FAILED_PRECONDITION", f"cannot write certificates under {data_dir}: {e}", EXIT_USAGE)
+        verb = "generated" if made else "reusing"
+        click.echo(f"TLS: {verb} a throwaway CA and certificates in {certs.directory}")
+    children = [Child(s, node_argv(s, peers, config_file, certs)) for s in specs]
+    supervisor = Supervisor(children, certs=certs)
     run_async(supervisor.run)
 
 

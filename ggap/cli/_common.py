@@ -13,6 +13,7 @@ import functools
 import os
 import re
 import signal
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
@@ -150,6 +151,8 @@ class ClientOptions:
     endpoints: str
     timeout_s: float
     output: str
+    # TLS (from --cacert/--cert/--key); None: plaintext.
+    tls: ssl.SSLContext | None = None
 
     @property
     def json(self) -> bool:
@@ -167,14 +170,70 @@ def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+def client_tls(cacert: str | None, cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The TLS context for --cacert/--cert/--key (None when none is given: plaintext).
+    A bad combination or file is a usage error (exit 2) naming the file."""
+    if not (cacert or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        fail(
+            StatusCode.INVALID_ARGUMENT.name,
+            "--cert and --key go together (env GGAP_CERT, GGAP_KEY)",
+            EXIT_USAGE,
+        )
+    from ggap.tls import TlsFileError, client_context
+
+    try:
+        return client_context(cacert or "", cert or "", key or "")
+    except TlsFileError as e:
+        fail(StatusCode.FAILED_PRECONDITION.name, f"TLS: {e}", EXIT_USAGE)
+
+
+def tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--cacert/--cert/--key (etcdctl's names), passed on as `tls_cacert`, `tls_cert`,
+    `tls_key` (a command's KEY argument keeps its name)."""
+    fn = click.option(
+        "--key",
+        "tls_key",
+        envvar="GGAP_KEY",
+        default=None,
+        help="PEM key of --cert [env GGAP_KEY].",
+    )(fn)
+    fn = click.option(
+        "--cert",
+        "tls_cert",
+        envvar="GGAP_CERT",
+        default=None,
+        help="PEM client certificate, for servers run with --client-cert-auth [env GGAP_CERT].",
+    )(fn)
+    return click.option(
+        "--cacert",
+        "tls_cacert",
+        envvar="GGAP_CACERT",
+        default=None,
+        help="PEM CA bundle to verify the server with; turns TLS on [env GGAP_CACERT].",
+    )(fn)
+
+
 def client_command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Add --endpoints/--timeout/--output to a command and pass them as `opts`."""
+    """Add --endpoints/--timeout/--output and the TLS options to a command and pass them
+    as `opts`."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, endpoints: str, timeout_s: float, output: str, **kwargs: Any) -> Any:
-        return fn(*args, opts=ClientOptions(endpoints, timeout_s, output.lower()), **kwargs)
+    def wrapper(
+        *args: Any,
+        endpoints: str,
+        timeout_s: float,
+        output: str,
+        tls_cacert: str | None,
+        tls_cert: str | None,
+        tls_key: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        opts = ClientOptions(endpoints, timeout_s, output.lower(), client_tls(tls_cacert, tls_cert, tls_key))
+        return fn(*args, opts=opts, **kwargs)
 
-    decorated = output_option(wrapper)
+    decorated = tls_options(output_option(wrapper))
     decorated = click.option(
         "--timeout",
         "timeout_s",

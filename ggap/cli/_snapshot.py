@@ -199,7 +199,7 @@ def save_cmd(file: Path, force: bool, copy_timeout_s: float, opts: ClientOptions
 
     async def body() -> int:
         try:
-            async with open_client(opts.endpoints, timeout_s=opts.timeout_s) as client:
+            async with open_client(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
                 meta = await _receive(client, writer, copy_timeout_s)
                 saved["endpoint"] = client.endpoint
             saved["meta"] = await trio.to_thread.run_sync(writer.seal, meta)

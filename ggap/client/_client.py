@@ -9,6 +9,7 @@ unwrapping of the groups purerpc's task groups produce when a `open_client` bloc
 from __future__ import annotations
 
 import math
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -115,9 +116,17 @@ class Client:
     arguments, and returns the response message. `timeout_s` overrides the default per call."""
 
     def __init__(
-        self, channel: Any, endpoint: str, timeout_s: float, metadata: Sequence[tuple[str, str]] = ()
+        self,
+        channel: Any,
+        endpoint: str,
+        timeout_s: float,
+        metadata: Sequence[tuple[str, str]] = (),
+        *,
+        tls: bool = False,
     ) -> None:
         self.endpoint = endpoint
+        self.tls = tls
+        self._calls_answered = 0
         self.timeout_s = timeout_s
         self._metadata = list(metadata)
         self._channel = channel
@@ -137,13 +146,22 @@ class Client:
         try:
             with trio.fail_after(limit):
                 if self._metadata:
-                    return await method(request, metadata=self._metadata)  # type: ignore[call-arg]
-                return await method(request)
+                    result = await method(request, metadata=self._metadata)  # type: ignore[call-arg]
+                else:
+                    result = await method(request)
+            self._calls_answered += 1
+            return result
         except trio.TooSlowError:
+            hint = ""
+            if self.tls and self._calls_answered == 0:
+                # TLS 1.3 ends the client's handshake before the server checks our
+                # certificate; purerpc then never notices the connection was refused.
+                hint = " (over TLS: the server may have refused this client's certificate)"
             raise ClientError(
-                StatusCode.DEADLINE_EXCEEDED, f"no answer from {self.endpoint} within {limit:g}s"
+                StatusCode.DEADLINE_EXCEEDED, f"no answer from {self.endpoint} within {limit:g}s{hint}"
             ) from None
         except RpcFailedError as e:
+            self._calls_answered += 1
             raise _error_from_rpc(e) from None
         except _TRANSPORT_ERRORS as e:
             raise ClientError(StatusCode.UNAVAILABLE, f"call to {self.endpoint} failed: {e!r}") from None
@@ -367,9 +385,17 @@ async def _close_socket(channel: Any) -> None:
 
 @asynccontextmanager
 async def open_client(
-    endpoint: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, metadata: Sequence[tuple[str, str]] = ()
+    endpoint: str,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    metadata: Sequence[tuple[str, str]] = (),
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to the first endpoint of a comma-separated list that accepts a connection.
+
+    With `ssl_context` (see `ggap.tls.client_context`: it sets ALPN h2 and verifies the
+    server's chain and host name) the connection is TLS; a failed handshake counts as that
+    endpoint not connecting, and the reason is in the UNAVAILABLE message.
 
     Every call on the yielded Client is bounded by `timeout_s`, and so is each connect.
     Raises ClientError: UNAVAILABLE when no endpoint connects, INVALID_ARGUMENT for a
@@ -385,7 +411,11 @@ async def open_client(
         name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         connected = False
         body_exc: BaseException | None = None
-        channel = purerpc.insecure_channel(host, port)
+        channel = (
+            purerpc.secure_channel(host, port, ssl_context)
+            if ssl_context is not None
+            else purerpc.insecure_channel(host, port)
+        )
         # One scope around the whole channel lifetime (cancel scopes must nest): its deadline
         # bounds the connect, is lifted while the caller works, then bounds the close.
         with trio.CancelScope(deadline=trio.current_time() + timeout_s) as scope:
@@ -394,7 +424,7 @@ async def open_client(
                     connected = True
                     scope.deadline = math.inf
                     try:
-                        yield Client(channel, name, timeout_s, metadata)
+                        yield Client(channel, name, timeout_s, metadata, tls=ssl_context is not None)
                     except BaseException as e:
                         body_exc = e
                         raise

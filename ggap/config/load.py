@@ -53,6 +53,18 @@ _RELATION_WORDS = {"<": "less than", "<=": "at most"}
 _UPPER = frozenset({"storage.log_synchronous", "storage.kv_synchronous"})
 _LOWER = frozenset({"reads.default_mode", "log.level"})
 
+# String knobs where "" means "not set" (TLS off for that part).
+_EMPTY_ALLOWED = frozenset(
+    {
+        "tls.cert_file",
+        "tls.key_file",
+        "tls.trusted_ca_file",
+        "peer_tls.cert_file",
+        "peer_tls.key_file",
+        "peer_tls.trusted_ca_file",
+    }
+)
+
 _converter = cattrs.Converter(forbid_extra_keys=True)
 
 
@@ -264,12 +276,38 @@ def _validate(layers: _Layers) -> None:
                 problem = _check_peers(value, layers)
             elif dotted == "node.join":
                 problem = _check_join(value)
+            elif dotted in _EMPTY_ALLOWED:
+                pass
             elif tp is str and not value.strip():
                 problem = "must not be empty"
             if problem is not None:
                 failed.add(dotted)
                 layers.errors.append(f"{dotted}: {problem} (from {layers.source_of(dotted)})")
     _check_relations(layers, failed)
+    _check_tls(layers)
+
+
+def _check_tls(layers: _Layers) -> None:
+    """TLS keys that only make sense together (the files themselves are checked when the
+    node starts, ggap/tls.py)."""
+    tls, peer = layers.values["tls"], layers.values["peer_tls"]
+
+    def need(dotted: str, because: str) -> None:
+        layers.errors.append(f"{dotted}: must be set {because} (from {layers.source_of(dotted)})")
+
+    if tls["cert_file"] and not tls["key_file"]:
+        need("tls.key_file", "when tls.cert_file is")
+    if tls["key_file"] and not tls["cert_file"]:
+        need("tls.cert_file", "when tls.key_file is")
+    if tls["client_cert_auth"]:
+        if not tls["cert_file"]:
+            need("tls.cert_file", "when tls.client_cert_auth is on (it needs TLS)")
+        if not tls["trusted_ca_file"]:
+            need("tls.trusted_ca_file", "when tls.client_cert_auth is on (the CA clients must chain to)")
+    if any(peer.values()):
+        for key in ("cert_file", "key_file", "trusted_ca_file"):
+            if not peer[key]:
+                need(f"peer_tls.{key}", "with the other peer_tls keys (peer TLS is always mutual)")
 
 
 def _check_join(value: str) -> str | None:

@@ -187,6 +187,37 @@ class TransportConfig:
 
 
 @attrs.frozen(slots=True)
+class TlsConfig:
+    """TLS on the client port (etcd's --cert-file, --key-file, --trusted-ca-file,
+    --client-cert-auth); every path empty = plaintext. See README "Running securely"."""
+
+    # PEM certificate chain the client port presents; with key_file, turns TLS on.
+    cert_file: str = ""
+    # PEM private key of cert_file (unencrypted).
+    key_file: str = ""
+    # PEM CA bundle: verifies client certificates (with client_cert_auth) and the other
+    # nodes' client ports when this node forwards a write, joins or asks for promotion.
+    trusted_ca_file: str = ""
+    # Require every client to present a certificate chaining to trusted_ca_file.
+    client_cert_auth: bool = False
+    # Bound on one client's TLS handshake; a slower (or silent) client is disconnected.
+    handshake_timeout_ms: int = 5000
+
+
+@attrs.frozen(slots=True)
+class PeerTlsConfig:
+    """Mutual TLS on the peer port (etcd's --peer-cert-file, --peer-key-file,
+    --peer-trusted-ca-file): all three or none."""
+
+    # PEM certificate this node presents to peers, as listener and as dialer.
+    cert_file: str = ""
+    # PEM private key of cert_file (unencrypted).
+    key_file: str = ""
+    # PEM CA bundle every peer's certificate must chain to (both directions).
+    trusted_ca_file: str = ""
+
+
+@attrs.frozen(slots=True)
 class LogConfig:
     level: str = "info"
 
@@ -203,4 +234,6 @@ class Config:
     server: ServerConfig = ServerConfig()
     raft: RaftConfig = RaftConfig()
     transport: TransportConfig = TransportConfig()
+    tls: TlsConfig = TlsConfig()
+    peer_tls: PeerTlsConfig = PeerTlsConfig()
     log: LogConfig = LogConfig()

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ggap.rpc.server import (
         BindError,
         RpcPolicy,
+        ServerTls,
         current_deadline,
         current_peer,
         guarded_service,
@@ -38,6 +39,7 @@ _SERVING_SIDE = {
     "reflection_services": "ggap.rpc.reflection",
     "BindError": "ggap.rpc.server",
     "RpcPolicy": "ggap.rpc.server",
+    "ServerTls": "ggap.rpc.server",
     "current_deadline": "ggap.rpc.server",
     "current_peer": "ggap.rpc.server",
     "guarded_service": "ggap.rpc.server",
@@ -60,6 +62,7 @@ __all__ = [
     "BindError",
     "HealthService",
     "RpcPolicy",
+    "ServerTls",
     "current_deadline",
     "current_peer",
     "error_from_status",

@@ -13,6 +13,7 @@ import contextvars
 import errno
 import logging
 import math
+import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
@@ -24,6 +25,7 @@ import h2.exceptions
 import purerpc
 import trio
 from anyio.abc import SocketAttribute
+from anyio.streams.tls import TLSStream
 from google.protobuf.message import DecodeError
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpclib.config import GRPCConfiguration
@@ -34,11 +36,13 @@ from purerpc.rpc import RPCSignature
 from purerpc.server import ConnectionHandler
 
 from ggap.rpc.errors import rpc_error, to_rpc_error
+from ggap.tls import RefusalLog, describe_handshake_error
 from ggap.types.errors import GgapError, StatusCode
 
 __all__ = [
     "BindError",
     "RpcPolicy",
+    "ServerTls",
     "current_deadline",
     "current_peer",
     "guarded_service",
@@ -46,6 +50,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_refusals = RefusalLog(log)
 
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar("ggap_rpc_deadline", default=math.inf)
 _peer: contextvars.ContextVar[str | None] = contextvars.ContextVar("ggap_rpc_peer", default=None)
@@ -372,17 +377,52 @@ class _SanitizingSocket(GRPCProtoSocket):
     StreamClass = _SanitizingStream
 
 
-async def _serve_connection(handler: ConnectionHandler, stream: anyio.abc.SocketStream) -> None:
+@attrs.frozen
+class ServerTls:
+    """TLS for a gRPC port: the server context (ALPN h2 set) and the handshake bound."""
+
+    context: ssl.SSLContext
+    handshake_timeout_s: float = 5.0
+
+
+async def _tls_handshake(
+    stream: anyio.abc.SocketStream, tls: ServerTls, peer: str
+) -> anyio.abc.ByteStream | None:
+    """The TLS stream once the handshake succeeded; None (logged) if it failed or timed out.
+
+    It runs in the connection's own task, so a slow or garbage handshake holds up no one
+    else; with client_cert_auth the client's chain is verified here, before any gRPC."""
+    try:
+        with trio.fail_after(tls.handshake_timeout_s):
+            return await TLSStream.wrap(
+                stream, server_side=True, ssl_context=tls.context, standard_compatible=False
+            )
+    except Exception as exc:  # whatever a client sends must not take more than its connection
+        _refusals.refused("client connection", peer, describe_handshake_error(exc))
+        return None
+
+
+async def _serve_connection(
+    handler: ConnectionHandler, stream: anyio.abc.SocketStream, tls: ServerTls | None = None
+) -> None:
     """One client connection: its requests run as tasks of a nursery owned by it.
 
     Resource handling: the socket is always closed here, whatever happens.
-    Error handling: anything the connection raises (garbage, oversized message, reset)
-    ends this connection only and is logged at debug level; cancellation propagates.
+    Error handling: a failed TLS handshake is logged (once per host and reason a minute)
+    and ends this connection; anything else the connection raises (garbage, oversized
+    message, reset) ends this connection only and is logged at debug level; cancellation
+    propagates.
     """
     peer = _peer_of(stream)
     _peer.set(peer)  # this task's context is copied into every request task it spawns
+    conn: anyio.abc.ByteStream = stream
     try:
-        async with _SanitizingSocket(handler.config, stream) as grpc_socket:
+        if tls is not None:
+            wrapped = await _tls_handshake(stream, tls, peer)
+            if wrapped is None:
+                return
+            conn = wrapped
+        async with _SanitizingSocket(handler.config, conn) as grpc_socket:
             async with trio.open_nursery() as requests:
                 async for rpc_stream in grpc_socket.listen():
                     requests.start_soon(handler.request_received, rpc_stream)
@@ -404,7 +444,10 @@ _RETRY_ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
 async def _accept_loop(
-    listener: anyio.abc.SocketListener, connections: trio.Nursery, handler: ConnectionHandler
+    listener: anyio.abc.SocketListener,
+    connections: trio.Nursery,
+    handler: ConnectionHandler,
+    tls: ServerTls | None,
 ) -> None:
     while True:
         try:
@@ -419,7 +462,7 @@ async def _accept_loop(
                 log.debug("accept failed: %r", exc)
             await trio.sleep(0.1)
             continue
-        connections.start_soon(_serve_connection, handler, stream)
+        connections.start_soon(_serve_connection, handler, stream, tls)
 
 
 async def serve_grpc(
@@ -428,6 +471,7 @@ async def serve_grpc(
     port: int,
     *,
     max_message_bytes: int,
+    tls: ServerTls | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `services` on exactly `host:port` until cancelled.
@@ -439,6 +483,8 @@ async def serve_grpc(
             once the socket is listening.
         max_message_bytes: the per-request limit (enforced by the guard, see RpcPolicy);
             an inbound message over 4x this ends that client's connection.
+        tls: serve TLS (every connection's handshake first, each in its own task and
+            bounded by `tls.handshake_timeout_s`); None: plaintext h2c.
 
     Resource handling: the listening socket and every accepted socket are closed on
     exit; cancelling the caller's scope stops accepting and cancels all requests.
@@ -471,12 +517,12 @@ async def serve_grpc(
         raise BindError(host, port, exc) from exc
     try:
         bound_port = int(listener.extra(SocketAttribute.local_port))
-        log.info("serving gRPC on %s", _format_addr(host, bound_port))
+        log.info("serving gRPC%s on %s", " over TLS" if tls else "", _format_addr(host, bound_port))
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as acceptors:
                 for sub in listener.listeners:
                     sock_listener = cast(anyio.abc.SocketListener, sub)
-                    acceptors.start_soon(_accept_loop, sock_listener, connections, handler)
+                    acceptors.start_soon(_accept_loop, sock_listener, connections, handler, tls)
                 task_status.started(bound_port)
     finally:
         await anyio.aclose_forcefully(listener)

@@ -19,6 +19,7 @@ answer_margin_ms, given to the constructor.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -57,13 +58,22 @@ class _Conn:
 class Forwarder:
     """Owns the pooled connections; `run` must be started in the node's nursery."""
 
-    def __init__(self, *, connect_timeout_s: float, retry_pause_s: float, answer_margin_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float,
+        retry_pause_s: float,
+        answer_margin_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         """
         Args:
             connect_timeout_s: bound on dialling a leader's client port.
             retry_pause_s: pause before retrying a refused write (`pause_or_give_up`).
             answer_margin_s: kept back from the request's deadline so the answer (an error,
                 at worst) still reaches the client.
+            ssl_context: the node's own client credentials (`NodeTls.node_client`) when
+                the client ports serve TLS; None for plaintext.
         """
         if not connect_timeout_s > 0 or not retry_pause_s > 0 or not answer_margin_s >= 0:
             raise ValueError(
@@ -73,6 +83,7 @@ class Forwarder:
         self.connect_timeout_s = connect_timeout_s
         self.retry_pause_s = retry_pause_s
         self.answer_margin_s = answer_margin_s
+        self._ssl_context = ssl_context
         self._conns: dict[str, _Conn] = {}
         self._nursery: trio.Nursery | None = None
         self._dialling: dict[str, trio.Lock] = {}
@@ -136,7 +147,10 @@ class Forwarder:
         started = False
         try:
             async with open_client(
-                addr, timeout_s=self.connect_timeout_s, metadata=[(FORWARDED, "1")]
+                addr,
+                timeout_s=self.connect_timeout_s,
+                metadata=[(FORWARDED, "1")],
+                ssl_context=self._ssl_context,
             ) as client:
                 client.timeout_s = _CALL_LIMIT_S
                 conn = _Conn(client, epoch)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,14 +50,16 @@ def needs_join(config: Config) -> bool:
     return bool(config.node.join) and not (Path(config.node.data_dir) / "raft.db").exists()
 
 
-async def join_cluster(config: Config) -> Membership:
-    """Steps 1-3 of the module docstring, retried until `server.join_timeout_ms`."""
+async def join_cluster(config: Config, *, ssl_context: ssl.SSLContext | None = None) -> Membership:
+    """Steps 1-3 of the module docstring, retried until `server.join_timeout_ms`.
+
+    `ssl_context`: the node's own client credentials when the client ports serve TLS."""
     timeout_s = config.server.join_timeout_ms / 1000
     last: BaseException | None = None
     with trio.move_on_after(timeout_s):
         while True:
             try:
-                return await _join_once(config)
+                return await _join_once(config, ssl_context)
             except StartupMismatch:
                 raise
             except ClientError as exc:
@@ -72,9 +75,11 @@ async def join_cluster(config: Config) -> Membership:
     raise Unavailable(f"could not join the cluster at {config.node.join} within {timeout_s:g}s: {last}")
 
 
-async def _join_once(config: Config) -> Membership:
+async def _join_once(config: Config, ssl_context: ssl.SSLContext | None) -> Membership:
     node = config.node
-    async with open_client(node.join, timeout_s=config.server.default_timeout_ms / 1000) as client:
+    async with open_client(
+        node.join, timeout_s=config.server.default_timeout_ms / 1000, ssl_context=ssl_context
+    ) as client:
         listed = await client.member_list()
         mine = next((m for m in listed.members if m.id == node.id), None)
         if mine is None:
@@ -162,7 +167,13 @@ class _Info:
     cluster_id: str
 
 
-async def auto_promote(config: Config, membership: Callable[[], Membership], interval_s: float = 1.0) -> None:
+async def auto_promote(
+    config: Config,
+    membership: Callable[[], Membership],
+    interval_s: float = 1.0,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
     """`--auto-promote`: while this node is a learner, ask the cluster to promote it; the
     leader refuses (FAILED_PRECONDITION, naming the lag) until it has caught up, so asking
     again every `interval_s` is the whole protocol. Returns once it is a voter, or at
@@ -174,7 +185,9 @@ async def auto_promote(config: Config, membership: Callable[[], Membership], int
         if current is None or not current.learner:
             return
         try:
-            async with open_client(endpoints, timeout_s=config.server.default_timeout_ms / 1000) as client:
+            async with open_client(
+                endpoints, timeout_s=config.server.default_timeout_ms / 1000, ssl_context=ssl_context
+            ) as client:
                 await client.member_promote(id=me)
             log.info("node %d promoted to voter", me)
         except ClientError as exc:

@@ -35,7 +35,7 @@ from ggap.replica import ClusterSpec, Consensus, Mailbox, RaftReplica
 from ggap.replica.kv_machine import KvStateMachine
 from ggap.replica.membership import bootstrap_membership
 from ggap.replica.node import SnapshotReceiver
-from ggap.rpc import HealthService, RpcPolicy, guarded_service, reflection_services, serve_grpc
+from ggap.rpc import HealthService, RpcPolicy, ServerTls, guarded_service, reflection_services, serve_grpc
 from ggap.server.cluster_service import ClusterServicer
 from ggap.server.forward import Forwarder
 from ggap.server.join import auto_promote, join_cluster, needs_join
@@ -56,6 +56,7 @@ from ggap.storage.log import (
     encode_members,
 )
 from ggap.storage.snapshot import remove_backup_leftovers, snapshot_dir
+from ggap.tls import NodeTls, TlsFileError, node_tls
 from ggap.transport import PeerTransport
 from ggap.types import FailedPrecondition, Unavailable
 
@@ -155,15 +156,24 @@ async def _health_loop(
         await trio.sleep(interval_s)
 
 
+def load_node_tls(config: Config) -> NodeTls:
+    """Every TLS context of the node, each file checked; StartupError naming a bad file."""
+    try:
+        return node_tls(config.tls, config.peer_tls)
+    except TlsFileError as exc:
+        raise StartupError(f"TLS: {exc}") from None
+
+
 async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Run a node until cancelled or signalled; `task_status` gets the bound client port."""
+    tls = load_node_tls(config)
     if needs_join(config):
         if config.raft.peers:
             raise StartupError(
                 "--join (node.join) and --peers (raft.peers) exclude each other: "
                 "a joining node learns the members from the cluster"
             )
-        await join_cluster(config)
+        await join_cluster(config, ssl_context=tls.node_client)
     kv, log_store, peers, token = await trio.to_thread.run_sync(_open_storage, config)
     readers: ReaderPool | None = None
     try:
@@ -210,6 +220,8 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             on_messages=mailbox.post_messages,
             config=config.transport,
             on_snapshot=SnapshotReceiver(machine, mailbox, io_timeout_s=snapshot_io_timeout_s),
+            server_tls=tls.peer_server,
+            client_tls=tls.peer_client,
         )
         consensus = RaftReplica(
             spec=ClusterSpec(
@@ -234,6 +246,7 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             connect_timeout_s=config.server.forward_connect_timeout_ms / 1000,
             retry_pause_s=config.server.forward_retry_ms / 1000,
             answer_margin_s=config.server.answer_margin_ms / 1000,
+            ssl_context=tls.node_client,
         )
         history = HistoryKeeper(consensus, readers, config.mvcc)
         space = await trio.to_thread.run_sync(
@@ -278,6 +291,11 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
         names = [KV_SERVICE, CLUSTER_SERVICE, "grpc.health.v1.Health"]
         services += reflection_services(names)
         host, port = split_addr(config.node.client_addr)
+        server_tls = (
+            ServerTls(tls.client_port, config.tls.handshake_timeout_ms / 1000)
+            if tls.client_port is not None
+            else None
+        )
 
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run)
@@ -287,11 +305,18 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             nursery.start_soon(history.run)
             nursery.start_soon(space.run)
             if config.node.auto_promote:
-                nursery.start_soon(auto_promote, config, consensus.membership)
+                nursery.start_soon(
+                    functools.partial(auto_promote, config, consensus.membership, ssl_context=tls.node_client)
+                )
             nursery.start_soon(member_manager.run)
             bound = await nursery.start(
                 functools.partial(
-                    serve_grpc, services, host, port, max_message_bytes=config.limits.max_message_bytes
+                    serve_grpc,
+                    services,
+                    host,
+                    port,
+                    max_message_bytes=config.limits.max_message_bytes,
+                    tls=server_tls,
                 )
             )
             health_scope = trio.CancelScope()

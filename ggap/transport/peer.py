@@ -29,6 +29,7 @@ import functools
 import logging
 import random
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 
@@ -37,6 +38,7 @@ import trio
 
 from ggap.config.model import TransportConfig
 from ggap.consensus.raft.types import Message
+from ggap.tls import RefusalLog, describe_handshake_error
 from ggap.transport.wire import (
     PURPOSE_RAFT,
     PURPOSE_SNAPSHOT,
@@ -65,6 +67,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_refusals = RefusalLog(log)
 
 Address = tuple[str, int]
 
@@ -73,7 +76,7 @@ class SnapshotStream:
     """One snapshot connection after its handshake: whole frames in and out, each bounded
     by a timeout. Bounded memory: one frame at a time (at most the transport's max frame)."""
 
-    def __init__(self, stream: trio.SocketStream, decoder: FrameDecoder, remote: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, decoder: FrameDecoder, remote: str) -> None:
         self._stream = stream
         self._decoder = decoder
         self.remote = remote
@@ -259,12 +262,23 @@ def _format_addr(addr: Address) -> str:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
+    if _tls_error(exc):
+        return "TLS: " + describe_handshake_error(exc)
     cause = exc.__cause__
     if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
         # trio.open_tcp_stream says "all attempts ... failed"; the why is in its cause.
         return _describe(cause.exceptions[-1])
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _tls_error(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) and not isinstance(seen, ssl.SSLWantReadError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _remote(stream: trio.SocketStream) -> str:
@@ -275,7 +289,7 @@ def _remote(stream: trio.SocketStream) -> str:
     return _format_addr((str(name[0]), int(name[1])))
 
 
-async def _read_frame(stream: trio.SocketStream, decoder: FrameDecoder) -> bytes | None:
+async def _read_frame(stream: trio.abc.Stream, decoder: FrameDecoder) -> bytes | None:
     """The next frame's payload, or None on a clean EOF between frames."""
     while True:
         payload = decoder.next_frame()
@@ -307,6 +321,8 @@ class PeerTransport:
         config: TransportConfig = TransportConfig(),
         rng: random.Random | None = None,
         on_snapshot: SnapshotHandler | None = None,
+        server_tls: ssl.SSLContext | None = None,
+        client_tls: ssl.SSLContext | None = None,
     ) -> None:
         """
         Args:
@@ -336,6 +352,12 @@ class PeerTransport:
             rng: source of the backoff jitter (inject a seeded one for reproducible tests).
             on_snapshot: serves inbound snapshot connections (handshake purpose
                 "snapshot"), one task per connection; without it they are refused.
+            server_tls / client_tls: mutual TLS (ggap.tls.server_context with
+                require_client_cert, ggap.tls.client_context with our certificate): every
+                accepted connection must complete a TLS handshake with a certificate the
+                server context trusts before its handshake frame is read, and every
+                connection we open (Raft and snapshot) verifies the listener's chain and
+                host name. Both or neither.
 
         Raises ValueError for a config the loader would have refused (the loader checks
         the same rules with messages naming the key and its source).
@@ -345,6 +367,10 @@ class PeerTransport:
         if not listen[0]:
             raise ValueError("listen host must be given; use 0.0.0.0 or :: for every interface")
         _check_config(config)
+        if (server_tls is None) != (client_tls is None):
+            raise ValueError("server_tls and client_tls go together (peer TLS is mutual)")
+        self._server_tls = server_tls
+        self._client_tls = client_tls
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.config = config
@@ -510,8 +536,7 @@ class PeerTransport:
         if link is None:
             raise ConnectionError(f"peer {peer} is unknown")
         addr = link.address
-        with trio.fail_after(self._connect_timeout):
-            stream = await trio.open_tcp_stream(*addr)
+        stream = await self._connect(addr)
         try:
             decoder, reply = await self._handshake(stream, peer, PURPOSE_SNAPSHOT)
             if not reply.accepted:
@@ -520,8 +545,23 @@ class PeerTransport:
         finally:
             await trio.aclose_forcefully(stream)
 
+    async def _connect(self, addr: Address) -> trio.abc.Stream:
+        """A TCP connection to `addr`, TLS (handshake done, listener verified) with peer TLS."""
+        with trio.fail_after(self._connect_timeout):
+            tcp = await trio.open_tcp_stream(*addr)
+        if self._client_tls is None:
+            return tcp
+        try:
+            tls = trio.SSLStream(tcp, self._client_tls, server_hostname=addr[0])
+            with trio.fail_after(self._handshake_timeout):
+                await tls.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(tcp)
+            raise
+        return tls
+
     async def _handshake(
-        self, stream: trio.SocketStream, peer: int, purpose: str = PURPOSE_RAFT
+        self, stream: trio.abc.Stream, peer: int, purpose: str = PURPOSE_RAFT
     ) -> tuple[FrameDecoder, HandshakeReply]:
         """Send our handshake on a new outbound connection and read the peer's verdict."""
         decoder = FrameDecoder(max_frame=self._max_frame)
@@ -560,11 +600,10 @@ class PeerTransport:
     async def _session(self, link: _Link) -> bool:
         """One connection's life; True if the handshake succeeded. Never raises Exception."""
         addr = link.address
-        stream: trio.SocketStream | None = None
+        stream: trio.abc.Stream | None = None
         established = False
         try:
-            with trio.fail_after(self._connect_timeout):
-                stream = await trio.open_tcp_stream(*addr)
+            stream = await self._connect(addr)
             _decoder, reply = await self._handshake(stream, link.peer_id)
             if not reply.accepted:
                 link.last_error = f"handshake rejected: {reply.reason}"
@@ -588,6 +627,8 @@ class PeerTransport:
         except _CONNECTION_ERRORS as exc:
             link.last_error = _describe(exc)
             level = logging.DEBUG if link.quiet else logging.INFO
+            if not link.quiet and _tls_error(exc):
+                level = logging.WARNING  # a certificate problem does not heal by retrying
             log.log(level, "peer %d at %s: %s", link.peer_id, _format_addr(addr), link.last_error)
             link.quiet = True
         except Exception as exc:  # a bug: keep the node up, retry after backoff
@@ -599,7 +640,7 @@ class PeerTransport:
                 await trio.aclose_forcefully(stream)
         return established
 
-    async def _pump(self, link: _Link, stream: trio.SocketStream) -> str:
+    async def _pump(self, link: _Link, stream: trio.abc.Stream) -> str:
         """Send batches until the connection breaks; returns why it did."""
         reason = "cancelled"
         async with trio.open_nursery() as nursery:
@@ -622,7 +663,7 @@ class PeerTransport:
             nursery.cancel_scope.cancel()
         return reason
 
-    async def _send_loop(self, link: _Link, stream: trio.SocketStream) -> None:
+    async def _send_loop(self, link: _Link, stream: trio.abc.Stream) -> None:
         while True:
             if not link.queue:
                 with trio.move_on_after(self._keepalive_interval):
@@ -666,7 +707,18 @@ class PeerTransport:
         self._inbound_open += 1
         remote = _remote(stream)
         try:
-            await self._inbound(stream, remote)
+            conn: trio.abc.Stream = stream
+            if self._server_tls is not None:
+                tls = trio.SSLStream(stream, self._server_tls, server_side=True)
+                try:
+                    with trio.fail_after(self._handshake_timeout):
+                        await tls.do_handshake()
+                except _CONNECTION_ERRORS as exc:
+                    self._inbound_rejected += 1
+                    _refusals.refused("peer connection", remote, describe_handshake_error(exc))
+                    return
+                conn = tls
+            await self._inbound(conn, remote)
         except _CONNECTION_ERRORS as exc:
             log.info("peer connection from %s ended: %s", remote, _describe(exc))
         except Exception:
@@ -686,7 +738,7 @@ class PeerTransport:
             return "this node does not accept snapshot connections"
         return ""
 
-    async def _inbound(self, stream: trio.SocketStream, remote: str) -> None:
+    async def _inbound(self, stream: trio.abc.Stream, remote: str) -> None:
         decoder = FrameDecoder(max_frame=self._max_frame)
         try:
             with trio.fail_after(self._handshake_timeout):

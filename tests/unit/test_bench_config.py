@@ -78,3 +78,11 @@ def test_config_validation_and_description() -> None:
     assert desc["endpoints"] == ["h:1", "h:2"]
     assert desc["mix"] == {"put": 3.0}
     assert desc["workers"] == 1
+
+
+def test_tls_options_go_together() -> None:
+    assert BenchConfig(endpoints=("a:1",), cacert="ca.pem", cert="c.pem", key_file="c.key").cacert
+    with pytest.raises(ValueError, match="cert and key go together"):
+        BenchConfig(endpoints=("a:1",), cacert="ca.pem", cert="c.pem")
+    with pytest.raises(ValueError, match="cert needs cacert"):
+        BenchConfig(endpoints=("a:1",), cert="c.pem", key_file="c.key")
