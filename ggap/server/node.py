@@ -36,6 +36,7 @@ from ggap.replica.kv_machine import KvStateMachine
 from ggap.replica.membership import bootstrap_membership
 from ggap.replica.node import SnapshotReceiver
 from ggap.rpc import HealthService, RpcPolicy, guarded_service, reflection_services, serve_grpc
+from ggap.rpc.frontdoor import ConnectionLimits
 from ggap.server.cluster_service import ClusterServicer
 from ggap.server.forward import Forwarder
 from ggap.server.join import auto_promote, join_cluster, needs_join
@@ -286,7 +287,16 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             nursery.start_soon(member_manager.run)
             bound = await nursery.start(
                 functools.partial(
-                    serve_grpc, services, host, port, max_message_bytes=config.limits.max_message_bytes
+                    serve_grpc,
+                    services,
+                    host,
+                    port,
+                    max_message_bytes=config.limits.max_message_bytes,
+                    limits=ConnectionLimits(
+                        max_concurrent_streams=config.limits.max_concurrent_streams,
+                        handshake_timeout_s=config.limits.handshake_timeout_ms / 1000,
+                        max_connections=config.limits.max_connections,
+                    ),
                 )
             )
             health_scope = trio.CancelScope()
