@@ -102,9 +102,8 @@ class RpcPolicy:
     default_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     # Unary requests served at once; more get RESOURCE_EXHAUSTED.
     max_in_flight: int = attrs.field(default=4096, validator=_positive)
-    # Open streams (watches) at once, counted apart from unary calls: purerpc ignores a
-    # client's RST_STREAM, so a cancelled stream holds its slot until its next send, and
-    # must not lock unary callers out meanwhile.
+    # Open streams (watches) at once, counted apart from unary calls: long-lived streams
+    # must not lock unary callers out (a client's cancel frees a slot at once, frontdoor.py).
     max_streams: int = attrs.field(default=4096, validator=_positive)
     # Largest request message accepted; a larger one gets RESOURCE_EXHAUSTED.
     max_message_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
@@ -390,7 +389,7 @@ async def _serve_connection(
                     # Under the stream's own cancel scope: a client's RST_STREAM cancels it.
                     requests.start_soon(run_request, handler.request_received, rpc_stream)
                 # EOF: the client is gone and will read nothing more, so stop its handlers
-                # (purerpc ignores RST_STREAM, this is the one cancellation signal we get).
+                # (a client's RST_STREAM cancels one request, see frontdoor.py).
                 requests.cancel_scope.cancel()
     except* HandshakeTimeout as group:
         log.debug("closing connection from %s: %s", peer, group.exceptions[0])
