@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/ggap/pb/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: all install run test lint proto proto-check unit ext clean bench bench-ab
+.PHONY: all install run test lint proto proto-check unit ext clean bench bench-ab fuzz
 
 all: install
 
@@ -59,6 +59,19 @@ bench: $(STAMP)
 #   make bench-ab A=../ggap-before B=. BENCH_ARGS="--rounds 5 --duration 10 --clients 64 --mix put=100"
 bench-ab: $(STAMP)
 	$(PY) -m bench.ab --a $(or $(A),$(error set A=DIR)) --b $(or $(B),.) $(BENCH_ARGS)
+
+# Coverage-guided fuzzing (atheris) of the peer wire decoder, the command codec (pure vs
+# Cython) and the request converters, FUZZ_SECONDS each; `make test` runs a 3 s pass of each.
+# A crash leaves ./crash-<sha1>: replay with `$(PY) -m tests.fuzz.run TARGET crash-<sha1>`.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := peer_wire command_codec convert
+fuzz: $(STAMP)
+	@mkdir -p build/fuzz && for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s (log: build/fuzz/$$t.log)"; \
+	  $(PY) -m tests.fuzz.run $$t --seconds $(FUZZ_SECONDS) -print_final_stats=1 > build/fuzz/$$t.log 2>&1 \
+	    || { tail -40 build/fuzz/$$t.log; exit 1; }; \
+	  grep -E "^(Done|stat::number_of_executed_units)" build/fuzz/$$t.log; \
+	done
 
 # Deterministic cluster simulator: a seed sweep; a failure prints its one-line replay command.
 .PHONY: sim

@@ -28,8 +28,17 @@ class LimitsConfig:
     max_in_flight: int = 4096
     # Watch streams open at once (counted apart from unary requests).
     max_watches: int = 10_000
-    # Largest gRPC message accepted or sent by the client port.
+    # Largest request message accepted by the client port (declared or decompressed); a
+    # larger one fails that call alone with RESOURCE_EXHAUSTED. Responses may be 4x this.
     max_message_bytes: int = 4_194_304
+    # Client connections open at once; more are closed on accept (existing ones unaffected).
+    max_connections: int = 1000
+    # Streams open at once on one client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    max_concurrent_streams: int = 1024
+    # A client connection must complete its TLS handshake (when TLS is on) and then its
+    # HTTP/2 preface, and finish any frame it has begun, within this long each; otherwise
+    # it is closed.
+    handshake_timeout_ms: int = 5000
     # ClusterService.Snapshot streams at once (each holds a full copy of kv.db on disk);
     # more get RESOURCE_EXHAUSTED.
     max_snapshot_streams: int = 2
@@ -199,9 +208,8 @@ class TlsConfig:
     # nodes' client ports when this node forwards a write, joins or asks for promotion.
     trusted_ca_file: str = ""
     # Require every client to present a certificate chaining to trusted_ca_file.
+    # (The TLS handshake is bounded by limits.handshake_timeout_ms.)
     client_cert_auth: bool = False
-    # Bound on one client's TLS handshake; a slower (or silent) client is disconnected.
-    handshake_timeout_ms: int = 5000
 
 
 @attrs.frozen(slots=True)

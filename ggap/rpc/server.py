@@ -27,7 +27,6 @@ import trio
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSStream
 from google.protobuf.message import DecodeError
-from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.exceptions import RpcFailedError, StreamClosedError
 from purerpc.grpclib.status import Status
@@ -36,6 +35,7 @@ from purerpc.rpc import RPCSignature
 from purerpc.server import ConnectionHandler
 
 from ggap.rpc.errors import rpc_error, to_rpc_error
+from ggap.rpc.frontdoor import ConnectionLimits, GuardedSocket, GuardedStream, HandshakeTimeout, run_request
 from ggap.tls import RefusalLog, describe_handshake_error
 from ggap.types.errors import GgapError, StatusCode
 
@@ -107,9 +107,8 @@ class RpcPolicy:
     default_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     # Unary requests served at once; more get RESOURCE_EXHAUSTED.
     max_in_flight: int = attrs.field(default=4096, validator=_positive)
-    # Open streams (watches) at once, counted apart from unary calls: purerpc ignores a
-    # client's RST_STREAM, so a cancelled stream holds its slot until its next send, and
-    # must not lock unary callers out meanwhile.
+    # Open streams (watches) at once, counted apart from unary calls: long-lived streams
+    # must not lock unary callers out (a client's cancel frees a slot at once, frontdoor.py).
     max_streams: int = attrs.field(default=4096, validator=_positive)
     # Largest request message accepted; a larger one gets RESOURCE_EXHAUSTED.
     max_message_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
@@ -346,7 +345,7 @@ def _install_log_filter() -> None:
         purerpc_log.addFilter(_DemoteDisconnects())
 
 
-class _SanitizingStream(GRPCProtoStream):
+class _SanitizingStream(GuardedStream):
     """purerpc answers any exception that escapes a handler's plumbing (a request that does
     not parse, a cancelled read when the connection dies) with CANCELLED and repr(exc_info)
     as the message. `close` runs inside that except block, so it can see the exception and
@@ -373,7 +372,7 @@ def _leak_free_status(exc: BaseException) -> Status:
     return Status(PurerpcStatusCode.INTERNAL, "internal error")
 
 
-class _SanitizingSocket(GRPCProtoSocket):
+class _SanitizingSocket(GuardedSocket):
     StreamClass = _SanitizingStream
 
 
@@ -403,7 +402,10 @@ async def _tls_handshake(
 
 
 async def _serve_connection(
-    handler: ConnectionHandler, stream: anyio.abc.SocketStream, tls: ServerTls | None = None
+    handler: ConnectionHandler,
+    stream: anyio.abc.SocketStream,
+    limits: ConnectionLimits,
+    tls: ServerTls | None = None,
 ) -> None:
     """One client connection: its requests run as tasks of a nursery owned by it.
 
@@ -422,13 +424,16 @@ async def _serve_connection(
             if wrapped is None:
                 return
             conn = wrapped
-        async with _SanitizingSocket(handler.config, conn) as grpc_socket:
+        async with _SanitizingSocket(handler.config, conn, limits) as grpc_socket:
             async with trio.open_nursery() as requests:
                 async for rpc_stream in grpc_socket.listen():
-                    requests.start_soon(handler.request_received, rpc_stream)
+                    # Under the stream's own cancel scope: a client's RST_STREAM cancels it.
+                    requests.start_soon(run_request, handler.request_received, rpc_stream)
                 # EOF: the client is gone and will read nothing more, so stop its handlers
-                # (purerpc ignores RST_STREAM, this is the one cancellation signal we get).
+                # (a client's RST_STREAM cancels one request, see frontdoor.py).
                 requests.cancel_scope.cancel()
+    except* HandshakeTimeout as group:
+        log.debug("closing connection from %s: %s", peer, group.exceptions[0])
     except* Exception as group:
         first: BaseException = group
         while isinstance(first, BaseExceptionGroup):
@@ -443,11 +448,53 @@ _TRANSPORT_HEADROOM = 4
 _RETRY_ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
+@attrs.define
+class _Admission:
+    """Connections open now against limits.max_connections; refusals are logged once per
+    episode of being full (a flood must not flood the log too)."""
+
+    limit: int | None
+    open: int = 0
+    refused: int = 0
+    _warned: bool = False
+
+    def admit(self, peer: str) -> bool:
+        if self.limit is None or self.open < self.limit:
+            self._warned = False
+            self.open += 1
+            return True
+        self.refused += 1
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "refusing client connections (first from %s): %d open, the limit "
+                "(limits.max_connections); logged once until a connection closes",
+                peer,
+                self.open,
+            )
+        return False
+
+
+async def _serve_admitted(
+    handler: ConnectionHandler,
+    stream: anyio.abc.SocketStream,
+    limits: ConnectionLimits,
+    admission: _Admission,
+    tls: ServerTls | None,
+) -> None:
+    try:
+        await _serve_connection(handler, stream, limits, tls)
+    finally:
+        admission.open -= 1
+
+
 async def _accept_loop(
     listener: anyio.abc.SocketListener,
     connections: trio.Nursery,
     handler: ConnectionHandler,
     tls: ServerTls | None,
+    limits: ConnectionLimits,
+    admission: _Admission,
 ) -> None:
     while True:
         try:
@@ -462,7 +509,10 @@ async def _accept_loop(
                 log.debug("accept failed: %r", exc)
             await trio.sleep(0.1)
             continue
-        connections.start_soon(_serve_connection, handler, stream, tls)
+        if not admission.admit(_peer_of(stream)):
+            await anyio.aclose_forcefully(stream)
+            continue
+        connections.start_soon(_serve_admitted, handler, stream, limits, admission, tls)
 
 
 async def serve_grpc(
@@ -471,6 +521,7 @@ async def serve_grpc(
     port: int,
     *,
     max_message_bytes: int,
+    limits: ConnectionLimits | None = None,
     tls: ServerTls | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -481,8 +532,10 @@ async def serve_grpc(
         host: address to bind; use "0.0.0.0" or "::" explicitly for all interfaces.
         port: TCP port; 0 picks a free one, reported through `task_status.started(port)`
             once the socket is listening.
-        max_message_bytes: the per-request limit (enforced by the guard, see RpcPolicy);
-            an inbound message over 4x this ends that client's connection.
+        max_message_bytes: the per-request limit: a larger request message ends its own
+            call with RESOURCE_EXHAUSTED (ggap/rpc/frontdoor.py); responses may be 4x this.
+        limits: per-connection bounds (concurrent streams, handshake timeout, connections);
+            defaults apart from `max_message_bytes`, which always comes from the argument.
         tls: serve TLS (every connection's handshake first, each in its own task and
             bounded by `tls.handshake_timeout_s`); None: plaintext h2c.
 
@@ -502,9 +555,10 @@ async def serve_grpc(
         by_name[service.name] = service
     # ConnectionHandler only uses `server` for counters in its __call__, which we replace.
     handler = ConnectionHandler(by_name, None)
-    # The transport limit has headroom over the per-request limit the guard enforces:
-    # purerpc drops the whole connection on a message over its limit, while the guard
-    # answers RESOURCE_EXHAUSTED for that call alone.
+    limits = attrs.evolve(limits or ConnectionLimits(), max_message_bytes=max_message_bytes)
+    admission = _Admission(limits.max_connections)
+    # purerpc's own limit bounds what we send (a Range answer may exceed a request's
+    # limit); inbound messages are bounded per stream by the front door.
     handler.config = GRPCConfiguration(
         client_side=False, max_message_length=max_message_bytes * _TRANSPORT_HEADROOM
     )
@@ -522,7 +576,9 @@ async def serve_grpc(
             async with trio.open_nursery() as acceptors:
                 for sub in listener.listeners:
                     sock_listener = cast(anyio.abc.SocketListener, sub)
-                    acceptors.start_soon(_accept_loop, sock_listener, connections, handler, tls)
+                    acceptors.start_soon(
+                        _accept_loop, sock_listener, connections, handler, tls, limits, admission
+                    )
                 task_status.started(bound_port)
     finally:
         await anyio.aclose_forcefully(listener)

@@ -19,6 +19,7 @@ from ggap.types import (
     KeyValue,
     MemberProgress,
     Membership,
+    OutOfRange,
     Put,
     PutResult,
     RangeResult,
@@ -66,6 +67,19 @@ def quorum_all(value: int) -> bool:
     raise InvalidArgument(f"unknown quorum {value}")
 
 
+# Revisions and timestamps are signed 64-bit in the log codec and in SQLite; protobuf's
+# uint64 fields can carry more (found by tests/fuzz: a Txn read at revision 2**64-1, or a
+# TTL that pushed the expiry past 2**63, failed in the codec instead of being refused).
+MAX_I64 = 2**63 - 1
+
+
+def revision(value: int, name: str = "revision") -> int:
+    """A requested revision: above 2**63-1 it is above any revision the store can reach."""
+    if value > MAX_I64:
+        raise OutOfRange(f"{name} {value} is above the current revision")
+    return value
+
+
 def non_negative(value: int, name: str) -> int:
     if value < 0:
         raise InvalidArgument(f"{name} must not be negative (got {value})")
@@ -79,6 +93,8 @@ def put_command(req: pb.PutRequest, limits: LimitsConfig, now_ms: int, max_ttl_m
     ttl = non_negative(req.ttl_ms, "ttl_ms")
     if max_ttl_ms and ttl > max_ttl_ms:
         raise InvalidArgument(f"ttl_ms {ttl} is over the limit of {max_ttl_ms}")
+    if ttl > MAX_I64 - now_ms:
+        raise InvalidArgument(f"ttl_ms {ttl} puts the expiry past the largest time the store can hold")
     return Put(key=req.key, value=bytes(req.value), expires_at_ms=now_ms + ttl if ttl else 0)
 
 
@@ -105,7 +121,7 @@ def range_bounds(prefix: str, start: str, end: str, limits: LimitsConfig) -> Non
 def txn_get(req: pb.GetRequest, limits: LimitsConfig) -> TxnGet:
     check_key(req.key, max_bytes=limits.max_key_bytes)
     read_mode(req.read_mode, ReadMode.LINEARIZABLE)
-    return TxnGet(key=req.key, revision=req.revision)
+    return TxnGet(key=req.key, revision=revision(req.revision))
 
 
 def txn_range(req: pb.RangeRequest, limits: LimitsConfig) -> TxnRange:
@@ -116,7 +132,7 @@ def txn_range(req: pb.RangeRequest, limits: LimitsConfig) -> TxnRange:
         start=req.start,
         end=req.end,
         limit=non_negative(req.limit, "limit"),
-        revision=req.revision,
+        revision=revision(req.revision),
         keys_only=req.keys_only,
     )
 

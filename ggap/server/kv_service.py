@@ -163,6 +163,7 @@ class KvServicer(kv_grpc.KvServiceServicer):
     async def Get(self, msg: pb.GetRequest) -> pb.GetResponse:
         check_key(msg.key, max_bytes=self._limits.max_key_bytes)
         mode = convert.read_mode(msg.read_mode, self._default_mode)
+        convert.revision(msg.revision)
         await self._barrier(mode, msg.min_revision)
         for _ in range(_EXPIRY_RETRIES):
             kv, rev = self._node.readers.inline(lambda r: r.get(msg.key, msg.revision))
@@ -176,6 +177,7 @@ class KvServicer(kv_grpc.KvServiceServicer):
         convert.range_bounds(msg.prefix, msg.start, msg.end, self._limits)
         mode = convert.read_mode(msg.read_mode, self._default_mode)
         limit = convert.non_negative(msg.limit, "limit")
+        convert.revision(msg.revision)
         await self._barrier(mode, msg.min_revision)
         for _ in range(_EXPIRY_RETRIES):
             res, rev = await self._node.readers.run(
@@ -274,6 +276,7 @@ class KvServicer(kv_grpc.KvServiceServicer):
         self._node.check_open()
         if msg.revision == 0:
             raise InvalidArgument("compact revision must be greater than 0")
+        convert.revision(msg.revision, "compact revision")
         return await self._write(
             Compact(revision=msg.revision),
             request,

@@ -36,6 +36,7 @@ from ggap.replica.kv_machine import KvStateMachine
 from ggap.replica.membership import bootstrap_membership
 from ggap.replica.node import SnapshotReceiver
 from ggap.rpc import HealthService, RpcPolicy, ServerTls, guarded_service, reflection_services, serve_grpc
+from ggap.rpc.frontdoor import ConnectionLimits
 from ggap.server.cluster_service import ClusterServicer
 from ggap.server.forward import Forwarder
 from ggap.server.join import auto_promote, join_cluster, needs_join
@@ -292,7 +293,7 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
         services += reflection_services(names)
         host, port = split_addr(config.node.client_addr)
         server_tls = (
-            ServerTls(tls.client_port, config.tls.handshake_timeout_ms / 1000)
+            ServerTls(tls.client_port, config.limits.handshake_timeout_ms / 1000)
             if tls.client_port is not None
             else None
         )
@@ -317,6 +318,11 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
                     port,
                     max_message_bytes=config.limits.max_message_bytes,
                     tls=server_tls,
+                    limits=ConnectionLimits(
+                        max_concurrent_streams=config.limits.max_concurrent_streams,
+                        handshake_timeout_s=config.limits.handshake_timeout_ms / 1000,
+                        max_connections=config.limits.max_connections,
+                    ),
                 )
             )
             health_scope = trio.CancelScope()

@@ -91,7 +91,7 @@ def tls_node(tmp_module: Path, creds: Creds) -> Iterator[NodeProcess]:
         tmp_module / "node1",
         extra_args=creds.node_args(),
         credentials=creds.grpc_creds(),
-        env={"GINNUNGAGAP_TLS__HANDSHAKE_TIMEOUT_MS": "1000"},
+        env={"GINNUNGAGAP_LIMITS__HANDSHAKE_TIMEOUT_MS": "1000"},
     )
     try:
         node.start_and_wait(30)

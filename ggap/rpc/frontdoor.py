@@ -1,0 +1,488 @@
+"""The client port's HTTP/2 layer, hardened where purerpc 0.8.0 is not (see DESIGN.md).
+
+purerpc turns every per-stream fault into a connection fault: a message over its limit, a
+body that does not decompress, an unsupported `grpc-encoding`, request headers it cannot
+parse or request trailers all raise out of its event loop and drop every other call on
+the connection. It ignores a client's RST_STREAM, so a cancelled call keeps running and
+holds its slot; it never times out a connection that sends nothing or stops mid-frame; it
+decompresses without bound and lets a client open 65536 streams.
+
+This module subclasses purerpc's connection and socket classes (no copy of its code, no
+monkeypatching) so that:
+
+- a stream whose message declares (or decompresses to) more than `max_message_bytes` is
+  answered RESOURCE_EXHAUSTED and reset (RST_STREAM NO_ERROR) from the 5-byte gRPC prefix
+  alone; its later DATA is acknowledged and dropped, never buffered;
+- any other per-stream fault ends that stream alone with a status (INTERNAL, UNIMPLEMENTED);
+- a client's RST_STREAM cancels that call's handler at once (its in-flight slot is freed);
+- each stream's received-but-unread bytes are given back to the connection window when the
+  stream ends, so abandoned streams cannot starve the connection;
+- inbound frames are at most 16 KiB (SETTINGS_MAX_FRAME_SIZE), streams per connection are
+  bounded (SETTINGS_MAX_CONCURRENT_STREAMS; a stream over it is refused with
+  REFUSED_STREAM, the connection lives on), and a connection that has not completed its
+  preface, or has a frame half-received, for `handshake_timeout_s` is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+import attrs
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+from h2.settings import SettingCodes
+from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
+from purerpc.grpc_socket import GRPCStreamState, SocketWrapper
+from purerpc.grpclib.buffers import MessageReadBuffer
+from purerpc.grpclib.config import GRPCConfiguration
+from purerpc.grpclib.connection import GRPCConnection
+from purerpc.grpclib.events import RequestEnded, RequestReceived, WindowUpdated
+from purerpc.grpclib.exceptions import MessageTooLargeError
+from purerpc.grpclib.headers import HeaderDict
+from purerpc.grpclib.status import Status
+
+from ggap.rpc.errors import rpc_error
+from ggap.types.errors import StatusCode
+
+__all__ = ["ConnectionLimits", "GuardedSocket", "GuardedStream", "run_request"]
+
+log = logging.getLogger(__name__)
+
+# The RFC 9113 default. h2 buffers a whole frame before parsing it, so this bounds what one
+# connection holds unparsed; it is also the granularity at which an oversized message is
+# noticed (its 5-byte prefix arrives in the first frame).
+MAX_INBOUND_FRAME_SIZE = 16_384
+
+# Encodings we can decode (bounded); anything else is answered UNIMPLEMENTED up front.
+_ENCODINGS = {None, "identity", "gzip", "deflate"}
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+@attrs.frozen
+class ConnectionLimits:
+    """Per-connection bounds of the client port (limits.* knobs)."""
+
+    # Largest request message, compressed or not; a larger one ends its stream only.
+    max_message_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
+    # Streams open at once on one connection (advertised as SETTINGS_MAX_CONCURRENT_STREAMS).
+    max_concurrent_streams: int = attrs.field(default=1024, validator=_positive)
+    # Time for the HTTP/2 preface and SETTINGS, and for finishing any frame once begun.
+    handshake_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    # Connections served at once; more are closed on accept (None: no bound).
+    max_connections: int | None = None
+
+
+class HandshakeTimeout(Exception):
+    """The client sent no complete preface, or stalled mid-frame, for too long."""
+
+
+@attrs.define
+class _StreamFinished:
+    """Internal event: the connection ended this stream (refused, or reset by the client)."""
+
+    stream_id: int
+    status: Status
+
+
+def _status(code: StatusCode, message: str) -> Status:
+    return rpc_error(code, message).status
+
+
+class _GuardedH2(h2.connection.H2Connection):
+    """h2 treats a stream over SETTINGS_MAX_CONCURRENT_STREAMS as a connection error
+    (TooManyStreamsError); RFC 9113 §5.1.2 asks for a stream error. So h2's own check is
+    switched off while it processes such a HEADERS frame (its header block must still be
+    decoded, for HPACK), and the stream is refused with REFUSED_STREAM afterwards."""
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config)
+        self.refused_streams: set[int] = set()
+        self._bypass = False
+
+    @property
+    def open_inbound_streams(self) -> int:
+        if self._bypass:
+            return 0
+        return super().open_inbound_streams  # type: ignore[no-any-return]
+
+    def _receive_headers_frame(self, frame: Any) -> Any:
+        limit = self.local_settings.max_concurrent_streams
+        if frame.stream_id in self.streams or super().open_inbound_streams < limit:
+            return super()._receive_headers_frame(frame)
+        self._bypass = True
+        try:
+            frames, events = super()._receive_headers_frame(frame)
+        finally:
+            self._bypass = False
+        self.reset_stream(frame.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+        self.refused_streams.add(frame.stream_id)
+        return frames, [e for e in events if getattr(e, "stream_id", None) != frame.stream_id]
+
+
+class _BoundedReadBuffer(MessageReadBuffer):
+    """purerpc's message parser with decompression bounded by the same limit."""
+
+    def decompress(self, data: bytes) -> bytes:
+        if self._message_encoding not in ("gzip", "deflate"):
+            raise _BadMessage("a compressed message without a supported grpc-encoding")
+        d = zlib.decompressobj(wbits=47)  # zlib or gzip header, detected
+        try:
+            out = d.decompress(data, self._max_message_length + 1)
+        except zlib.error:
+            raise _BadMessage("the request message does not decompress") from None
+        if len(out) > self._max_message_length:
+            raise _DecompressedTooLarge()
+        if not d.eof:
+            raise _BadMessage("the request message does not decompress")
+        return out
+
+
+class _BadMessage(Exception):
+    pass
+
+
+class _DecompressedTooLarge(MessageTooLargeError):
+    pass
+
+
+@attrs.define
+class _Ledger:
+    received: int = 0  # flow-controlled bytes h2 counted for this stream
+    acked: int = 0  # of those, given back (purerpc acknowledges as messages are read)
+
+
+class GuardedConnection(GRPCConnection):
+    """purerpc's sans-I/O gRPC connection, with every per-stream fault kept per stream."""
+
+    def __init__(self, config: GRPCConfiguration, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self._ledgers: dict[int, _Ledger] = {}
+        self._started: set[int] = set()
+        self.settled = False  # the client's preface and SETTINGS arrived
+        super().__init__(config)
+        self.h2_connection = _GuardedH2(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        self.h2_connection.clear_outbound_data_buffer()
+        self._set_h2_connection_local_settings()
+
+    def _set_h2_connection_local_settings(self) -> None:
+        # Initial values take effect at once (h2 does not wait for the client's ACK).
+        self.h2_connection.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                SettingCodes.MAX_CONCURRENT_STREAMS: self.limits.max_concurrent_streams,
+                # purerpc's choice: a stream window fits two messages of the transport limit.
+                SettingCodes.INITIAL_WINDOW_SIZE: 2 * self.config.max_message_length,
+                SettingCodes.MAX_FRAME_SIZE: MAX_INBOUND_FRAME_SIZE,
+                SettingCodes.MAX_HEADER_LIST_SIZE: self.MAX_HEADER_LIST_SIZE,
+            },
+        )
+        self.h2_connection.max_inbound_frame_size = MAX_INBOUND_FRAME_SIZE
+
+    def partial_frame_pending(self) -> bool:
+        """A frame, or a header block awaiting CONTINUATION, is half received."""
+        buf = self.h2_connection.incoming_buffer
+        return bool(getattr(buf, "data", b"")) or bool(getattr(buf, "_headers_buffer", ()))
+
+    # -- inbound ---------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Any]:
+        # h2 raises ProtocolError for connection errors (having queued a GOAWAY): those do
+        # end the connection, as RFC 9113 says.
+        events = self.h2_connection.receive_data(data)
+        out: list[Any] = []
+        for event in events:
+            sid = getattr(event, "stream_id", 0)
+            try:
+                out.extend(self._dispatch(event))
+            except Exception as exc:
+                if not sid:
+                    raise
+                out.append(self._fail_stream(sid, self._status_for(exc, sid)))
+        refused = self.h2_connection.refused_streams
+        if refused:
+            log.debug(
+                "refused streams %s: over %d per connection",
+                sorted(refused),
+                self.limits.max_concurrent_streams,
+            )
+            refused.clear()
+        return out
+
+    def _dispatch(self, event: Any) -> list[Any]:
+        if isinstance(event, h2.events.RequestReceived):
+            return self._request_received(event)
+        if isinstance(event, h2.events.DataReceived):
+            return self._data_received(event)
+        if isinstance(event, h2.events.StreamEnded):
+            return self._stream_ended(event)
+        if isinstance(event, h2.events.StreamReset):
+            return self._stream_reset(event)
+        if isinstance(event, h2.events.WindowUpdated):
+            return self._window_updated(event)
+        if isinstance(event, h2.events.RemoteSettingsChanged):
+            self.settled = True
+            return self._remote_settings_changed(event)
+        # Request trailers, pings, priority, GOAWAY, unknown frames: nothing for gRPC to do.
+        return []
+
+    def _status_for(self, exc: Exception, sid: int) -> Status:
+        limit = f"the limit of {self.limits.max_message_bytes} bytes (limits.max_message_bytes)"
+        if isinstance(exc, _DecompressedTooLarge):
+            return _status(StatusCode.RESOURCE_EXHAUSTED, f"request message decompresses to over {limit}")
+        if isinstance(exc, MessageTooLargeError):
+            declared = getattr(self.message_read_buffers.get(sid), "_message_length", None)
+            return _status(
+                StatusCode.RESOURCE_EXHAUSTED, f"request message is {declared} bytes, over {limit}"
+            )
+        if isinstance(exc, _BadMessage):
+            return _status(StatusCode.INTERNAL, str(exc))
+        log.debug("stream %d failed in the gRPC layer: %r", sid, exc)
+        return _status(StatusCode.INTERNAL, "malformed request")
+
+    def _request_received(self, event: Any) -> list[Any]:
+        sid = event.stream_id
+        if event.stream_ended:
+            raise _BadMessage("the request has no message")
+        try:
+            request = RequestReceived.parse_from_stream_id_and_headers_destructive(
+                sid, HeaderDict(event.headers)
+            )
+        except Exception:
+            raise _BadMessage("malformed request headers") from None
+        if request.message_encoding not in _ENCODINGS:
+            return [
+                self._fail_stream(
+                    sid,
+                    _status(
+                        StatusCode.UNIMPLEMENTED,
+                        f"message encoding {request.message_encoding!r} is not supported "
+                        "(identity, gzip, deflate are)",
+                    ),
+                )
+            ]
+        self.message_read_buffers[sid] = _BoundedReadBuffer(
+            request.message_encoding, self.limits.max_message_bytes
+        )
+        self._ledgers[sid] = _Ledger()
+        return [request]
+
+    def _data_received(self, event: Any) -> list[Any]:
+        sid = event.stream_id
+        ledger = self._ledgers.get(sid)
+        buf = self.message_read_buffers.get(sid)
+        if ledger is None or buf is None:
+            # A stream we already ended: its bytes still count against the connection window.
+            if event.flow_controlled_length:
+                self.h2_connection.acknowledge_received_data(event.flow_controlled_length, sid)
+            return []
+        ledger.received += event.flow_controlled_length
+        return super()._data_received(event)  # type: ignore[no-any-return]
+
+    def _stream_reset(self, event: Any) -> list[Any]:
+        sid = event.stream_id
+        if sid not in self._ledgers:
+            return []
+        self.release(sid)
+        return [_StreamFinished(sid, _status(StatusCode.CANCELLED, "cancelled by the client"))]
+
+    def acknowledge_received_data(self, stream_id: int, flow_controlled_length: int) -> None:
+        ledger = self._ledgers.get(stream_id)
+        if ledger is None:
+            return  # already given back when the stream ended
+        ledger.acked += flow_controlled_length
+        if flow_controlled_length:
+            super().acknowledge_received_data(stream_id, flow_controlled_length)
+
+    # -- ending streams --------------------------------------------------------------------
+
+    def start_response(
+        self, stream_id: int, content_type_suffix: str = "", custom_metadata: Any = ()
+    ) -> None:
+        super().start_response(stream_id, content_type_suffix, custom_metadata)
+        self._started.add(stream_id)
+
+    def release(self, sid: int) -> None:
+        """Forget a stream: its unread bytes go back to the connection window."""
+        ledger = self._ledgers.pop(sid, None)
+        self.message_read_buffers.pop(sid, None)
+        self._started.discard(sid)
+        if ledger is not None and ledger.received > ledger.acked:
+            try:
+                self.h2_connection.acknowledge_received_data(ledger.received - ledger.acked, sid)
+            except h2.exceptions.ProtocolError:
+                pass
+
+    def stop_reading(self, sid: int) -> None:
+        """After our final status: ask the client to stop sending (RFC 9113 §8.1) and drop
+        whatever it still sends on this stream."""
+        try:
+            stream = self.h2_connection.streams.get(sid)
+            if stream is not None and not stream.closed:
+                self.h2_connection.reset_stream(sid, h2.errors.ErrorCodes.NO_ERROR)
+        except h2.exceptions.ProtocolError:
+            pass
+        self.release(sid)
+
+    def _fail_stream(self, sid: int, status: Status) -> _StreamFinished:
+        """Answer `status` on this stream now (trailers, or a trailers-only response) and
+        stop reading it. The handler, if any, is told through the returned event."""
+        try:
+            if sid in self._started:
+                self.end_response(sid, status)
+            else:
+                self.respond_status(sid, status, "+proto")
+        except h2.exceptions.ProtocolError:
+            pass  # the stream is already closed our way: nothing more can be said on it
+        self.stop_reading(sid)
+        return _StreamFinished(sid, status)
+
+
+class GuardedStream(GRPCProtoStream):
+    """A purerpc stream that the connection can end: once finished, the handler's next
+    read raises (with the status already sent) and its sends and close do nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cancel_scope = trio.CancelScope()
+        self.finished: Status | None = None
+
+    def _finish(self, status: Status) -> None:
+        self.finished = status
+        self._state = GRPCStreamState.CLOSED
+        self._incoming_events[0].close()
+        self.cancel_scope.cancel()
+
+    async def _receive(self) -> Any:
+        try:
+            return await super()._receive()
+        except anyio.EndOfStream:
+            assert self.finished is not None
+            raise rpc_error(StatusCode.CANCELLED, self.finished.status_message or "") from None
+
+    async def _send(self, message: bytes, compress: bool = False) -> None:
+        if self.finished is not None:
+            raise rpc_error(StatusCode.CANCELLED, "stream already ended")
+        await super()._send(message, compress)
+
+    async def start_response(self, content_type_suffix: str = "", custom_metadata: Any = ()) -> Any:
+        if self.finished is not None:
+            return None
+        return await super().start_response(content_type_suffix, custom_metadata)
+
+    async def close(
+        self, status: Any = None, content_type_suffix: str = "", custom_metadata: Any = ()
+    ) -> Any:
+        if self.finished is not None or self._state in (
+            GRPCStreamState.HALF_CLOSED_LOCAL,
+            GRPCStreamState.CLOSED,
+        ):
+            return None
+        await super().close(status, content_type_suffix, custom_metadata)
+        conn = self._grpc_connection
+        assert isinstance(conn, GuardedConnection)
+        if self._state == GRPCStreamState.HALF_CLOSED_LOCAL:
+            # We answered before the client finished its request: stop reading it.
+            self._grpc_socket._streams.pop(self._stream_id, None)
+            self._state = GRPCStreamState.CLOSED
+            conn.stop_reading(self._stream_id)
+        else:
+            conn.release(self._stream_id)
+        await self._socket.flush()
+
+
+class GuardedSocket(GRPCProtoSocket):
+    """purerpc's server-side connection with our connection class and read loop."""
+
+    StreamClass = GuardedStream
+
+    def __init__(self, config: GRPCConfiguration, sock: Any, limits: ConnectionLimits) -> None:
+        super().__init__(config, sock)
+        self.limits = limits
+        self._grpc_connection = GuardedConnection(config, limits)
+        self._socket = SocketWrapper(self._grpc_connection, sock)
+
+    def _deadline(self, opened: float, partial_since: float | None) -> float:
+        conn = self._grpc_connection
+        assert isinstance(conn, GuardedConnection)
+        timeout = self.limits.handshake_timeout_s
+        if not conn.settled:
+            return opened + timeout
+        if partial_since is not None:
+            return partial_since + timeout
+        return math.inf
+
+    async def _listen(self) -> AsyncIterator[Any]:
+        conn = self._grpc_connection
+        assert isinstance(conn, GuardedConnection)
+        opened = trio.current_time()
+        partial_since: float | None = None
+        while True:
+            try:
+                with trio.fail_at(self._deadline(opened, partial_since)):
+                    data = await self._socket.recv(self._receive_buffer_size)
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return
+            except trio.TooSlowError:
+                what = "completed no HTTP/2 preface" if not conn.settled else "stalled mid-frame"
+                raise HandshakeTimeout(
+                    f"{what} for {self.limits.handshake_timeout_s:g} s (limits.handshake_timeout_ms)"
+                ) from None
+            events = conn.receive_data(data)
+            if conn.partial_frame_pending():
+                if partial_since is None:
+                    partial_since = trio.current_time()
+            else:
+                partial_since = None
+            await self._socket.flush()
+            for event in events:
+                if isinstance(event, WindowUpdated):
+                    targets = (
+                        self._streams.values()
+                        if event.stream_id == 0
+                        else [self._streams.get(event.stream_id)]
+                    )
+                    for s in list(targets):
+                        if s is not None:
+                            await s._set_flow_control_update()
+                    continue
+                if isinstance(event, _StreamFinished):
+                    finished = self._streams.pop(event.stream_id, None)
+                    if isinstance(finished, GuardedStream):
+                        finished._finish(event.status)
+                    continue
+                if isinstance(event, RequestReceived):
+                    stream = self._allocate_stream(event.stream_id)
+                    stream._incoming_events[0].send_nowait(event)
+                    yield stream
+                    continue
+                target = self._streams.get(event.stream_id)
+                if target is None:
+                    continue
+                target._incoming_events[0].send_nowait(event)
+                if isinstance(event, RequestEnded):
+                    target._close_remote()
+
+
+async def run_request(handler: Callable[[Any], Awaitable[None]], stream: Any) -> None:
+    """Run one request's handler under its stream's cancel scope (a client's RST_STREAM
+    cancels it, so the handler's `finally` blocks release its slot at once)."""
+    scope = getattr(stream, "cancel_scope", None)
+    if scope is None:
+        await handler(stream)
+        return
+    with scope:
+        await handler(stream)

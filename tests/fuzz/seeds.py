@@ -1,0 +1,99 @@
+"""Seed inputs for the fuzz targets: valid encodings, so mutation starts deep inside."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ggap.codec import encode_command, encode_command_entry, pack
+from ggap.consensus.raft.types import Entry, EntryKind, Message, MessageType, SnapshotMeta
+from ggap.pb import kv_pb2 as pb
+from ggap.transport import wire
+from ggap.types.commands import Compact, Compare, CompareOp, CompareTarget, Delete, Put, Txn, TxnGet, TxnRange
+
+
+def _commands() -> list[object]:
+    return [
+        Put("k", b"v"),
+        Put("key/with/ttl", b"\x00\xff" * 8, expires_at_ms=1_700_000_000_000),
+        Delete("gone"),
+        Compact(42),
+        Txn(
+            compare=(Compare("k", CompareTarget.VALUE, CompareOp.EQUAL, value=b"v"),),
+            success=(Put("k", b"w"), TxnGet("k", revision=3), TxnRange(start="a", end="b", limit=5)),
+            failure=(Delete("k"),),
+        ),
+    ]
+
+
+def peer_wire() -> list[bytes]:
+    entry = Entry(index=7, term=2, kind=EntryKind.NORMAL, data=b"payload")
+    msgs = [
+        Message(
+            to=2, frm=1, type=MessageType.APPEND, term=3, index=6, log_term=2, entries=(entry,), commit=5
+        ),
+        Message(to=2, frm=1, type=MessageType.HEARTBEAT, term=3, commit=5),
+        Message(
+            to=2,
+            frm=1,
+            type=MessageType.SNAPSHOT,
+            term=3,
+            snapshot=SnapshotMeta(index=9, term=3, voters=(1, 2, 3)),
+        ),
+    ]
+    payloads = [
+        wire.encode_messages(msgs),
+        wire.encode_messages([]),
+        wire.encode_handshake(wire.Handshake(cluster_id="c1", from_id=1, to_id=2)),
+        wire.encode_reply(wire.HandshakeReply(accepted=False, reason="no")),
+        wire.encode_snapshot_ack(True),
+    ]
+    framed = b"".join(wire.encode_frame(p) for p in payloads)
+    return [bytes([c]) + framed for c in (0, 7, 63)] + [b"\x03" + p for p in payloads]
+
+
+def command_codec() -> list[bytes]:
+    out = [encode_command(c) for c in _commands()]  # type: ignore[arg-type]
+    out.append(encode_command_entry(3, 1, Put("k", b"v")))
+    out += [pack(v) for v in (None, True, -1, 2**63 - 1, -(2**63), "s", b"b", [1, [2, [3]]], (b"", ""))]
+    return out
+
+
+def convert() -> list[bytes]:
+    reqs = [
+        pb.PutRequest(key="k", value=b"v", ttl_ms=1000, prev_kv=True, quorum=pb.WRITE_QUORUM_ALL),
+        pb.DeleteRequest(key="k", prev_kv=True),
+        pb.TxnRequest(
+            compare=[
+                pb.Compare(key="k", target=pb.COMPARE_TARGET_VERSION, op=pb.COMPARE_OP_GREATER, number=1)
+            ],
+            success=[
+                pb.TxnOp(put=pb.PutRequest(key="a", value=b"1")),
+                pb.TxnOp(get=pb.GetRequest(key="a")),
+                pb.TxnOp(range=pb.RangeRequest(prefix="a", limit=3)),
+            ],
+            failure=[pb.TxnOp(delete=pb.DeleteRequest(key="a"))],
+        ),
+        pb.GetRequest(key="k", revision=4, read_mode=pb.READ_MODE_SEQUENTIAL),
+        pb.RangeRequest(start="a", end="z", limit=10),
+        pb.HistoryRequest(key="k", limit=2),
+        # Extreme integers, so mutation explores the edges of the 64-bit fields.
+        pb.PutRequest(key="k", ttl_ms=2**62),
+        pb.TxnRequest(success=[pb.TxnOp(get=pb.GetRequest(key="k", revision=2**63 - 1))]),
+        pb.TxnRequest(
+            compare=[
+                pb.Compare(
+                    key="k", target=pb.COMPARE_TARGET_MOD_REVISION, op=pb.COMPARE_OP_LESS, number=-(2**63)
+                )
+            ]
+        ),
+    ]
+    from tests.fuzz.targets import _REQUESTS
+
+    return [bytes([_REQUESTS.index(type(r))]) + r.SerializeToString() for r in reqs]
+
+
+SEEDS: dict[str, Callable[[], list[bytes]]] = {
+    "peer_wire": peer_wire,
+    "command_codec": command_codec,
+    "convert": convert,
+}

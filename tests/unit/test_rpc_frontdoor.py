@@ -1,0 +1,393 @@
+"""The client port's front door (ggap/rpc/frontdoor.py): per-call refusal of oversized
+messages, client cancels, stream and connection limits, handshake and stall timeouts.
+
+In-process: serve_grpc with the toy servicer of test_rpc_server.py, a real grpcio client,
+and a raw HTTP/2 client (the h2 library over a trio socket) for what grpcio never does.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import struct
+import zlib
+from typing import Any
+
+import grpc
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import pytest
+import trio
+
+from ggap.pb import kv_pb2, kv_pb2_grpc
+from ggap.rpc import RpcPolicy, guarded_service, serve_grpc
+from ggap.rpc.frontdoor import ConnectionLimits
+from tests.unit.test_rpc_server import GRPC_OPTIONS, MAX_MESSAGE, Served, Toy, in_thread, wait_until
+
+PUT = "/ginnungagap.v1.KvService/Put"
+WATCH = "/ginnungagap.v1.KvService/Watch"
+
+
+async def serve(nursery: trio.Nursery, **limits: Any) -> Served:
+    toy = Toy()
+    policy = RpcPolicy(default_timeout_s=5.0, max_in_flight=8, max_message_bytes=MAX_MESSAGE)
+    port = await nursery.start(
+        functools.partial(
+            serve_grpc,
+            [guarded_service(toy, policy)],
+            "127.0.0.1",
+            0,
+            max_message_bytes=MAX_MESSAGE,
+            limits=ConnectionLimits(**limits),
+        )
+    )
+    return Served(toy, policy, port)
+
+
+def grpc_frame(payload: bytes, *, compressed: bool = False, declared: int | None = None) -> bytes:
+    return struct.pack(">?I", compressed, len(payload) if declared is None else declared) + payload
+
+
+class RawH2:
+    """A hand-driven HTTP/2 client: sends whatever it is told, records every event."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
+        self.events: list[Any] = []
+
+    @classmethod
+    async def open(cls, port: int) -> RawH2:
+        raw = cls(await trio.open_tcp_stream("127.0.0.1", port))
+        raw.conn.initiate_connection()
+        await raw.flush()
+        return raw
+
+    async def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            await self.stream.send_all(data)
+
+    def start(self, path: str, *extra: tuple[str, str]) -> int:
+        sid: int = self.conn.get_next_available_stream_id()
+        headers = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "test"),
+            ("te", "trailers"),
+            ("content-type", "application/grpc"),
+            *extra,
+        ]
+        self.conn.send_headers(sid, headers)
+        return sid
+
+    async def read_until(self, pred: Any) -> Any:
+        with trio.fail_after(5):
+            while True:
+                for e in self.events:
+                    if pred(e):
+                        return e
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    raise EOFError("server closed the connection")
+                self.events += self.conn.receive_data(data)
+                await self.flush()
+
+    async def status_of(self, sid: int) -> int:
+        """The grpc-status the server sent on `sid` (trailers or trailers-only)."""
+
+        def has_status(e: Any) -> bool:
+            return getattr(e, "stream_id", None) == sid and any(
+                k == "grpc-status" for k, _ in e.headers or ()
+            )
+
+        e = await self.read_until(
+            lambda e: (
+                isinstance(e, (h2.events.TrailersReceived, h2.events.ResponseReceived)) and has_status(e)
+            )
+        )
+        return int(dict(e.headers)["grpc-status"])
+
+    async def alive(self) -> None:
+        """The connection still answers: a PING comes back."""
+        self.conn.ping(b"pingpong")
+        await self.flush()
+        await self.read_until(lambda e: isinstance(e, h2.events.PingAckReceived))
+        self.events.clear()
+
+
+async def closed_within(stream: trio.SocketStream, seconds: float) -> float:
+    """Seconds until the server closed `stream` (fails if it did not within `seconds`)."""
+    start = trio.current_time()
+    with trio.fail_after(seconds):
+        while True:
+            try:
+                if not await stream.receive_some(65536):
+                    break
+            except trio.BrokenResourceError:
+                break
+    return trio.current_time() - start
+
+
+# -- oversized messages ----------------------------------------------------------------------
+
+
+async def test_oversized_messages_fail_alone_and_a_watch_on_the_channel_lives_on(
+    nursery: trio.Nursery,
+) -> None:
+    s = await serve(nursery)
+    ch = grpc.insecure_channel(f"127.0.0.1:{s.port}", options=GRPC_OPTIONS)
+    try:
+        stub = kv_pb2_grpc.KvServiceStub(ch)
+        watch = stub.Watch(kv_pb2.WatchRequest(key="a"), timeout=60)
+        seen = [(await in_thread(lambda: next(watch))).header.revision]
+        with trio.fail_after(60):
+            for size in (MAX_MESSAGE + 1, 4 * MAX_MESSAGE + 1, 16 * 1024 * 1024):
+                request = kv_pb2.PutRequest(key="big", value=b"x" * size)
+                with pytest.raises(grpc.RpcError) as info:
+                    await in_thread(lambda r=request: stub.Put(r, timeout=20))  # type: ignore[misc]
+                err: Any = info.value
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (size, err.code(), err.details())
+                assert f"over the limit of {MAX_MESSAGE} bytes" in err.details()
+                # The same watch stream goes on: its revisions continue without a gap.
+                for _ in range(3):
+                    seen.append((await in_thread(lambda: next(watch))).header.revision)
+                assert seen == list(range(seen[0], seen[0] + len(seen)))
+                assert s.policy.in_flight_unary == 0
+            reply = await in_thread(
+                lambda: stub.Put(kv_pb2.PutRequest(key="ok", value=b"x" * 1000), timeout=5)
+            )
+            assert reply.header.revision == 1000
+        watch.cancel()
+    finally:
+        ch.close()
+
+
+async def test_gzip_requests_work_and_a_decompression_bomb_is_refused(nursery: trio.Nursery) -> None:
+    s = await serve(nursery)
+    ch = grpc.insecure_channel(f"127.0.0.1:{s.port}", options=GRPC_OPTIONS, compression=grpc.Compression.Gzip)
+    try:
+        stub = kv_pb2_grpc.KvServiceStub(ch)
+        with trio.fail_after(20):
+            reply = await in_thread(
+                lambda: stub.Put(kv_pb2.PutRequest(key="ok", value=b"z" * 5000), timeout=5)
+            )
+            assert reply.header.revision == 5000
+            bomb = kv_pb2.PutRequest(key="bomb", value=bytes(64 * MAX_MESSAGE))  # ~64 KiB compressed
+            with pytest.raises(grpc.RpcError) as info:
+                await in_thread(lambda: stub.Put(bomb, timeout=5))
+            err: Any = info.value
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+            assert "decompresses to over the limit" in err.details()
+            reply = await in_thread(lambda: stub.Put(kv_pb2.PutRequest(key="ok", value=b"z" * 7), timeout=5))
+            assert reply.header.revision == 7
+    finally:
+        ch.close()
+
+
+async def test_raw_oversized_declarations_and_bad_encodings_end_only_their_stream(
+    nursery: trio.Nursery,
+) -> None:
+    s = await serve(nursery)
+    ok_body = grpc_frame(kv_pb2.PutRequest(key="ok", value=b"abc").SerializeToString())
+    with trio.fail_after(20):
+        raw = await RawH2.open(s.port)
+        # A message declaring 200 MiB: refused from its 5-byte prefix, the stream reset.
+        big = raw.start(PUT)
+        raw.conn.send_data(big, grpc_frame(b"\0" * 16_000, declared=200 * 1024 * 1024))
+        await raw.flush()
+        assert await raw.status_of(big) == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        reset = await raw.read_until(lambda e: isinstance(e, h2.events.StreamReset) and e.stream_id == big)
+        assert reset.error_code == h2.errors.ErrorCodes.NO_ERROR
+        cases = {
+            # encoding header -> body -> expected status
+            "snappy": (("grpc-encoding", "snappy"), ok_body, grpc.StatusCode.UNIMPLEMENTED),
+            "flag-without-encoding": (None, grpc_frame(b"abc", compressed=True), grpc.StatusCode.INTERNAL),
+            "not-gzip": (
+                ("grpc-encoding", "gzip"),
+                grpc_frame(b"not gzip", compressed=True),
+                grpc.StatusCode.INTERNAL,
+            ),
+            "deflate-ok": (
+                ("grpc-encoding", "deflate"),
+                grpc_frame(
+                    zlib.compress(kv_pb2.PutRequest(key="ok", value=b"abcd").SerializeToString()),
+                    compressed=True,
+                ),
+                grpc.StatusCode.OK,
+            ),
+        }
+        for name, (header, body, code) in cases.items():
+            sid = raw.start(PUT, *([header] if header else []))
+            raw.conn.send_data(sid, body, end_stream=True)
+            await raw.flush()
+            assert await raw.status_of(sid) == code.value[0], name
+        # Headers ending the stream (no message at all), and bad request headers.
+        empty = raw.start(PUT)
+        raw.conn.end_stream(empty)
+        await raw.flush()
+        assert await raw.status_of(empty) == grpc.StatusCode.INTERNAL.value[0]
+        await raw.alive()
+        # The connection still serves a good request.
+        sid = raw.start(PUT)
+        raw.conn.send_data(sid, ok_body, end_stream=True)
+        await raw.flush()
+        assert await raw.status_of(sid) == 0
+        await raw.stream.aclose()
+    assert s.policy.in_flight == 0
+
+
+# -- cancels and stream limits -------------------------------------------------------------
+
+
+async def test_client_cancel_frees_the_slot_at_once(nursery: trio.Nursery) -> None:
+    toy = Toy()
+    policy = RpcPolicy(default_timeout_s=30.0, max_in_flight=1, max_streams=1, max_message_bytes=MAX_MESSAGE)
+    port = await nursery.start(
+        functools.partial(
+            serve_grpc, [guarded_service(toy, policy)], "127.0.0.1", 0, max_message_bytes=MAX_MESSAGE
+        )
+    )
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
+    try:
+        stub = kv_pb2_grpc.KvServiceStub(ch)
+        with trio.fail_after(20):
+            for _ in range(3):
+                # A quiet watch holds the only stream slot; purerpc alone would keep it until
+                # the watch next sent something (never, here).
+                watch = stub.Watch(kv_pb2.WatchRequest(key="idle"))
+                assert (await in_thread(lambda w=watch: next(w))).header.revision == 1  # type: ignore[misc]
+                assert policy.in_flight_streams == 1
+                watch.cancel()
+                with trio.fail_after(1):
+                    await toy.watch_closed.wait()
+                    await wait_until(lambda: policy.in_flight_streams == 0)
+                toy.watch_closed = trio.Event()
+            # A unary call cancelled by the client: its handler is cancelled, its slot freed.
+            future = stub.Put.future(kv_pb2.PutRequest(key="sleep:30"))
+            await wait_until(lambda: policy.in_flight_unary == 1)
+            future.cancel()
+            with trio.fail_after(1):
+                await toy.cancelled.wait()
+                await wait_until(lambda: policy.in_flight == 0)
+            reply = await in_thread(lambda: stub.Put(kv_pb2.PutRequest(key="ok", value=b"ab"), timeout=5))
+            assert reply.header.revision == 2
+    finally:
+        ch.close()
+
+
+async def test_streams_over_the_per_connection_limit_are_refused_alone(nursery: trio.Nursery) -> None:
+    s = await serve(nursery, max_concurrent_streams=3)
+    body = grpc_frame(kv_pb2.WatchRequest(key="idle").SerializeToString())
+    with trio.fail_after(10):
+        raw = await RawH2.open(s.port)
+        # Sent before reading the server's SETTINGS (so h2 on our side does not hold back).
+        sids = []
+        for _ in range(4):
+            sid = raw.start(WATCH)
+            raw.conn.send_data(sid, body, end_stream=True)
+            sids.append(sid)
+        await raw.flush()
+        settings = await raw.read_until(lambda e: isinstance(e, h2.events.RemoteSettingsChanged))
+        assert settings.changed_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS].new_value == 3
+        reset = await raw.read_until(lambda e: isinstance(e, h2.events.StreamReset))
+        assert (reset.stream_id, reset.error_code) == (sids[3], h2.errors.ErrorCodes.REFUSED_STREAM)
+        await wait_until(lambda: s.policy.in_flight_streams == 3)
+        await raw.alive()
+        # Cancelling one frees room for another, on the same connection.
+        raw.conn.reset_stream(sids[0], h2.errors.ErrorCodes.CANCEL)
+        await raw.flush()
+        await wait_until(lambda: s.policy.in_flight_streams == 2)
+        sid = raw.start(WATCH)
+        raw.conn.send_data(sid, body, end_stream=True)
+        await raw.flush()
+        await wait_until(lambda: s.policy.in_flight_streams == 3)
+        await raw.stream.aclose()
+        await wait_until(lambda: s.policy.in_flight == 0)
+
+
+# -- connections ---------------------------------------------------------------------------
+
+
+async def test_silent_and_stalled_connections_are_closed_after_the_handshake_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    s = await serve(nursery, handshake_timeout_s=0.3)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    with trio.fail_after(20):
+        silent = await trio.open_tcp_stream("127.0.0.1", s.port)
+        assert 0.2 < await closed_within(silent, 3) < 2
+        half_preface = await trio.open_tcp_stream("127.0.0.1", s.port)
+        await half_preface.send_all(preface[:10])
+        assert await closed_within(half_preface, 3) < 2
+        mid_frame = await trio.open_tcp_stream("127.0.0.1", s.port)
+        await mid_frame.send_all(preface + settings + b"\x00\x00\x08\x06\x00")  # a PING's first bytes
+        assert await closed_within(mid_frame, 3) < 2
+
+        # A trickle that keeps bytes coming but never finishes the frame: bounded too.
+        trickle = await trio.open_tcp_stream("127.0.0.1", s.port)
+        await trickle.send_all(preface + settings + b"\x00\x00\x40\x06\x00\x00\x00\x00\x00")
+
+        async def drip() -> None:
+            try:
+                for _ in range(64):
+                    await trio.sleep(0.05)
+                    await trickle.send_all(b"\0")
+            except trio.BrokenResourceError:
+                pass
+
+        nursery.start_soon(drip)
+        assert await closed_within(trickle, 3) < 1.5
+
+        # A live client idle for longer than the timeout is not touched.
+        ch = grpc.insecure_channel(f"127.0.0.1:{s.port}", options=GRPC_OPTIONS)
+        try:
+            watch = kv_pb2_grpc.KvServiceStub(ch).Watch(kv_pb2.WatchRequest(key="idle"))
+            assert (await in_thread(lambda: next(watch))).header.revision == 1
+            await trio.sleep(1.0)
+            assert s.policy.in_flight_streams == 1
+            watch.cancel()
+        finally:
+            ch.close()
+
+
+async def test_connections_over_the_limit_are_closed_and_logged_once(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ggap.rpc.server")
+    s = await serve(nursery, max_connections=2)
+    ch = grpc.insecure_channel(f"127.0.0.1:{s.port}", options=GRPC_OPTIONS)
+    try:
+        with trio.fail_after(20):
+            watch = kv_pb2_grpc.KvServiceStub(ch).Watch(kv_pb2.WatchRequest(key="idle"))
+            assert (await in_thread(lambda: next(watch))).header.revision == 1
+            second = await RawH2.open(s.port)
+            await second.alive()
+            for _ in range(3):
+                extra = await trio.open_tcp_stream("127.0.0.1", s.port)
+                assert await closed_within(extra, 2) < 1
+            refusals = [r for r in caplog.records if "limits.max_connections" in r.getMessage()]
+            assert len(refusals) == 1
+            # Those already open are unaffected.
+            await second.alive()
+            assert s.policy.in_flight_streams == 1
+            # A slot freed is a slot reused.
+            await second.stream.aclose()
+            with trio.fail_after(5):
+                while True:
+                    third = await RawH2.open(s.port)
+                    try:
+                        await third.alive()
+                        break
+                    except (EOFError, trio.BrokenResourceError):
+                        await trio.sleep(0.05)  # the server has not yet seen `second` go
+            await third.stream.aclose()
+            watch.cancel()
+    finally:
+        ch.close()
