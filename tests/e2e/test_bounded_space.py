@@ -49,7 +49,9 @@ def test_quota_refuses_writes_until_space_is_freed(node_factory: NodeFactory) ->
     assert refused is not None, "no write was refused past the quota"
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert f"storage.quota_bytes is {QUOTA}" in (refused.details() or "")
-    assert QUOTA // len(VALUE) <= len(written) < 2 * QUOTA // len(VALUE)
+    # Near the quota: each 32 kB value takes 8-9 pages of 4 KiB (so ~54 fill 2 MB), and the
+    # in-use size is measured every reclaim interval, so a few more may get in before it shows.
+    assert QUOTA // (2 * len(VALUE)) <= len(written) < 2 * QUOTA // len(VALUE)
     status = cluster.Status(pb.StatusRequest(), timeout=5)
     assert status.db_size_in_use_bytes >= QUOTA
     assert status.db_size_bytes > status.db_size_in_use_bytes
