@@ -171,6 +171,8 @@ class _Link:
         self.task_scope = trio.CancelScope()
         # Cancelled to abandon the current connection or backoff (address changed).
         self.attempt_scope: trio.CancelScope | None = None
+        # Cancelled to end a backoff early: the peer just dialled us, so it is up again.
+        self.backoff_scope: trio.CancelScope | None = None
         self.sent = 0
         self.frames = 0
         self.keepalives = 0
@@ -591,8 +593,11 @@ class PeerTransport:
                     else:
                         # Nobody to deliver to: what queued up meanwhile is stale.
                         link.drop_all()
-                    await trio.sleep(self._rng.uniform(delay / 2, delay))
-                    delay = min(delay * 2, max_delay)
+                    with trio.CancelScope() as backoff:
+                        link.backoff_scope = backoff
+                        await trio.sleep(self._rng.uniform(delay / 2, delay))
+                    link.backoff_scope = None
+                    delay = first_delay if backoff.cancelled_caught else min(delay * 2, max_delay)
                 link.attempt_scope = None
                 if attempt.cancelled_caught:
                     delay = first_delay  # the address changed: try the new one right away
@@ -775,6 +780,12 @@ class PeerTransport:
             await self._on_snapshot(peer, SnapshotStream(stream, decoder, remote))
             return
         log.info("peer %d connected from %s", peer, remote)
+        link = self._links.get(peer)
+        if link is not None and link.backoff_scope is not None:
+            # It is back (a restart): dial it now, not at the end of a backoff that grew
+            # while it was down. Until we do, our messages (a leader's heartbeats) cannot
+            # reach it and it does not know whom to forward its clients' writes to.
+            link.backoff_scope.cancel()
         while True:
             with trio.fail_after(self._idle_timeout):
                 payload = await _read_frame(stream, decoder)

@@ -510,6 +510,29 @@ async def test_peer_down_drops_without_blocking_then_recovers(nursery: trio.Nurs
         assert t1.statistics().peers[2].connected
 
 
+async def test_a_peer_that_dials_in_ends_our_backoff_towards_it(nursery: trio.Nursery) -> None:
+    """A restarted peer is dialled back at once, not after a backoff that grew while it was
+    down (up to reconnect_backoff_max_ms: a restarted follower stayed leaderless that long)."""
+    with trio.fail_after(10):
+        port = closed_port()
+        in1 = Inbox()
+        slow = {"reconnect_backoff_initial_ms": 30_000, "reconnect_backoff_max_ms": 30_000}
+        t1 = make(1, in1, peers={2: (LOCAL, port)}, **slow)
+        a1 = await start(nursery, t1)
+        await wait_until(lambda: t1.statistics().peers[2].last_error != "")  # now backing off
+        in2 = Inbox()
+        t2 = make(2, in2, peers={1: a1}, port=port)
+        await start(nursery, t2)
+        t2.send([msg(1, 2, index=1)])  # t2 dials t1: t1 learns that 2 is up
+        await in1.wait(1)
+        started = trio.current_time()
+        while not in2.messages:
+            t1.send([msg(2, 1, index=2)])
+            await trio.sleep(0.02)
+        assert trio.current_time() - started < 5  # not the 15-30 s backoff
+        assert t1.statistics().peers[2].connected
+
+
 async def _fake_peer(
     *, task_status: trio.TaskStatus[tuple[int, list[trio.SocketStream]]] = trio.TASK_STATUS_IGNORED
 ) -> None:
