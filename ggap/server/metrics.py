@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 # The classic text format (what Prometheus 2 and 3 both read); generate_latest writes it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BACKLOG = 64
+_LINGER_S = 0.2
 
 
 class MetricsBindError(OSError):
@@ -449,6 +450,7 @@ class MetricsEndpoint:
                     await _respond(
                         stream, "431 Request Header Fields Too Large", [], b"request too large\n", True
                     )
+                    await _linger(stream, self._config.max_request_bytes)
                     return
                 parts = head.split(b"\r\n", 1)[0].split(b" ")
                 if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
@@ -475,6 +477,17 @@ async def _read_head(stream: trio.SocketStream, limit: int) -> bytes | None:
         buf += data
     head = bytes(buf[: buf.index(b"\r\n\r\n")])
     return head if len(head) <= limit else None
+
+
+async def _linger(stream: trio.SocketStream, limit: int) -> None:
+    """After answering a request we did not read whole: half-close, then read (and drop) a
+    little of what is still coming, so closing with unread data does not reset the
+    connection before the client has read the answer. Bounded in time and bytes."""
+    await stream.send_eof()
+    taken = 0
+    with trio.move_on_after(_LINGER_S):
+        while taken < 16 * limit and (data := await stream.receive_some(65536)):
+            taken += len(data)
 
 
 async def _respond(
