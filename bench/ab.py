@@ -525,6 +525,20 @@ def _tree_line(label: str, info: Mapping[str, Any]) -> str:
     callback=_env,
     help="KEY=VALUE set for the nodes of both sides (e.g. GINNUNGAGAP_RAFT__TICK_MS=50); repeatable.",
 )
+@click.option(
+    "--a-env",
+    "a_env",
+    multiple=True,
+    callback=_env,
+    help="KEY=VALUE set for the nodes of side A only (after --env); repeatable.",
+)
+@click.option(
+    "--b-env",
+    "b_env",
+    multiple=True,
+    callback=_env,
+    help="KEY=VALUE set for the nodes of side B only, e.g. GINNUNGAGAP_METRICS__LISTEN_ADDR=127.0.0.1:0.",
+)
 @click.option("--clients", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--duration", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--warmup", default=1.0, show_default=True, type=click.FloatRange(min=0))
@@ -556,6 +570,8 @@ def ab_command(
     order: str,
     nodes: int,
     node_env: dict[str, str],
+    a_env: dict[str, str],
+    b_env: dict[str, str],
     clients: int,
     duration: float,
     warmup: float,
@@ -602,7 +618,8 @@ def ab_command(
     base = Path(tempfile.mkdtemp(prefix="ggap-ab-", dir=work_dir))
     ok = False
     try:
-        infos = {side: tree.probe(node_env) for side, tree in trees.items()}
+        side_env = {"A": {**node_env, **a_env}, "B": {**node_env, **b_env}}
+        infos = {side: tree.probe(side_env[side]) for side, tree in trees.items()}
         for side, info in infos.items():
             if info.get("codec_impl") != "c":
                 say(f"WARNING: tree {side} runs codec {info.get('codec_impl')!r}, not the C extension")
@@ -616,7 +633,7 @@ def ab_command(
                     cfg,
                     nodes,
                     base / f"round{r + 1}-{side}",
-                    node_env,
+                    side_env[side],
                     ports,
                     sys.stderr if verbose else None,
                 )
@@ -664,7 +681,7 @@ def ab_command(
     if json_out is not None:
         doc = {
             "config": {**cfg.describe(), "endpoints": None, "nodes": nodes, "rounds": rounds, "order": order,
-                       "node_env": node_env},
+                       "node_env": node_env, "a_env": a_env, "b_env": b_env},
             "trees": infos,
             "cpu_measure": "user+sys of node processes from /proc/<pid>/stat, measured window only",
             "runs": runs,

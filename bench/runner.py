@@ -57,7 +57,11 @@ class WindowTimer:
     def _main(self, t0: float) -> None:
         assert self.hook is not None
         for at, what in ((self.cfg.warmup, "start"), (self.cfg.warmup + self.cfg.duration, "end")):
-            if self._cancelled.wait(max(0.0, t0 + at - time.perf_counter())):
+            due = t0 + at
+            # A run that ended normally cancels right at (or after) the end of its window;
+            # that cancel can win the race against this thread's wake-up (a busy event loop
+            # holds the GIL), so a call that is due by then is still made.
+            if self._cancelled.wait(max(0.0, due - time.perf_counter())) and time.perf_counter() < due:
                 return
             self.hook(what)
 

@@ -85,6 +85,10 @@ for _command in (*KV_COMMANDS, *MEMBER_COMMANDS, *CLUSTER_COMMANDS, *SNAPSHOT_CO
     "--peer-trusted-ca-file",
     help="PEM CA bundle every peer's certificate must chain to (peer_tls.trusted_ca_file).",
 )
+@click.option(
+    "--metrics-addr",
+    help="HOST:PORT serving Prometheus /metrics and /healthz over HTTP (metrics.listen_addr; default off).",
+)
 @click.option("--log-level", help="debug, info, warning, error or critical (log.level).")
 def node_cmd(
     config_file: Path | None,
@@ -103,6 +107,7 @@ def node_cmd(
     peer_cert_file: str | None,
     peer_key_file: str | None,
     peer_trusted_ca_file: str | None,
+    metrics_addr: str | None,
     log_level: str | None,
 ) -> None:
     """Run a node until SIGINT/SIGTERM.
@@ -126,6 +131,7 @@ def node_cmd(
         "peer_tls.cert_file": peer_cert_file,
         "peer_tls.key_file": peer_key_file,
         "peer_tls.trusted_ca_file": peer_trusted_ca_file,
+        "metrics.listen_addr": metrics_addr,
         "log.level": log_level,
     }
     overrides = {k: v for k, v in flags.items() if v is not None}

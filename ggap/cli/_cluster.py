@@ -1,10 +1,11 @@
 """`ggap cluster up`: a local N-node cluster as child processes, supervised until Ctrl-C.
 
-Layout (pure, see `plan_cluster`): node i serves clients on BASE+10*(i-1) and peers on
-BASE+10*(i-1)+1, keeps its data in DATA_DIR/node<i> and logs to DATA_DIR/node<i>.log; every
-node gets the same `--peers`. DATA_DIR/cluster.json remembers the layout, so re-running
-`cluster up` on the same data dir restarts the same cluster (flags that contradict it are a
-usage error, caught before anything starts; the nodes themselves also refuse other peers).
+Layout (pure, see `plan_cluster`): node i serves clients on BASE+10*(i-1), peers on
+BASE+10*(i-1)+1 and Prometheus /metrics and /healthz on BASE+10*(i-1)+2, keeps its data in
+DATA_DIR/node<i> and logs to DATA_DIR/node<i>.log; every node gets the same `--peers`.
+DATA_DIR/cluster.json remembers the layout, so re-running `cluster up` on the same data dir
+restarts the same cluster (flags that contradict it are a usage error, caught before
+anything starts; the nodes themselves also refuse other peers).
 
 Supervision policy:
 - a port of the layout already taken: error, exit 2, nothing started;
@@ -84,6 +85,11 @@ class NodeSpec:
     cluster_port: int
     data_dir: Path
     log_path: Path
+    metrics_port: int = 0  # 0: no --metrics-addr
+
+    @property
+    def metrics_addr(self) -> str:
+        return join_addr(self.host, self.metrics_port) if self.metrics_port else ""
 
     @property
     def client_addr(self) -> str:
@@ -95,10 +101,11 @@ class NodeSpec:
 
 
 def plan_cluster(nodes: int, host: str, base_port: int, data_dir: Path) -> list[NodeSpec]:
-    """Node i: client port base+10*(i-1), cluster port one above; ValueError if out of range."""
+    """Node i: client port base+10*(i-1), cluster port one above, metrics port two above;
+    ValueError if out of range."""
     if not 1 <= nodes <= MAX_NODES:
         raise ValueError(f"--nodes must be 1..{MAX_NODES}, got {nodes}")
-    last = base_port + PORT_STRIDE * (nodes - 1) + 1
+    last = base_port + PORT_STRIDE * (nodes - 1) + 2
     if base_port < 1 or last > 65535:
         raise ValueError(f"ports {base_port}..{last} do not fit in 1..65535; choose another --base-port")
     return [
@@ -109,6 +116,7 @@ def plan_cluster(nodes: int, host: str, base_port: int, data_dir: Path) -> list[
             cluster_port=base_port + PORT_STRIDE * (i - 1) + 1,
             data_dir=data_dir / f"node{i}",
             log_path=data_dir / f"node{i}.log",
+            metrics_port=base_port + PORT_STRIDE * (i - 1) + 2,
         )
         for i in range(1, nodes + 1)
     ]
@@ -146,6 +154,8 @@ def node_argv(
         "--peers",
         peers,
     ]
+    if spec.metrics_addr:
+        argv += ["--metrics-addr", spec.metrics_addr]
     if config_file is not None:
         argv += ["--config", str(config_file.absolute())]
     if certs is not None:
@@ -225,7 +235,7 @@ def restart_delay(quick_restarts: int) -> float:
     return float(min(0.5 * 2 ** max(quick_restarts - 1, 0), 8.0))
 
 
-LAYOUT_HEADERS = ("NODE", "PID", "CLIENT (endpoint)", "CLUSTER", "DATA DIR", "LOG")
+LAYOUT_HEADERS = ("NODE", "PID", "CLIENT (endpoint)", "CLUSTER", "METRICS", "DATA DIR", "LOG")
 
 
 def format_layout(specs: Sequence[NodeSpec], pids: Sequence[int | None]) -> str:
@@ -235,6 +245,7 @@ def format_layout(specs: Sequence[NodeSpec], pids: Sequence[int | None]) -> str:
             str(pid) if pid is not None else "-",
             s.client_addr,
             s.cluster_addr,
+            f"http://{s.metrics_addr}/metrics" if s.metrics_addr else "-",
             str(s.data_dir),
             str(s.log_path),
         ]
@@ -276,8 +287,12 @@ def busy_ports(specs: Sequence[NodeSpec]) -> list[str]:
     """One line per port of the layout that is taken (empty: all free)."""
     busy: list[str] = []
     for s in specs:
-        for what, port in (("client", s.client_port), ("cluster", s.cluster_port)):
-            if port_in_use(s.host, port):
+        for what, port in (
+            ("client", s.client_port),
+            ("cluster", s.cluster_port),
+            ("metrics", s.metrics_port),
+        ):
+            if port and port_in_use(s.host, port):
                 busy.append(f"{join_addr(s.host, port)} (node {s.node_id} {what} port)")
     return busy
 
@@ -587,7 +602,8 @@ def cluster_group() -> None:
     "--base-port",
     type=click.IntRange(1, 65535),
     default=None,
-    help=f"Node i serves clients on BASE+10*(i-1), peers on one more [default: {DEFAULT_BASE_PORT}].",
+    help=f"Node i serves clients on BASE+10*(i-1), peers on one more, metrics on two more "
+    f"[default: {DEFAULT_BASE_PORT}].",
 )
 @click.option("--host", default=None, help=f"Address every node binds [default: {DEFAULT_HOST}].")
 @click.option(
@@ -621,8 +637,9 @@ def up_cmd(
     """Start N nodes on this machine and supervise them until Ctrl-C (or SIGTERM).
 
     \b
-    Node i: client port BASE+10*(i-1), cluster port BASE+10*(i-1)+1,
-    data in DATA_DIR/node<i>, log in DATA_DIR/node<i>.log, all with the same --peers.
+    Node i: client port BASE+10*(i-1), cluster port BASE+10*(i-1)+1, metrics
+    (HTTP /metrics, /healthz) BASE+10*(i-1)+2, data in DATA_DIR/node<i>, log in
+    DATA_DIR/node<i>.log, all with the same --peers.
     Prints the layout, then a `ready:` line with the --endpoints to use once every
     node answers grpc.health SERVING (i.e. knows a leader). A node that crashes is
     restarted with backoff; one that refuses to start (status 2) stops the cluster.

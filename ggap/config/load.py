@@ -62,6 +62,7 @@ _EMPTY_ALLOWED = frozenset(
         "peer_tls.cert_file",
         "peer_tls.key_file",
         "peer_tls.trusted_ca_file",
+        "metrics.listen_addr",
     }
 )
 
@@ -261,7 +262,7 @@ def _validate(layers: _Layers) -> None:
                     problem = f"must be >= {floor}, got {value}"
                 elif dotted in _MAXIMUM and value > _MAXIMUM[dotted]:
                     problem = f"must be <= {_MAXIMUM[dotted]}, got {value}"
-            elif key.endswith("_addr") and isinstance(value, str):
+            elif key.endswith("_addr") and isinstance(value, str) and (value or dotted not in _EMPTY_ALLOWED):
                 problem = addr_problem(value)
             elif dotted in _UPPER:
                 if value not in _SYNCHRONOUS:

@@ -226,6 +226,27 @@ class PeerTlsConfig:
 
 
 @attrs.frozen(slots=True)
+class MetricsConfig:
+    """The HTTP port serving /metrics (Prometheus) and /healthz (ggap/server/metrics.py)."""
+
+    # host:port to serve on ("" = off; port 0 picks a free one).
+    listen_addr: str = ""
+    # /healthz answers 503 once applying has been stuck this long: the applied index has
+    # not moved while behind the commit index, or stayed more than health_max_apply_lag
+    # entries behind it.
+    health_apply_stall_ms: int = 5000
+    health_max_apply_lag: int = 1000
+    # A request must arrive whole (and its answer leave) within this long.
+    request_timeout_ms: int = 5000
+    # Largest request head (request line + headers) read; larger -> 431 and closed.
+    max_request_bytes: int = 8192
+    # Connections served at once; more are closed on accept.
+    max_connections: int = 16
+    # How often the live key count (ggap_mvcc_keys_total, a scan of kv.db) is refreshed.
+    key_count_interval_ms: int = 10_000
+
+
+@attrs.frozen(slots=True)
 class LogConfig:
     level: str = "info"
 
@@ -244,4 +265,5 @@ class Config:
     transport: TransportConfig = TransportConfig()
     tls: TlsConfig = TlsConfig()
     peer_tls: PeerTlsConfig = PeerTlsConfig()
+    metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()

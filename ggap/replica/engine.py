@@ -212,6 +212,9 @@ class ReplicaEngine:
         self.term = hs.term
         self.commit = max(hs.commit, applied)
         self.leader = 0
+        # Times this node saw leadership move to a (different) known leader, etcd's
+        # leader_changes_seen: a counter for metrics.
+        self.leader_changes = 0
         self.role = Role.FOLLOWER
         self.applied = state_machine.applied_index
         self.revision = state_machine.revision
@@ -545,6 +548,8 @@ class ReplicaEngine:
         soft = rd.soft_state
         assert soft is not None
         was_leader = self.role is Role.LEADER
+        if soft.leader and soft.leader != self.leader:
+            self.leader_changes += 1
         self.leader, self.role = soft.leader, soft.role
         if soft.role is Role.LEADER and not was_leader:
             self._log.info("node %d is now leader (term %d)", self.id, self.node.term)

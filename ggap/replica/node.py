@@ -28,9 +28,10 @@ from ggap import codec
 from ggap.config.model import RaftConfig as RaftKnobs
 from ggap.consensus.raft import CoreConfig, DurableStorage, Message, ProposalDropped, Role
 from ggap.replica.api import AppliedBatch, RoleInfo
-from ggap.replica.engine import ApplyOutput, ReplicaEngine, Retention, TakenSnapshot
+from ggap.replica.engine import ApplyOutput, ReplicaEngine, Retention, TakenSnapshot, Work
 from ggap.replica.kv_machine import KvStateMachine
 from ggap.replica.progress import AppliedProgress
+from ggap.replica.stats import ReplicaStats
 from ggap.replica.transfer import SnapshotTransferError, receive_snapshot, send_snapshot
 from ggap.storage import KvStore
 from ggap.transport import PeerTransport
@@ -218,18 +219,32 @@ class SnapshotReceiver:
     """Serves inbound snapshot connections for the peer transport: receive, verify, stage
     the file with the state machine, then hand the SNAPSHOT message to the raft loop."""
 
-    def __init__(self, machine: KvStateMachine, mailbox: Mailbox, *, io_timeout_s: float) -> None:
+    def __init__(
+        self,
+        machine: KvStateMachine,
+        mailbox: Mailbox,
+        *,
+        io_timeout_s: float,
+        stats: ReplicaStats | None = None,
+    ) -> None:
         self._machine = machine
         self._mailbox = mailbox
         self._io_timeout_s = io_timeout_s
+        self.stats = stats if stats is not None else ReplicaStats()
 
     async def __call__(self, peer: int, stream: SnapshotStream) -> None:
+        started = time.monotonic()
         try:
             directory = self._machine.directory
             msg, path = await receive_snapshot(stream, directory, io_timeout_s=self._io_timeout_s)
         except SnapshotTransferError as exc:
+            self.stats.snapshot_receive_failures += 1
             log.warning("%s", exc)
             return
+        except BaseException:
+            self.stats.snapshot_receive_failures += 1
+            raise
+        self.stats.snapshot_receive.observe(time.monotonic() - started)
         if msg.frm != peer:
             log.warning("snapshot connection from node %d carried a message from %d; dropped", peer, msg.frm)
             path.unlink(missing_ok=True)
@@ -255,8 +270,10 @@ class RaftReplica:
         write_all_timeout_s: float = 5.0,
         snapshot_io_timeout_s: float = 2.0,
         rng: random.Random | None = None,
+        stats: ReplicaStats | None = None,
     ) -> None:
         self._spec = spec
+        self.stats = stats if stats is not None else ReplicaStats()
         self._knobs = raft
         self._kv = kv
         self._mailbox = mailbox
@@ -314,9 +331,19 @@ class RaftReplica:
         if engine.role is not Role.LEADER:
             raise NotLeader("this node is not the leader", leader_id=engine.leader or None)
         proposal = _Proposal(command=command)
-        self._mailbox.post_request(proposal)
-        await proposal.done.wait()
+        stats = self.stats
+        try:
+            self._mailbox.post_request(proposal)
+        except Unavailable:
+            stats.proposals_failed += 1
+            raise
+        stats.proposals_pending += 1
+        try:
+            await proposal.done.wait()
+        finally:
+            stats.proposals_pending -= 1
         if proposal.error is not None:
+            stats.proposals_failed += 1
             raise proposal.error
         return proposal
 
@@ -551,7 +578,16 @@ class RaftReplica:
         engine = self._engine
         while (work := engine.take_ready()) is not None:
             if work.persist or work.ready.committed:
-                output = await trio.to_thread.run_sync(engine.durable, work, limiter=self._writer)
+                output, saved_s, applied_s = await trio.to_thread.run_sync(
+                    self._durable, work, limiter=self._writer
+                )
+                stats = self.stats
+                if work.persist:
+                    stats.log_save.observe(saved_s)
+                if work.ready.snapshot is not None:
+                    stats.snapshot_install.observe(applied_s)
+                elif work.ready.committed:
+                    stats.apply_commit.observe(applied_s)
             else:
                 output = ApplyOutput(outcomes=(), revision=engine.revision)
             engine.finish(work, output)
@@ -560,6 +596,17 @@ class RaftReplica:
                 engine.snapshot_started()
                 assert self._nursery is not None
                 self._nursery.start_soon(self._take_snapshot)
+
+    def _durable(self, work: Work) -> tuple[ApplyOutput, float, float]:
+        """`engine.durable` (on the writer thread), timing its two halves: the log save
+        with its fsync, and the apply transaction (snapshot install included)."""
+        engine = self._engine
+        t0 = time.perf_counter()
+        engine.write(work)
+        engine.sync(work)
+        t1 = time.perf_counter()
+        output = engine.apply(work)
+        return output, t1 - t0, time.perf_counter() - t1
 
     def _start_snapshot_send(self, msg: Message) -> None:
         """The core wants `msg.to` to get our snapshot: one transfer per follower at a time
@@ -589,12 +636,15 @@ class RaftReplica:
                 verdict_timeout_s=30 + snap.size / (20 << 20),
             )
             ok = True
+            self.stats.snapshot_send.observe(time.monotonic() - started)
             log.info("node %d has snapshot %d (%.1fs)", msg.to, snap.index, time.monotonic() - started)
         except _TRANSFER_ERRORS as exc:
             log.warning("sending snapshot to node %d failed: %s", msg.to, exc)
         except CodecError as exc:
             log.warning("sending snapshot to node %d failed: bad verdict: %s", msg.to, exc)
         finally:
+            if not ok:
+                self.stats.snapshot_send_failures += 1
             self._sending_snapshot.discard(msg.to)
             self._mailbox.post_snapshot_report(msg.to, ok)
 
@@ -604,10 +654,12 @@ class RaftReplica:
         started = time.monotonic()
         try:
             taken = await trio.to_thread.run_sync(self._machine.take_snapshot)
+            self.stats.snapshot_save.observe(time.monotonic() - started)
             log.info(
                 "snapshot at index %d (off the raft loop) took %.2fs", taken.index, time.monotonic() - started
             )
         except Exception:
+            self.stats.snapshot_save_failures += 1
             log.exception("taking a snapshot failed; will retry after more entries")
         await self._mailbox.post_internal(_SnapshotTaken(taken))
 

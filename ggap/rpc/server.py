@@ -36,6 +36,7 @@ from purerpc.server import ConnectionHandler
 
 from ggap.rpc.errors import rpc_error, to_rpc_error
 from ggap.rpc.frontdoor import ConnectionLimits, GuardedSocket, GuardedStream, HandshakeTimeout, run_request
+from ggap.rpc.metrics import RpcMetrics, grpc_type
 from ggap.tls import RefusalLog, describe_handshake_error
 from ggap.types.errors import GgapError, StatusCode
 
@@ -112,6 +113,11 @@ class RpcPolicy:
     max_streams: int = attrs.field(default=4096, validator=_positive)
     # Largest request message accepted; a larger one gets RESOURCE_EXHAUSTED.
     max_message_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
+    # Per-method call counts and handling times (grpc_server_* metrics); None: not recorded.
+    metrics: RpcMetrics | None = attrs.field(default=None, kw_only=True)
+    # Calls refused by max_in_flight / max_streams so far.
+    rejected_unary: int = attrs.field(default=0, init=False)
+    rejected_streams: int = attrs.field(default=0, init=False)
     _unary: int = attrs.field(default=0, init=False, repr=False)
     _streams: int = attrs.field(default=0, init=False, repr=False)
 
@@ -132,10 +138,12 @@ class RpcPolicy:
     def _enter(self, streaming: bool) -> None:
         if streaming:
             if self._streams >= self.max_streams:
+                self.rejected_streams += 1
                 raise rpc_error(StatusCode.RESOURCE_EXHAUSTED, "too many streams open")
             self._streams += 1
         else:
             if self._unary >= self.max_in_flight:
+                self.rejected_unary += 1
                 raise rpc_error(StatusCode.RESOURCE_EXHAUSTED, "too many requests in flight")
             self._unary += 1
 
@@ -284,10 +292,16 @@ def guarded_service(target: purerpc.Servicer | purerpc.Service, policy: RpcPolic
         if signature.cardinality in (purerpc.Cardinality.UNARY_UNARY, purerpc.Cardinality.UNARY_STREAM):
             # One request message: take it as bytes and parse it inside the guard.
             signature = RPCSignature(signature.cardinality, _RawRequest, signature.response_type)
+        metrics = policy.metrics
+        stats = metrics.method(inner.name, method_name, grpc_type(signature.cardinality)) if metrics else None
         if signature.cardinality in (purerpc.Cardinality.UNARY_STREAM, purerpc.Cardinality.STREAM_STREAM):
             wrapped = _wrap_streaming(bound.method_fn, policy, path, message_type)
+            if metrics is not None and stats is not None:
+                wrapped = metrics.wrap_streaming(wrapped, stats)
         else:
             wrapped = _wrap_unary(bound.method_fn, policy, path, message_type)
+            if metrics is not None and stats is not None:
+                wrapped = metrics.wrap_unary(wrapped, stats)
         outer.add_method(method_name, wrapped, signature)
     return outer
 

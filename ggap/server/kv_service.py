@@ -303,6 +303,7 @@ class KvServicer(kv_grpc.KvServiceServicer):
         start = msg.start_revision or hub.published_revision + 1
         watcher = Watcher(key=key, prefix=prefix, start_revision=start, max_events=cfg.buffer_events)
         idle = cfg.progress_interval_ms / 1000
+        hub.streams += 1
         try:
             # Replay stored history until caught up with what the hub has published.
             while True:
@@ -324,9 +325,11 @@ class KvServicer(kv_grpc.KvServiceServicer):
                 self._node.check_open()
                 yield self._watch_response(events, msg.prev_kv)
         finally:
+            hub.streams -= 1
             hub.leave(watcher)
 
     def _watch_response(self, events: list[Event], with_prev: bool) -> pb.WatchResponse:
+        self._node.hub.events_sent += len(events)
         return pb.WatchResponse(
             header=self._node.header(self._node.hub.published_revision),
             events=[convert.event_pb(ev, with_prev) for ev in events],

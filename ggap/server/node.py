@@ -35,14 +35,17 @@ from ggap.replica import ClusterSpec, Consensus, Mailbox, RaftReplica
 from ggap.replica.kv_machine import KvStateMachine
 from ggap.replica.membership import bootstrap_membership
 from ggap.replica.node import SnapshotReceiver
+from ggap.replica.stats import ReplicaStats
 from ggap.rpc import HealthService, RpcPolicy, ServerTls, guarded_service, reflection_services, serve_grpc
 from ggap.rpc.frontdoor import ConnectionLimits
+from ggap.rpc.metrics import RpcMetrics
 from ggap.server.cluster_service import ClusterServicer
 from ggap.server.forward import Forwarder
 from ggap.server.join import auto_promote, join_cluster, needs_join
 from ggap.server.kv_service import KvServicer, NodeState
 from ggap.server.maintenance import HistoryKeeper, SpaceKeeper
 from ggap.server.members import MemberManager
+from ggap.server.metrics import ApplyHealth, MetricsEndpoint, NodeCollector, serve_metrics
 from ggap.server.reads import ReaderPool
 from ggap.server.snapshots import SnapshotStreams
 from ggap.server.ttl import Expirer
@@ -213,6 +216,7 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             )
         stored_id = log_store.get_meta(META_CLUSTER_ID)
         the_cluster_id = stored_id.decode("ascii", "replace") if stored_id else cluster_id(members, token)
+        replica_stats = ReplicaStats()  # shared by the raft loop and the snapshot receiver
         transport = PeerTransport(
             node_id=config.node.id,
             cluster_id=the_cluster_id,
@@ -220,7 +224,9 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             peers={m.id: split_addr(m.cluster_addr) for m in current.members if m.id != config.node.id},
             on_messages=mailbox.post_messages,
             config=config.transport,
-            on_snapshot=SnapshotReceiver(machine, mailbox, io_timeout_s=snapshot_io_timeout_s),
+            on_snapshot=SnapshotReceiver(
+                machine, mailbox, io_timeout_s=snapshot_io_timeout_s, stats=replica_stats
+            ),
             server_tls=tls.peer_server,
             client_tls=tls.peer_client,
         )
@@ -239,6 +245,7 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             machine=machine,
             write_all_timeout_s=config.server.write_all_timeout_ms / 1000,
             snapshot_io_timeout_s=snapshot_io_timeout_s,
+            stats=replica_stats,
         )
         hub = WatchHub(published_revision=kv.revision)
         consensus.subscribe(hub.publish)
@@ -267,6 +274,7 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             max_in_flight=config.limits.max_in_flight,
             max_streams=config.limits.max_watches,
             max_message_bytes=config.limits.max_message_bytes,
+            metrics=RpcMetrics() if config.metrics.listen_addr else None,
         )
         snapshots = SnapshotStreams(
             kv_path=kv.path,
@@ -298,7 +306,18 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             else None
         )
 
+        metrics = _metrics_endpoint(config, consensus, transport, policy, hub, space, kv.path, readers)
+
         async with trio.open_nursery() as nursery:
+            if metrics is not None:  # first: a taken port stops the node before anything runs
+                await nursery.start(
+                    functools.partial(
+                        serve_metrics,
+                        metrics,
+                        *split_addr(config.metrics.listen_addr),
+                        health_interval_s=config.server.health_interval_ms / 1000,
+                    )
+                )
             await nursery.start(transport.run)
             await nursery.start(consensus.run)
             await nursery.start(state.forwarder.run)
@@ -352,6 +371,8 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             log.info("shutting down: draining in-flight requests")
             health_scope.cancel()
             state.draining = True
+            if metrics is not None:
+                metrics.health.draining = True
             for name in ("", KV_SERVICE, CLUSTER_SERVICE):
                 health.set_status(name, False)
             hub.close_all(Unavailable("node is shutting down"))
@@ -368,6 +389,36 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             await trio.to_thread.run_sync(kv.close)
             await trio.to_thread.run_sync(log_store.close)
         log.info("stopped; storage closed")
+
+
+def _metrics_endpoint(
+    config: Config,
+    consensus: RaftReplica,
+    transport: PeerTransport,
+    policy: RpcPolicy,
+    hub: WatchHub,
+    space: SpaceKeeper,
+    kv_path: str,
+    readers: ReaderPool,
+) -> MetricsEndpoint | None:
+    """/metrics and /healthz (ggap/server/metrics.py), when metrics.listen_addr is set."""
+    cfg = config.metrics
+    if not cfg.listen_addr or policy.metrics is None:
+        return None
+    health = ApplyHealth(
+        consensus, stall_s=cfg.health_apply_stall_ms / 1000, max_lag=cfg.health_max_apply_lag
+    )
+    collector = NodeCollector(
+        consensus=consensus,
+        transport=transport,
+        rpc=policy.metrics,
+        policy=policy,
+        hub=hub,
+        space=space,
+        kv_path=kv_path,
+        health=health,
+    )
+    return MetricsEndpoint(collector, health, cfg, readers)
 
 
 async def _wait_for_shutdown_signal() -> None:

@@ -77,6 +77,9 @@ class WatchHub:
     def __init__(self, published_revision: int) -> None:
         self.published_revision = published_revision
         self._watchers: set[Watcher] = set()
+        # For metrics: watch streams open now (replaying or live) and events sent so far.
+        self.streams = 0
+        self.events_sent = 0
 
     def publish(self, batch: AppliedBatch) -> None:
         if batch.snapshot_installed:

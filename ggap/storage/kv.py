@@ -125,6 +125,12 @@ _SQL_NTH_VERSION_AFTER = (
     "SELECT mod_revision FROM kv_versions WHERE shard=? AND mod_revision>? AND mod_revision<=? "
     "ORDER BY mod_revision LIMIT 1 OFFSET ?"
 )
+# Keys whose newest version is not a tombstone. SQLite takes a bare column of an aggregate
+# query with max() from the row holding the max: one walk of the primary key, no sort.
+_SQL_LIVE_KEYS = (
+    "SELECT count(*) FROM (SELECT tombstone, max(mod_revision) FROM kv_versions WHERE shard=? GROUP BY key) "
+    "WHERE tombstone=0"
+)
 _SQL_DEEP_KEYS = (
     "SELECT key FROM kv_versions WHERE shard=? AND key>=? AND key<=? "
     "GROUP BY key HAVING count(*)>? ORDER BY key"
@@ -537,6 +543,13 @@ class KvReader:
         """(applied_index, revision, compact_revision) as stored."""
         with read_txn(self._conn):
             return read_state(self._conn, self._shard)
+
+    def live_key_count(self) -> int:
+        """Keys that exist now (not deleted or expired). Walks every version: O(versions),
+        for metrics refreshed now and then, not for request paths."""
+        with read_txn(self._conn):
+            row = self._conn.execute(_SQL_LIVE_KEYS, (self._shard,)).fetchone()
+        return int(row[0])
 
     def get(self, key: str, revision: int = 0) -> tuple[KeyValue | None, int]:
         with read_txn(self._conn):

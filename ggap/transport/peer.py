@@ -37,9 +37,11 @@ import attrs
 import trio
 
 from ggap.config.model import TransportConfig
-from ggap.consensus.raft.types import Message
+from ggap.consensus.raft.types import Message, MessageType
+from ggap.instruments import NETWORK_BUCKETS, Histogram
 from ggap.tls import RefusalLog, describe_handshake_error
 from ggap.transport.wire import (
+    FRAME_HEADER_SIZE,
     PURPOSE_RAFT,
     PURPOSE_SNAPSHOT,
     FrameDecoder,
@@ -102,6 +104,8 @@ _RECEIVE_SIZE = 256 * 1024
 _BACKLOG = 128
 _U32_MAX = (1 << 32) - 1
 _KEEPALIVE_FRAME = encode_frame(encode_messages(()))
+_HEARTBEAT = MessageType.HEARTBEAT
+_HEARTBEAT_RESP = MessageType.HEARTBEAT_RESP
 
 # What a broken or misbehaving connection raises; anything else is a bug and is logged loudly.
 _CONNECTION_ERRORS = (
@@ -156,6 +160,9 @@ class TransportStatistics:
     received: int  # messages handed to on_messages
     received_dropped: int  # inbound messages not addressed to us or not from the handshake's node
     unroutable: int  # messages given to send() for a node not in peers (or for ourselves)
+    # Bytes of Raft-message frames (headers included) received per sending peer, since the
+    # transport was made; peers that are no longer members keep their count.
+    received_bytes: dict[int, int] = attrs.field(factory=dict)
 
 
 class _Link:
@@ -183,6 +190,10 @@ class _Link:
         self.reconnects = 0
         self.last_error = ""
         self.quiet = False  # failures already reported once since the last success
+        # Round trips as the leader sees them: a frame carrying a HEARTBEAT written to this
+        # peer, until a frame from it carrying a HEARTBEAT_RESP arrives (see `round_trips`).
+        self.heartbeat_sent_at: float | None = None
+        self.rtt = Histogram(NETWORK_BUCKETS)
 
     def put(self, msg: Message, limit: int, byte_limit: int) -> bool:
         size = estimate_size(msg)
@@ -399,6 +410,7 @@ class PeerTransport:
         self._received = 0
         self._received_dropped = 0
         self._unroutable = 0
+        self._received_bytes: dict[int, int] = {}
         self.update_peers(peers)
 
     # -- the API the Raft driver uses ------------------------------------------------------
@@ -451,7 +463,19 @@ class PeerTransport:
             received=self._received,
             received_dropped=self._received_dropped,
             unroutable=self._unroutable,
+            received_bytes=dict(self._received_bytes),
         )
+
+    def round_trips(self) -> dict[int, Histogram]:
+        """Per peer, the round-trip times measured on heartbeats (read-only; for metrics).
+
+        Only a leader sends heartbeats, so only a leader has samples. One is taken per
+        heartbeat round at most: from the moment the frame carrying a HEARTBEAT to the peer
+        has been written to its socket until the first frame from that peer carrying a
+        HEARTBEAT_RESP has been read (the next heartbeat starts the next sample). That is
+        network plus the peer's turnaround through its raft loop: what a Raft round costs.
+        A connection that breaks abandons the sample in flight."""
+        return {pid: link.rtt for pid, link in self._links.items()}
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -641,6 +665,7 @@ class PeerTransport:
             log.exception("peer %d sender failed unexpectedly", link.peer_id)
         finally:
             link.connected = False
+            link.heartbeat_sent_at = None
             if stream is not None:
                 await trio.aclose_forcefully(stream)
         return established
@@ -702,6 +727,8 @@ class PeerTransport:
             if batch:
                 link.sent += len(batch)
                 link.frames += 1
+                if link.heartbeat_sent_at is None and any(m.type is _HEARTBEAT for m in batch):
+                    link.heartbeat_sent_at = trio.current_time()
             else:
                 link.keepalives += 1
 
@@ -792,7 +819,14 @@ class PeerTransport:
             if payload is None:
                 log.info("peer %d at %s closed its connection", peer, remote)
                 return
+            received = self._received_bytes
+            received[peer] = received.get(peer, 0) + len(payload) + FRAME_HEADER_SIZE
             msgs = decode_messages(payload)
+            link = self._links.get(peer)
+            if link is not None and link.heartbeat_sent_at is not None:
+                if any(m.type is _HEARTBEAT_RESP for m in msgs):
+                    link.rtt.observe(trio.current_time() - link.heartbeat_sent_at)
+                    link.heartbeat_sent_at = None
             mine = [m for m in msgs if m.to == self.node_id and m.frm == peer]
             if len(mine) != len(msgs):
                 self._received_dropped += len(msgs) - len(mine)

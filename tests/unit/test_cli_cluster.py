@@ -60,9 +60,10 @@ def test_plan_cluster_port_layout(tmp_path: Path) -> None:
 def test_plan_cluster_ipv6_and_limits(tmp_path: Path) -> None:
     (spec,) = plan_cluster(1, "::1", 30000, tmp_path)
     assert spec.client_addr == "[::1]:30000" and spec.cluster_addr == "[::1]:30001"
-    assert plan_cluster(2, "h", 65524, tmp_path)[-1].cluster_port == 65535
+    assert spec.metrics_addr == "[::1]:30002"
+    assert plan_cluster(2, "h", 65523, tmp_path)[-1].metrics_port == 65535
     with pytest.raises(ValueError, match="do not fit"):
-        plan_cluster(2, "h", 65525, tmp_path)
+        plan_cluster(2, "h", 65524, tmp_path)
     with pytest.raises(ValueError, match="--nodes"):
         plan_cluster(0, "h", 17000, tmp_path)
 
@@ -78,6 +79,7 @@ def test_node_argv(tmp_path: Path) -> None:
         "--cluster-addr": "127.0.0.1:17001",
         "--data-dir": str(Path("rel/node1").absolute()),
         "--peers": "1=127.0.0.1:17001",
+        "--metrics-addr": "127.0.0.1:17002",
         "--config": str(tmp_path / "c.toml"),
     }
     assert "--config" not in node_argv(spec, "x", None)
@@ -111,7 +113,10 @@ def test_format_layout(tmp_path: Path) -> None:
     specs = plan_cluster(2, "127.0.0.1", 17000, Path("data"))
     lines = format_layout(specs, [101, None]).splitlines()
     assert lines[0].split()[:2] == ["NODE", "PID"]
-    row = ["1", "101", "127.0.0.1:17000", "127.0.0.1:17001", "data/node1", "data/node1.log"]
+    row = [
+        "1", "101", "127.0.0.1:17000", "127.0.0.1:17001", "http://127.0.0.1:17002/metrics",
+        "data/node1", "data/node1.log",
+    ]  # fmt: skip
     assert lines[1].split() == row
     assert lines[2].split()[:2] == ["2", "-"]
 
