@@ -86,6 +86,10 @@ for _command in (*KV_COMMANDS, *MEMBER_COMMANDS, *CLUSTER_COMMANDS, *SNAPSHOT_CO
     help="PEM CA bundle every peer's certificate must chain to (peer_tls.trusted_ca_file).",
 )
 @click.option("--log-level", help="debug, info, warning, error or critical (log.level).")
+@click.option(
+    "--log-format",
+    help="text (human-readable) or json (one JSON object per line) (log.format).",
+)
 def node_cmd(
     config_file: Path | None,
     node_id: int | None,
@@ -104,6 +108,7 @@ def node_cmd(
     peer_key_file: str | None,
     peer_trusted_ca_file: str | None,
     log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Run a node until SIGINT/SIGTERM.
 
@@ -127,6 +132,7 @@ def node_cmd(
         "peer_tls.key_file": peer_key_file,
         "peer_tls.trusted_ca_file": peer_trusted_ca_file,
         "log.level": log_level,
+        "log.format": log_format,
     }
     overrides = {k: v for k, v in flags.items() if v is not None}
     try:

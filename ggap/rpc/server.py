@@ -34,6 +34,7 @@ from purerpc.grpclib.status import StatusCode as PurerpcStatusCode
 from purerpc.rpc import RPCSignature
 from purerpc.server import ConnectionHandler
 
+from ggap import tracing
 from ggap.rpc.errors import rpc_error, to_rpc_error
 from ggap.rpc.frontdoor import ConnectionLimits, GuardedSocket, GuardedStream, HandshakeTimeout, run_request
 from ggap.tls import RefusalLog, describe_handshake_error
@@ -287,7 +288,10 @@ def guarded_service(target: purerpc.Servicer | purerpc.Service, policy: RpcPolic
         if signature.cardinality in (purerpc.Cardinality.UNARY_STREAM, purerpc.Cardinality.STREAM_STREAM):
             wrapped = _wrap_streaming(bound.method_fn, policy, path, message_type)
         else:
-            wrapped = _wrap_unary(bound.method_fn, policy, path, message_type)
+            fn = bound.method_fn
+            if tracing.ENABLED:  # decided once, at start: "none" adds nothing per call
+                fn = tracing.traced_unary(fn, path)
+            wrapped = _wrap_unary(fn, policy, path, message_type)
         outer.add_method(method_name, wrapped, signature)
     return outer
 
