@@ -38,6 +38,7 @@ _ZERO_ALLOWED = frozenset(
         "mvcc.auto_compact_interval_ms",
         "storage.quota_bytes",
         "storage.wal_keep_bytes",
+        "log.slow_fsync_ms",
     }
 )
 # Integer knobs with an upper bound: a frame's length travels as a u32.

@@ -230,7 +230,7 @@ class LogConfig:
     level: str = "info"
     # "text" (human-readable lines) or "json" (one JSON object per line; README "Logs").
     format: str = "text"
-    # A log fsync slower than this is logged (at most once a second, with the duration).
+    # A log fsync slower than this is logged (at most once a second, with the duration; 0 = any).
     slow_fsync_ms: int = 100
 
 

@@ -343,7 +343,7 @@ class RaftReplica:
         if engine.role is not Role.LEADER:
             raise NotLeader("this node is not the leader", leader_id=engine.leader or None)
         proposal = _Proposal(command=command)
-        if tracing.ENABLED:
+        if tracing.ENABLED and tracing.recording():
             proposal.span = tracing.start_span(
                 "raft.propose", attributes={"ggap.command": type(command).__name__}
             )
@@ -619,9 +619,11 @@ class RaftReplica:
         return output, _HopTimes(start, written, synced, time.time_ns())
 
     def _check_fsync(self, work: Work, times: _HopTimes) -> None:
-        """A slow fsync is one event, logged once (at most one line a second)."""
-        took = times.synced - times.written
-        if not work.must_sync or took < self._slow_fsync_ns:
+        """A slow fsync is one event, logged once (at most one line a second). Timed from
+        the start of the save: LogStore's transaction is durable when it returns (the fsync
+        is its commit) and `sync` has nothing left to do."""
+        took = times.synced - times.start
+        if not work.persist or took < self._slow_fsync_ns:
             return
         suppressed = self._slow_fsync_log.due()
         if suppressed is None:
@@ -644,7 +646,7 @@ class RaftReplica:
         if rd.entries:
             attributes = {
                 "ggap.batch.entries": len(rd.entries),
-                "ggap.fsync_ms": (times.synced - times.written) / 1e6,
+                "ggap.fsync_ms": (times.synced - times.start) / 1e6,  # save + fsync
                 "ggap.queued_ms": (times.start - handed) / 1e6,
             }
             for entry in rd.entries:

@@ -289,7 +289,7 @@ def guarded_service(target: purerpc.Servicer | purerpc.Service, policy: RpcPolic
             wrapped = _wrap_streaming(bound.method_fn, policy, path, message_type)
         else:
             fn = bound.method_fn
-            if tracing.ENABLED:  # decided once, at start: "none" adds nothing per call
+            if tracing.ENABLED and tracing.traced_service(inner.name):  # decided once, at start
                 fn = tracing.traced_unary(fn, path)
             wrapped = _wrap_unary(fn, policy, path, message_type)
         outer.add_method(method_name, wrapped, signature)

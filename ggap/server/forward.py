@@ -114,7 +114,12 @@ class Forwarder:
             raise Unavailable("no leader answered within the deadline")
         conn = await self._connection(addr, epoch)
         if tracing.ENABLED:
-            return await self._traced_call(addr, conn, call, remaining)
+            if tracing.recording():
+                return await self._traced_call(addr, conn, call, remaining)
+            # Not sampled: no span, but the leader must learn that too (flags 00), or it
+            # would sample a fragment of this trace on its own.
+            with call_metadata(tracing.inject_metadata()):
+                return await self._call(addr, conn, call, remaining)
         return await self._call(addr, conn, call, remaining)
 
     async def _traced_call(

@@ -90,7 +90,8 @@ def _check_log_lines(records: list[dict[str, Any]], node_id: int) -> None:
 
 
 def test_traced_put_and_read_on_a_single_node(node_factory: Any) -> None:
-    env = {**TRACED, "GINNUNGAGAP_LOG__LEVEL": "debug"}
+    # slow_fsync_ms = 0: every fsync counts as slow, so the (rate-limited) line shows up.
+    env = {**TRACED, "GINNUNGAGAP_LOG__LEVEL": "debug", "GINNUNGAGAP_LOG__SLOW_FSYNC_MS": "0"}
     node: NodeProcess = node_factory(env=env)
     kv = node.kv_stub()
     trace_id, parent_id, md = _traceparent(0x1234)
@@ -123,6 +124,8 @@ def test_traced_put_and_read_on_a_single_node(node_factory: Any) -> None:
     inside = [r for r in records if r.get("trace_id") == trace_id and r["logger"] != "ggap.spans"]
     assert inside and inside[0]["span_id"] == _sid(server)[2:]
     assert any(r.get("term", 0) >= 1 for r in records)
+    slow = [r for r in records if r["message"].startswith("slow fsync of the raft log")]
+    assert slow and slow[0]["level"] == "warning" and slow[0]["fsync_ms"] >= 0 and "entries" in slow[0]
 
 
 def test_traced_put_through_a_follower_is_forwarded_with_its_trace(tmp_path: Path) -> None:

@@ -233,3 +233,19 @@ def test_console_exporter_logs_one_line_per_span(caplog: pytest.LogCaptureFixtur
     (record,) = [r for r in caplog.records if r.name == "ggap.spans"]
     assert record.getMessage() == "span raft.apply"
     assert record.span["name"] == "raft.apply"  # type: ignore[attr-defined]
+
+
+def test_refused_peer_connections_warn_once_per_host_and_reason(caplog: pytest.LogCaptureFixture) -> None:
+    from ggap.tls import RefusalLog
+
+    refusals = RefusalLog(logging.getLogger("ggap.test.refusals"))
+    with caplog.at_level(logging.DEBUG, logger="ggap.test.refusals"):
+        for port in (1001, 1002, 1003):  # a misconfigured peer redialling
+            refusals.refused("peer connection", f"10.0.0.9:{port}", "cluster id mismatch", kind="rejected")
+        refusals.refused("peer connection", "10.0.0.9:1004", "node id 0", kind="rejected")
+    levels = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert levels[0] == (
+        "WARNING",
+        "refused peer connection from 10.0.0.9:1001: rejected: cluster id mismatch",
+    )
+    assert [lv for lv, _ in levels] == ["WARNING", "DEBUG", "DEBUG", "WARNING"]
