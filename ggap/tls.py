@@ -228,14 +228,26 @@ class RefusalLog:
         self._interval = interval_s
         self._last: dict[tuple[str, str], float] = {}
 
-    def refused(self, what: str, remote: str, reason: str) -> None:
+    def refused(
+        self,
+        what: str,
+        remote: str,
+        reason: str,
+        *,
+        kind: str = "TLS handshake failed",
+        level: int = logging.WARNING,
+    ) -> None:
+        """Log "refused <what> from <remote>: <kind>: <reason>" at `level` the first time
+        per (host, reason) and interval, at DEBUG otherwise."""
         host = remote.rpartition(":")[0] or remote
-        key = (host, reason)
+        key = (host, f"{kind}: {reason}")
         now = time.monotonic()
         last = self._last.get(key)
-        level = logging.WARNING if last is None or now - last >= self._interval else logging.DEBUG
-        if level == logging.WARNING:
+        first = last is None or now - last >= self._interval
+        if first:
             if len(self._last) > 1024:
                 self._last.clear()  # bounded: a scan from many hosts cannot grow it forever
             self._last[key] = now
-        self._log.log(level, "refused %s from %s: TLS handshake failed: %s", what, remote, reason)
+        self._log.log(
+            level if first else logging.DEBUG, "refused %s from %s: %s: %s", what, remote, kind, reason
+        )

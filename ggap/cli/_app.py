@@ -90,6 +90,10 @@ for _command in (*KV_COMMANDS, *MEMBER_COMMANDS, *CLUSTER_COMMANDS, *SNAPSHOT_CO
     help="HOST:PORT serving Prometheus /metrics and /healthz over HTTP (metrics.listen_addr; default off).",
 )
 @click.option("--log-level", help="debug, info, warning, error or critical (log.level).")
+@click.option(
+    "--log-format",
+    help="text (human-readable) or json (one JSON object per line) (log.format).",
+)
 def node_cmd(
     config_file: Path | None,
     node_id: int | None,
@@ -109,6 +113,7 @@ def node_cmd(
     peer_trusted_ca_file: str | None,
     metrics_addr: str | None,
     log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Run a node until SIGINT/SIGTERM.
 
@@ -133,6 +138,7 @@ def node_cmd(
         "peer_tls.trusted_ca_file": peer_trusted_ca_file,
         "metrics.listen_addr": metrics_addr,
         "log.level": log_level,
+        "log.format": log_format,
     }
     overrides = {k: v for k, v in flags.items() if v is not None}
     try:

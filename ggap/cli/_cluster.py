@@ -133,7 +133,11 @@ def endpoints_string(specs: Sequence[NodeSpec]) -> str:
 
 
 def node_argv(
-    spec: NodeSpec, peers: str, config_file: Path | None, certs: ClusterCerts | None = None
+    spec: NodeSpec,
+    peers: str,
+    config_file: Path | None,
+    certs: ClusterCerts | None = None,
+    log_format: str | None = None,
 ) -> list[str]:
     """`python -m ggap.cli node ...`: the same interpreter and package as this supervisor,
     whatever is on PATH. Paths are absolute so the child's cwd does not matter. With
@@ -158,6 +162,8 @@ def node_argv(
         argv += ["--metrics-addr", spec.metrics_addr]
     if config_file is not None:
         argv += ["--config", str(config_file.absolute())]
+    if log_format is not None:
+        argv += ["--log-format", log_format]
     if certs is not None:
         cert = str(certs.node_cert(spec.node_id).absolute())
         key = str(certs.node_key(spec.node_id).absolute())
@@ -621,6 +627,13 @@ def cluster_group() -> None:
     "[default: what the data dir holds, else off].",
 )
 @click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    default=None,
+    help="Every node's log format in DATA_DIR/node<i>.log (ggap node --log-format) "
+    "[default: the config's log.format, else text].",
+)
+@click.option(
     "--peers-only",
     is_flag=True,
     help="Print the --peers string of this layout and exit, starting nothing.",
@@ -632,6 +645,7 @@ def up_cmd(
     host: str | None,
     config_file: Path | None,
     tls: bool | None,
+    log_format: str | None,
     peers_only: bool,
 ) -> None:
     """Start N nodes on this machine and supervise them until Ctrl-C (or SIGTERM).
@@ -688,7 +702,8 @@ def up_cmd(
             fail("FAILED_PRECONDITION", f"cannot write certificates under {data_dir}: {e}", EXIT_USAGE)
         verb = "generated" if made else "reusing"
         click.echo(f"TLS: {verb} a throwaway CA and certificates in {certs.directory}")
-    children = [Child(s, node_argv(s, peers, config_file, certs)) for s in specs]
+    fmt = log_format.lower() if log_format else None
+    children = [Child(s, node_argv(s, peers, config_file, certs, fmt)) for s in specs]
     supervisor = Supervisor(children, certs=certs)
     run_async(supervisor.run)
 

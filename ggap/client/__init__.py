@@ -4,9 +4,18 @@ from ggap.client._client import (
     DEFAULT_TIMEOUT_S,
     Client,
     ClientError,
+    call_metadata,
     open_client,
     parse_endpoint,
     parse_endpoints,
 )
 
-__all__ = ["DEFAULT_TIMEOUT_S", "Client", "ClientError", "open_client", "parse_endpoint", "parse_endpoints"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "Client",
+    "ClientError",
+    "call_metadata",
+    "open_client",
+    "parse_endpoint",
+    "parse_endpoints",
+]

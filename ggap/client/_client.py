@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import anyio
@@ -28,6 +29,10 @@ from ggap.rpc.errors import status_from_rpc_error
 from ggap.types.errors import StatusCode
 
 _T = TypeVar("_T")
+# Metadata added to every unary call made in this context (`call_metadata`), after the
+# connection's own: per-call values on a shared connection (a forwarded request's
+# traceparent).
+_call_metadata: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("ggap_call_metadata", default=())
 _Req = TypeVar("_Req", bound=Message)
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -111,6 +116,16 @@ def _collapse(
     return exc
 
 
+@contextmanager
+def call_metadata(items: Sequence[tuple[str, str]]) -> Iterator[None]:
+    """Unary calls made inside this block (by this task) also send `items` as metadata."""
+    token = _call_metadata.set((*_call_metadata.get(), *items))
+    try:
+        yield
+    finally:
+        _call_metadata.reset(token)
+
+
 class Client:
     """Calls on one connection. Each method takes a request message, or its fields as keyword
     arguments, and returns the response message. `timeout_s` overrides the default per call."""
@@ -143,10 +158,12 @@ class Client:
         timeout_s: float | None,
     ) -> _T:
         limit = self.timeout_s if timeout_s is None else timeout_s
+        extra = _call_metadata.get()
+        metadata = [*self._metadata, *extra] if extra else self._metadata
         try:
             with trio.fail_after(limit):
-                if self._metadata:
-                    result = await method(request, metadata=self._metadata)  # type: ignore[call-arg]
+                if metadata:
+                    result = await method(request, metadata=metadata)  # type: ignore[call-arg]
                 else:
                     result = await method(request)
             self._calls_answered += 1

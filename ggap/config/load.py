@@ -24,6 +24,8 @@ ENV_PREFIX = "GINNUNGAGAP_"
 _READ_MODES = ("linearizable", "sequential", "eventual")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_LOG_FORMATS = ("text", "json")
+_EXPORTERS = ("none", "console", "otlp")
 # Integer knobs where 0 is meaningful; every other integer knob must be >= 1.
 _ZERO_ALLOWED = frozenset(
     {
@@ -36,6 +38,7 @@ _ZERO_ALLOWED = frozenset(
         "mvcc.auto_compact_interval_ms",
         "storage.quota_bytes",
         "storage.wal_keep_bytes",
+        "log.slow_fsync_ms",
     }
 )
 # Integer knobs with an upper bound: a frame's length travels as a u32.
@@ -51,7 +54,7 @@ _RELATIONS = (
 _RELATION_WORDS = {"<": "less than", "<=": "at most"}
 # Normalised before validation: SQLite and users both treat these case-insensitively.
 _UPPER = frozenset({"storage.log_synchronous", "storage.kv_synchronous"})
-_LOWER = frozenset({"reads.default_mode", "log.level"})
+_LOWER = frozenset({"reads.default_mode", "log.level", "log.format", "tracing.exporter"})
 
 # String knobs where "" means "not set" (TLS off for that part).
 _EMPTY_ALLOWED = frozenset(
@@ -273,6 +276,15 @@ def _validate(layers: _Layers) -> None:
             elif dotted == "log.level":
                 if value not in _LOG_LEVELS:
                     problem = f"must be one of {', '.join(_LOG_LEVELS)}, got {value!r}"
+            elif dotted == "log.format":
+                if value not in _LOG_FORMATS:
+                    problem = f"must be one of {', '.join(_LOG_FORMATS)}, got {value!r}"
+            elif dotted == "tracing.exporter":
+                if value not in _EXPORTERS:
+                    problem = f"must be one of {', '.join(_EXPORTERS)}, got {value!r}"
+            elif dotted == "tracing.sampling_ratio" and isinstance(value, float):
+                if not 0.0 <= value <= 1.0:
+                    problem = f"must be between 0 and 1, got {value}"
             elif dotted == "raft.peers":
                 problem = _check_peers(value, layers)
             elif dotted == "node.join":

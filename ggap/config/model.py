@@ -249,6 +249,22 @@ class MetricsConfig:
 @attrs.frozen(slots=True)
 class LogConfig:
     level: str = "info"
+    # "text" (human-readable lines) or "json" (one JSON object per line; README "Logs").
+    format: str = "text"
+    # A log fsync slower than this is logged (at most once a second, with the duration; 0 = any).
+    slow_fsync_ms: int = 100
+
+
+@attrs.frozen(slots=True)
+class TracingConfig:
+    """OpenTelemetry tracing (README "Tracing"); "none" costs nothing on the hot path."""
+
+    # "none", "console" (spans as log lines) or "otlp" (needs opentelemetry-exporter-otlp-proto-http).
+    exporter: str = "none"
+    # Fraction of new traces sampled; a request carrying a traceparent follows its parent's choice.
+    sampling_ratio: float = 1.0
+    # OTLP/HTTP traces endpoint (exporter = "otlp").
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
 
 
 @attrs.frozen(slots=True)
@@ -267,3 +283,4 @@ class Config:
     peer_tls: PeerTlsConfig = PeerTlsConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
+    tracing: TracingConfig = TracingConfig()

@@ -268,55 +268,58 @@ class ReplicaEngine:
     def campaign(self) -> None:
         self.node.campaign()
 
-    def propose(self, data: bytes, done: ProposalCallback) -> None:
+    def propose(self, data: bytes, done: ProposalCallback) -> int:
         """Append `data` if this node leads; `done(index, result, error)` runs once it is applied
-        (or failed). Never raises: refusals go to `done` at once."""
+        (or failed). Never raises: refusals go to `done` at once. Returns the entry's index
+        (0 when refused), so a driver can follow the entry through persist and apply."""
         node = self.node
         # The core's role, not our copy: a message stepped earlier in this same batch may
         # have deposed us, and a follower core would forward the entry instead of appending
         # it (then last_index would belong to someone else's entry).
         if self.closed:
             done(0, None, Unavailable("node is shutting down"))
-            return
+            return 0
         if node.role is not Role.LEADER:
             done(0, None, NotLeader("this node is not the leader", leader_id=node.leader or None))
-            return
+            return 0
         before = node.log.last_index()
         try:
             node.propose(data)
         except ProposalDropped as exc:
             done(0, None, NotLeader(f"proposal dropped: {exc}", leader_id=node.leader or None))
-            return
+            return 0
         if node.log.last_index() != before + 1:
             done(0, None, Internal("proposal was not appended locally"))
-            return
+            return 0
         proposal = Proposal(data=data, done=done, index=before + 1, term=node.term)
         self._proposals[proposal.index] = proposal
         self._proposed(proposal)
+        return proposal.index
 
-    def propose_membership(self, change: MemberChange, done: ProposalCallback) -> None:
+    def propose_membership(self, change: MemberChange, done: ProposalCallback) -> int:
         """Like `propose`, for a membership change; `done` gets the resulting Membership.
         The core's refusals (one change at a time, an invalid change) are
-        FailedPrecondition."""
+        FailedPrecondition. Returns the entry's index (0 when refused)."""
         node = self.node
         if self.closed:
             done(0, None, Unavailable("node is shutting down"))
-            return
+            return 0
         if node.role is not Role.LEADER:
             done(0, None, NotLeader("this node is not the leader", leader_id=node.leader or None))
-            return
+            return 0
         cc = to_conf_change(change)
         try:
             index = node.propose_conf_change(cc)
         except ProposalDropped as exc:
             done(0, None, NotLeader(f"proposal dropped: {exc}", leader_id=node.leader or None))
-            return
+            return 0
         except ConfChangeRefused as exc:
             done(0, None, FailedPrecondition(f"membership change refused: {exc.reason}"))
-            return
+            return 0
         proposal = Proposal(data=b"", done=done, index=index, term=node.term)
         self._proposals[index] = proposal
         self._proposed(proposal)
+        return index
 
     def on_membership(self, listener: Callable[[Membership], None]) -> None:
         """`listener` runs on each change of the applied membership."""
@@ -548,13 +551,21 @@ class ReplicaEngine:
         soft = rd.soft_state
         assert soft is not None
         was_leader = self.role is Role.LEADER
+        old_leader, old_role = self.leader, self.role
         if soft.leader and soft.leader != self.leader:
             self.leader_changes += 1
         self.leader, self.role = soft.leader, soft.role
+        # One line per event: the core itself logs "became leader" (at info), so that is
+        # not repeated here; elections and a follower's new leader are logged here, once.
+        term = self.node.term
         if soft.role is Role.LEADER and not was_leader:
-            self._log.info("node %d is now leader (term %d)", self.id, self.node.term)
+            self._log.debug("node %d is now leader (term %d)", self.id, term)
         elif was_leader and soft.role is not Role.LEADER:
-            self._log.info("node %d lost leadership; leader now %d", self.id, soft.leader)
+            self._log.info("node %d lost leadership at term %d; leader now %d", self.id, term, soft.leader)
+        elif soft.role is Role.CANDIDATE and old_role is not Role.CANDIDATE:
+            self._log.info("node %d starting an election at term %d", self.id, term)
+        if soft.leader not in (0, old_leader, self.id):
+            self._log.info("node %d: leader is now %d (term %d)", self.id, soft.leader, term)
         if self._reads:
             # Reads queued on a deposed leader, or sent to a leader that changed, may never
             # be answered: ask again (whichever answer comes first is a valid read index,

@@ -19,14 +19,15 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import trio
 
-from ggap import codec
+from ggap import codec, tracing
 from ggap.config.model import RaftConfig as RaftKnobs
 from ggap.consensus.raft import CoreConfig, DurableStorage, Message, ProposalDropped, Role
+from ggap.logs import EveryInterval
 from ggap.replica.api import AppliedBatch, RoleInfo
 from ggap.replica.engine import ApplyOutput, ReplicaEngine, Retention, TakenSnapshot, Work
 from ggap.replica.kv_machine import KvStateMachine
@@ -73,11 +74,34 @@ class _Proposal:
     index: int = 0
     result: object = None
     error: BaseException | None = None
+    # Tracing only (None otherwise): the raft.propose span, ended when the engine answers,
+    # and when the entry became durable here (time.time_ns()).
+    span: Any = None
+    persisted_ns: int = 0
 
     def finish(self, index: int, result: object, error: BaseException | None) -> None:
         if not self.done.is_set():
             self.index, self.result, self.error = index, result, error
             self.done.set()
+            if self.span is not None:
+                self._end_span()
+
+    def _end_span(self) -> None:
+        span, self.span = self.span, None
+        span.set_attribute("ggap.index", self.index)
+        if self.error is not None:
+            tracing.failed(span, self.error)
+        span.end()
+
+
+@attrs.frozen(slots=True)
+class _HopTimes:
+    """time.time_ns() stamps of one writer-thread hop (`RaftReplica._durable`)."""
+
+    start: int
+    written: int
+    synced: int
+    applied: int
 
 
 @attrs.define(eq=False, slots=True)
@@ -271,6 +295,7 @@ class RaftReplica:
         snapshot_io_timeout_s: float = 2.0,
         rng: random.Random | None = None,
         stats: ReplicaStats | None = None,
+        slow_fsync_s: float = 0.1,
     ) -> None:
         self._spec = spec
         self.stats = stats if stats is not None else ReplicaStats()
@@ -317,6 +342,10 @@ class RaftReplica:
         self._applied_changed = trio.Event()
         self._closed = False
         self._nursery: trio.Nursery | None = None
+        self._slow_fsync_ns = int(slow_fsync_s * 1e9)
+        self._slow_fsync_log = EveryInterval(1.0)
+        # Traced proposals by entry index, while the engine has not answered them.
+        self._traced: dict[int, _Proposal] = {}
 
     @property
     def engine(self) -> ReplicaEngine:
@@ -331,11 +360,16 @@ class RaftReplica:
         if engine.role is not Role.LEADER:
             raise NotLeader("this node is not the leader", leader_id=engine.leader or None)
         proposal = _Proposal(command=command)
+        if tracing.ENABLED and tracing.recording():
+            proposal.span = tracing.start_span(
+                "raft.propose", attributes={"ggap.command": type(command).__name__}
+            )
         stats = self.stats
         try:
             self._mailbox.post_request(proposal)
-        except Unavailable:
+        except Unavailable as exc:
             stats.proposals_failed += 1
+            proposal.finish(0, None, exc)
             raise
         stats.proposals_pending += 1
         try:
@@ -558,9 +592,11 @@ class RaftReplica:
             engine.tick()
         elif isinstance(event, _Proposal):
             if isinstance(event.command, MemberChange):
-                engine.propose_membership(event.command, event.finish)
+                index = engine.propose_membership(event.command, event.finish)
             else:
-                engine.propose(codec.encode_command(event.command), event.finish)
+                index = engine.propose(codec.encode_command(event.command), event.finish)
+            if event.span is not None and index and not event.done.is_set():
+                self._traced[index] = event
         elif isinstance(event, _Transfer):
             try:
                 engine.transfer_leader(event.target)
@@ -578,35 +614,90 @@ class RaftReplica:
         engine = self._engine
         while (work := engine.take_ready()) is not None:
             if work.persist or work.ready.committed:
-                output, saved_s, applied_s = await trio.to_thread.run_sync(
-                    self._durable, work, limiter=self._writer
-                )
+                handed = time.time_ns()
+                output, times = await trio.to_thread.run_sync(self._durable, work, limiter=self._writer)
                 stats = self.stats
                 if work.persist:
-                    stats.log_save.observe(saved_s)
+                    stats.log_save.observe((times.synced - times.start) / 1e9)
                 if work.ready.snapshot is not None:
-                    stats.snapshot_install.observe(applied_s)
+                    stats.snapshot_install.observe((times.applied - times.synced) / 1e9)
                 elif work.ready.committed:
-                    stats.apply_commit.observe(applied_s)
+                    stats.apply_commit.observe((times.applied - times.synced) / 1e9)
+                self._check_fsync(work, times)
+                if self._traced:
+                    self._trace_hop(work, handed, times)
             else:
                 output = ApplyOutput(outcomes=(), revision=engine.revision)
             engine.finish(work, output)
+            if self._traced:
+                self._traced = {i: p for i, p in self._traced.items() if not p.done.is_set()}
             if engine.snapshot_due(force=self._snapshot_wanted):
                 self._snapshot_wanted = False
                 engine.snapshot_started()
                 assert self._nursery is not None
                 self._nursery.start_soon(self._take_snapshot)
 
-    def _durable(self, work: Work) -> tuple[ApplyOutput, float, float]:
-        """`engine.durable` (on the writer thread), timing its two halves: the log save
-        with its fsync, and the apply transaction (snapshot install included)."""
+    def _durable(self, work: Work) -> tuple[ApplyOutput, _HopTimes]:
+        """`engine.durable(work)` (on the writer thread), timing each step: four clock
+        reads per batch, whatever the batch holds."""
         engine = self._engine
-        t0 = time.perf_counter()
+        start = time.time_ns()
         engine.write(work)
+        written = time.time_ns()
         engine.sync(work)
-        t1 = time.perf_counter()
+        synced = time.time_ns()
         output = engine.apply(work)
-        return output, t1 - t0, time.perf_counter() - t1
+        return output, _HopTimes(start, written, synced, time.time_ns())
+
+    def _check_fsync(self, work: Work, times: _HopTimes) -> None:
+        """A slow fsync is one event, logged once (at most one line a second). Timed from
+        the start of the save: LogStore's transaction is durable when it returns (the fsync
+        is its commit) and `sync` has nothing left to do."""
+        took = times.synced - times.start
+        if not work.persist or took < self._slow_fsync_ns:
+            return
+        suppressed = self._slow_fsync_log.due()
+        if suppressed is None:
+            return
+        ms = took / 1e6
+        log.warning(
+            "slow fsync of the raft log: %.1f ms for %d entries (over log.slow_fsync_ms%s)",
+            ms,
+            len(work.ready.entries),
+            f"; {suppressed} more slow fsyncs since the last line" if suppressed else "",
+            extra={"fsync_ms": round(ms, 3), "entries": len(work.ready.entries)},
+        )
+
+    def _trace_hop(self, work: Work, handed: int, times: _HopTimes) -> None:
+        """Give each traced proposal in this Ready its share of the batch: a raft.persist
+        child span when its entry was saved in this hop, raft.commit and raft.apply when it
+        was committed and applied in it. Each carries the whole batch's times and size."""
+        traced = self._traced
+        rd = work.ready
+        if rd.entries:
+            attributes = {
+                "ggap.batch.entries": len(rd.entries),
+                "ggap.fsync_ms": (times.synced - times.start) / 1e6,  # save + fsync
+                "ggap.queued_ms": (times.start - handed) / 1e6,
+            }
+            for entry in rd.entries:
+                p = traced.get(entry.index)
+                if p is not None and p.span is not None:
+                    tracing.child_span(p.span, "raft.persist", handed, times.synced, attributes)
+                    p.persisted_ns = times.synced
+        if rd.committed:
+            applied = {"ggap.batch.entries": len(rd.committed)}
+            for entry in rd.committed:
+                p = traced.get(entry.index)
+                if p is None or p.span is None:
+                    continue
+                if p.persisted_ns:
+                    # Durable here at persisted_ns; this Ready (taken just before `handed`)
+                    # is the first to show it committed: the wait for the quorum.
+                    tracing.child_span(
+                        p.span, "raft.commit", p.persisted_ns, handed, {"ggap.commit_index": entry.index}
+                    )
+                tracing.child_span(p.span, "raft.apply", times.synced, times.applied, applied)
 
     def _start_snapshot_send(self, msg: Message) -> None:
         """The core wants `msg.to` to get our snapshot: one transfer per follower at a time

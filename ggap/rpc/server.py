@@ -34,6 +34,7 @@ from purerpc.grpclib.status import StatusCode as PurerpcStatusCode
 from purerpc.rpc import RPCSignature
 from purerpc.server import ConnectionHandler
 
+from ggap import tracing
 from ggap.rpc.errors import rpc_error, to_rpc_error
 from ggap.rpc.frontdoor import ConnectionLimits, GuardedSocket, GuardedStream, HandshakeTimeout, run_request
 from ggap.rpc.metrics import RpcMetrics, grpc_type
@@ -299,7 +300,10 @@ def guarded_service(target: purerpc.Servicer | purerpc.Service, policy: RpcPolic
             if metrics is not None and stats is not None:
                 wrapped = metrics.wrap_streaming(wrapped, stats)
         else:
-            wrapped = _wrap_unary(bound.method_fn, policy, path, message_type)
+            fn = bound.method_fn
+            if tracing.ENABLED and tracing.traced_service(inner.name):  # decided once, at start
+                fn = tracing.traced_unary(fn, path)
+            wrapped = _wrap_unary(fn, policy, path, message_type)
             if metrics is not None and stats is not None:
                 wrapped = metrics.wrap_unary(wrapped, stats)
         outer.add_method(method_name, wrapped, signature)

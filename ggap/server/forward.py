@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from ggap.client import Client, ClientError, open_client
+from ggap import tracing
+from ggap.client import Client, ClientError, call_metadata, open_client
 from ggap.rpc import current_deadline
 from ggap.rpc.errors import error_from_status
 from ggap.types import NotLeader, StatusCode, Unavailable
@@ -112,6 +113,35 @@ class Forwarder:
         if remaining <= 0:
             raise Unavailable("no leader answered within the deadline")
         conn = await self._connection(addr, epoch)
+        if tracing.ENABLED:
+            if tracing.recording():
+                return await self._traced_call(addr, conn, call, remaining)
+            # Not sampled: no span, but the leader must learn that too (flags 00), or it
+            # would sample a fragment of this trace on its own.
+            with call_metadata(tracing.inject_metadata()):
+                return await self._call(addr, conn, call, remaining)
+        return await self._call(addr, conn, call, remaining)
+
+    async def _traced_call(
+        self, addr: str, conn: _Conn, call: Callable[[Client, float], Awaitable[_T]], remaining: float
+    ) -> _T:
+        """`_call` in a CLIENT span whose traceparent rides along to the leader."""
+        span = tracing.start_span(
+            "forward", kind=tracing.CLIENT, attributes={"rpc.system": "grpc", "server.address": addr}
+        )
+        try:
+            with tracing.use_span(span), call_metadata(tracing.inject_metadata()):
+                log.debug("forwarding to the leader at %s", addr)
+                return await self._call(addr, conn, call, remaining)
+        except BaseException as exc:
+            tracing.failed(span, exc)
+            raise
+        finally:
+            span.end()
+
+    async def _call(
+        self, addr: str, conn: _Conn, call: Callable[[Client, float], Awaitable[_T]], remaining: float
+    ) -> _T:
         try:
             return await call(conn.client, remaining)
         except ClientError as exc:

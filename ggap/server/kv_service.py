@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
+from ggap import tracing
 from ggap.client import Client
 from ggap.config import Config
 from ggap.pb import kv_grpc
@@ -81,14 +82,26 @@ class NodeState:
         reaches the client."""
         consensus = self.consensus
         margin_s = self.config.server.answer_margin_ms / 1000
-        with trio.move_on_at(current_deadline() - margin_s):
-            await consensus.wait_applied(await consensus.read_index())
-            return
-        leader = consensus.role().leader_id
-        raise Unavailable(
-            "no leader confirmed the read within the deadline (no leader or no quorum)",
-            leader_id=leader or None,
-        )
+        span = tracing.start_span("raft.read_index") if tracing.ENABLED and tracing.recording() else None
+        try:
+            with trio.move_on_at(current_deadline() - margin_s):
+                index = await consensus.read_index()
+                if span is not None:
+                    span.add_event("read index confirmed", {"ggap.read_index": index})
+                await consensus.wait_applied(index)
+                return
+            leader = consensus.role().leader_id
+            raise Unavailable(
+                "no leader confirmed the read within the deadline (no leader or no quorum)",
+                leader_id=leader or None,
+            )
+        except BaseException as exc:
+            if span is not None:
+                tracing.failed(span, exc)
+            raise
+        finally:
+            if span is not None:
+                span.end()
 
     async def on_leader(
         self,

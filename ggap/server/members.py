@@ -136,6 +136,7 @@ class MemberManager:
         self.max_lag_entries = max_lag_entries
         self.auto_promote_interval_s = auto_promote_interval_s
         self._wishes: set[int] = set()
+        self._deferring = False  # the last auto-promotion round was deferred (logged once)
 
     @property
     def auto_promote(self) -> frozenset[int]:
@@ -259,7 +260,13 @@ class MemberManager:
             try:
                 await self.promote_caught_up()
             except GgapError as exc:
-                log.info("auto-promotion deferred: %s", exc)
+                # Once per episode, not every round: a learner catching up is one event.
+                log.log(
+                    logging.DEBUG if self._deferring else logging.INFO, "auto-promotion deferred: %s", exc
+                )
+                self._deferring = True
+            else:
+                self._deferring = False
 
     async def promote_caught_up(self) -> int | None:
         """One round: forget wishes for ids that are no longer learners (promoted by hand,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import trio
 
-from ggap import __version__
+from ggap import __version__, logs, tracing
 from ggap.config import Config
 from ggap.config.peers import parse_peers, split_addr
 from ggap.consensus.raft.storage import LogCompactedError, LogUnavailableError
@@ -246,7 +246,9 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             write_all_timeout_s=config.server.write_all_timeout_ms / 1000,
             snapshot_io_timeout_s=snapshot_io_timeout_s,
             stats=replica_stats,
+            slow_fsync_s=config.log.slow_fsync_ms / 1000,
         )
+        logs.set_term_source(lambda: consensus.engine.term)
         hub = WatchHub(published_revision=kv.revision)
         consensus.subscribe(hub.publish)
         expirer = Expirer(consensus, readers, config.ttl)
@@ -428,12 +430,8 @@ async def _wait_for_shutdown_signal() -> None:
             return
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, fmt: str = "text", node_id: int | None = None) -> None:
+    logs.configure_logging(level, fmt, node_id=node_id)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -444,7 +442,18 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 def run_node(config: Config) -> None:
     """Blocks until SIGINT/SIGTERM. Startup problems exit 2; a crash exits 1, loudly."""
-    configure_logging(config.log.level)
+    configure_logging(config.log.level, config.log.format, config.node.id)
+    try:
+        tracing.setup(
+            config.tracing.exporter,
+            sampling_ratio=config.tracing.sampling_ratio,
+            otlp_endpoint=config.tracing.otlp_endpoint,
+            node_id=config.node.id,
+            structured_logs=config.log.format == "json",
+        )
+    except tracing.TracingSetupError as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(2)
     try:
         trio.run(serve_node, config)
     except BaseException as exc:
@@ -457,3 +466,5 @@ def run_node(config: Config) -> None:
             raise
         log.critical("node crashed: %s", "; ".join(repr(e) for e in leaves), exc_info=exc)
         sys.exit(1)
+    finally:
+        tracing.shutdown()  # export the spans still buffered

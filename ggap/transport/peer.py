@@ -777,11 +777,13 @@ class PeerTransport:
                 payload = await _read_frame(stream, decoder)
         except _CONNECTION_ERRORS as exc:
             self._inbound_rejected += 1
-            log.warning("rejecting peer connection from %s: no valid handshake (%s)", remote, _describe(exc))
+            _refusals.refused("peer connection", remote, _describe(exc), kind="no valid handshake")
             return
         if payload is None:
             self._inbound_rejected += 1
-            log.info("peer connection from %s closed before its handshake", remote)
+            _refusals.refused(
+                "peer connection", remote, "closed", kind="before its handshake", level=logging.INFO
+            )
             return
         try:
             hello = decode_handshake(payload)
@@ -791,7 +793,8 @@ class PeerTransport:
             reason = self._check_handshake(hello)
         if reason:
             self._inbound_rejected += 1
-            log.warning("rejecting peer connection from %s: %s", remote, reason)
+            # Once per (host, reason) a minute: a misconfigured peer redials every second.
+            _refusals.refused("peer connection", remote, reason, kind="rejected")
             with trio.move_on_after(self._handshake_timeout):
                 await stream.send_all(
                     encode_frame(encode_reply(HandshakeReply(accepted=False, reason=reason)))

@@ -83,6 +83,8 @@ def test_node_argv(tmp_path: Path) -> None:
         "--config": str(tmp_path / "c.toml"),
     }
     assert "--config" not in node_argv(spec, "x", None)
+    assert "--log-format" not in node_argv(spec, "x", None)
+    assert node_argv(spec, "x", None, log_format="json")[-2:] == ["--log-format", "json"]
 
 
 def test_layout_file_round_trip_and_resolution() -> None:
