@@ -15,6 +15,7 @@ host name (IP SANs for IP addresses); servers verify client chains only when ask
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import logging
 import ssl
 import time
@@ -28,6 +29,8 @@ from ggap.config.model import PeerTlsConfig, TlsConfig
 __all__ = [
     "ALPN_H2",
     "NodeTls",
+    "PeerIdentity",
+    "PeerNotAllowedError",
     "RefusalLog",
     "TlsFileError",
     "check_certificates",
@@ -160,6 +163,86 @@ def client_context(
     return ctx
 
 
+class PeerNotAllowedError(ssl.SSLError):
+    """A peer whose certificate chains to the trusted CA but is not one of the allowed
+    identities (peer_tls.allowed_cn / allowed_hostname). An SSLError so the transport
+    treats it like any other certificate refusal (logged as a WARNING, not retried loudly)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # type: ignore[misc]  # what describe_handshake_error shows
+
+    def __str__(self) -> str:
+        return str(self.reason)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+@attrs.frozen
+class PeerIdentity:
+    """Which peer certificates the peer port accepts beyond "chains to the trusted CA"
+    (etcd's --peer-cert-allowed-cn and --peer-cert-allowed-hostname).
+
+    `allowed_cn`: comma-separated; the certificate's subject CN must be one of them.
+    `allowed_hostname`: comma-separated; one of the certificate's DNS SANs (exact,
+    case-insensitive) or IP SANs must be one of them. Both empty: any chained certificate.
+    Both set: both must hold."""
+
+    allowed_cn: tuple[str, ...] = ()
+    allowed_hostname: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, peer_tls: PeerTlsConfig) -> PeerIdentity:
+        return cls(_names(peer_tls.allowed_cn), _names(peer_tls.allowed_hostname))
+
+    def __bool__(self) -> bool:
+        return bool(self.allowed_cn or self.allowed_hostname)
+
+    def problem(self, cert: dict[str, object] | None) -> str:
+        """Why the verified peer certificate `cert` (ssl's getpeercert() dict) is not
+        allowed, or "" when it is."""
+        if not self:
+            return ""
+        if not cert:
+            return "no peer certificate"
+        if self.allowed_cn:
+            subject = cert.get("subject", ())
+            cns = [v for rdn in subject for k, v in rdn if k == "commonName"]  # type: ignore[attr-defined]
+            if not any(cn in self.allowed_cn for cn in cns):
+                shown = ", ".join(repr(c) for c in cns) or "none"
+                return f"certificate CN {shown} is not in peer_tls.allowed_cn ({', '.join(self.allowed_cn)})"
+        if self.allowed_hostname:
+            sans = cert.get("subjectAltName", ())
+            dns = {str(v).lower() for k, v in sans if k == "DNS"}  # type: ignore[attr-defined]
+            ips = {_ip(str(v)) for k, v in sans if k == "IP Address"}  # type: ignore[attr-defined]
+            ok = any(
+                name.lower() in dns or (_ip(name) is not None and _ip(name) in ips)
+                for name in self.allowed_hostname
+            )
+            if not ok:
+                shown = ", ".join(f"{k}:{str(v).strip()}" for k, v in sans) or "none"  # type: ignore[attr-defined]
+                return (
+                    f"certificate SANs ({shown}) match no peer_tls.allowed_hostname "
+                    f"({', '.join(self.allowed_hostname)})"
+                )
+        return ""
+
+    def check(self, cert: dict[str, object] | None) -> None:
+        """Raise PeerNotAllowedError when `problem` finds one."""
+        reason = self.problem(cert)
+        if reason:
+            raise PeerNotAllowedError(reason)
+
+
 @attrs.frozen
 class NodeTls:
     """Every TLS context a node uses; None where that traffic is plaintext."""
@@ -171,6 +254,8 @@ class NodeTls:
     # The peer port: listener and dialer (Raft messages and snapshot transfers).
     peer_server: ssl.SSLContext | None = None
     peer_client: ssl.SSLContext | None = None
+    # Which verified peer certificates the peer port accepts (both directions).
+    peer_identity: PeerIdentity = PeerIdentity()
 
 
 def node_tls(tls: TlsConfig, peer_tls: PeerTlsConfig) -> NodeTls:
@@ -188,6 +273,7 @@ def node_tls(tls: TlsConfig, peer_tls: PeerTlsConfig) -> NodeTls:
             result,
             peer_server=server_context(p_cert, p_key, p_ca, require_client_cert=True, alpn=()),
             peer_client=client_context(p_ca, p_cert, p_key, alpn=()),
+            peer_identity=PeerIdentity.from_config(peer_tls),
         )
     if cert:
         own_cert, own_key = (p_cert, p_key) if p_cert else (cert, key)
@@ -208,6 +294,8 @@ def describe_handshake_error(exc: BaseException) -> str:
     while seen is not None:
         if isinstance(seen, ssl.SSLWantReadError | ssl.SSLWantWriteError):
             pass  # the context of a timeout or a closed connection, not the reason
+        elif isinstance(seen, PeerNotAllowedError):
+            return str(seen)
         elif isinstance(seen, ssl.SSLCertVerificationError):
             return f"certificate verify failed: {seen.verify_message}"
         elif isinstance(seen, ssl.SSLError):

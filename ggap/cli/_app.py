@@ -86,6 +86,14 @@ for _command in (*KV_COMMANDS, *MEMBER_COMMANDS, *CLUSTER_COMMANDS, *SNAPSHOT_CO
     help="PEM CA bundle every peer's certificate must chain to (peer_tls.trusted_ca_file).",
 )
 @click.option(
+    "--peer-cert-allowed-cn",
+    help="Comma-separated CNs a peer's certificate must have one of (peer_tls.allowed_cn).",
+)
+@click.option(
+    "--peer-cert-allowed-hostname",
+    help="Comma-separated names/IPs one of a peer certificate's SANs must match (peer_tls.allowed_hostname).",
+)
+@click.option(
     "--metrics-addr",
     help="HOST:PORT serving Prometheus /metrics and /healthz over HTTP (metrics.listen_addr; default off).",
 )
@@ -111,6 +119,8 @@ def node_cmd(
     peer_cert_file: str | None,
     peer_key_file: str | None,
     peer_trusted_ca_file: str | None,
+    peer_cert_allowed_cn: str | None,
+    peer_cert_allowed_hostname: str | None,
     metrics_addr: str | None,
     log_level: str | None,
     log_format: str | None,
@@ -136,6 +146,8 @@ def node_cmd(
         "peer_tls.cert_file": peer_cert_file,
         "peer_tls.key_file": peer_key_file,
         "peer_tls.trusted_ca_file": peer_trusted_ca_file,
+        "peer_tls.allowed_cn": peer_cert_allowed_cn,
+        "peer_tls.allowed_hostname": peer_cert_allowed_hostname,
         "metrics.listen_addr": metrics_addr,
         "log.level": log_level,
         "log.format": log_format,

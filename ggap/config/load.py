@@ -65,6 +65,8 @@ _EMPTY_ALLOWED = frozenset(
         "peer_tls.cert_file",
         "peer_tls.key_file",
         "peer_tls.trusted_ca_file",
+        "peer_tls.allowed_cn",
+        "peer_tls.allowed_hostname",
         "metrics.listen_addr",
     }
 )
@@ -317,10 +319,14 @@ def _check_tls(layers: _Layers) -> None:
             need("tls.cert_file", "when tls.client_cert_auth is on (it needs TLS)")
         if not tls["trusted_ca_file"]:
             need("tls.trusted_ca_file", "when tls.client_cert_auth is on (the CA clients must chain to)")
-    if any(peer.values()):
-        for key in ("cert_file", "key_file", "trusted_ca_file"):
+    files = ("cert_file", "key_file", "trusted_ca_file")
+    if any(peer[key] for key in files):
+        for key in files:
             if not peer[key]:
                 need(f"peer_tls.{key}", "with the other peer_tls keys (peer TLS is always mutual)")
+    elif peer["allowed_cn"] or peer["allowed_hostname"]:
+        key = "allowed_cn" if peer["allowed_cn"] else "allowed_hostname"
+        need("peer_tls.cert_file", f"when peer_tls.{key} is (it needs peer TLS)")
 
 
 def _check_join(value: str) -> str | None:

@@ -215,7 +215,8 @@ class TlsConfig:
 @attrs.frozen(slots=True)
 class PeerTlsConfig:
     """Mutual TLS on the peer port (etcd's --peer-cert-file, --peer-key-file,
-    --peer-trusted-ca-file): all three or none."""
+    --peer-trusted-ca-file): all three or none; plus etcd's --peer-cert-allowed-cn and
+    --peer-cert-allowed-hostname to narrow which of the CA's certificates are peers."""
 
     # PEM certificate this node presents to peers, as listener and as dialer.
     cert_file: str = ""
@@ -223,6 +224,10 @@ class PeerTlsConfig:
     key_file: str = ""
     # PEM CA bundle every peer's certificate must chain to (both directions).
     trusted_ca_file: str = ""
+    # Comma-separated: a peer's certificate CN must be one of these ("" = any CN).
+    allowed_cn: str = ""
+    # Comma-separated: one of a peer's DNS/IP SANs must be one of these ("" = any).
+    allowed_hostname: str = ""
 
 
 @attrs.frozen(slots=True)

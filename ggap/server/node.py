@@ -229,6 +229,7 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             ),
             server_tls=tls.peer_server,
             client_tls=tls.peer_client,
+            peer_identity=tls.peer_identity,
         )
         consensus = RaftReplica(
             spec=ClusterSpec(

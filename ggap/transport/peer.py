@@ -39,7 +39,7 @@ import trio
 from ggap.config.model import TransportConfig
 from ggap.consensus.raft.types import Message, MessageType
 from ggap.instruments import NETWORK_BUCKETS, Histogram
-from ggap.tls import RefusalLog, describe_handshake_error
+from ggap.tls import PeerIdentity, RefusalLog, describe_handshake_error
 from ggap.transport.wire import (
     FRAME_HEADER_SIZE,
     PURPOSE_RAFT,
@@ -336,6 +336,7 @@ class PeerTransport:
         on_snapshot: SnapshotHandler | None = None,
         server_tls: ssl.SSLContext | None = None,
         client_tls: ssl.SSLContext | None = None,
+        peer_identity: PeerIdentity = PeerIdentity(),
     ) -> None:
         """
         Args:
@@ -371,6 +372,10 @@ class PeerTransport:
                 server context trusts before its handshake frame is read, and every
                 connection we open (Raft and snapshot) verifies the listener's chain and
                 host name. Both or neither.
+            peer_identity: with TLS, which of the trusted CA's certificates are peers
+                (peer_tls.allowed_cn / allowed_hostname): checked right after the TLS
+                handshake, on accepted connections (refused and counted like a failed
+                handshake) and on the ones we open (the listener is not spoken to).
 
         Raises ValueError for a config the loader would have refused (the loader checks
         the same rules with messages naming the key and its source).
@@ -384,6 +389,7 @@ class PeerTransport:
             raise ValueError("server_tls and client_tls go together (peer TLS is mutual)")
         self._server_tls = server_tls
         self._client_tls = client_tls
+        self._peer_identity = peer_identity
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.config = config
@@ -581,6 +587,7 @@ class PeerTransport:
             tls = trio.SSLStream(tcp, self._client_tls, server_hostname=addr[0])
             with trio.fail_after(self._handshake_timeout):
                 await tls.do_handshake()
+            self._peer_identity.check(tls.getpeercert())
         except BaseException:
             await trio.aclose_forcefully(tcp)
             raise
@@ -748,6 +755,11 @@ class PeerTransport:
                 except _CONNECTION_ERRORS as exc:
                     self._inbound_rejected += 1
                     _refusals.refused("peer connection", remote, describe_handshake_error(exc))
+                    return
+                reason = self._peer_identity.problem(tls.getpeercert())
+                if reason:
+                    self._inbound_rejected += 1
+                    _refusals.refused("peer connection", remote, reason, kind="certificate not allowed")
                     return
                 conn = tls
             await self._inbound(conn, remote)

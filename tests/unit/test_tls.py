@@ -21,6 +21,7 @@ from ggap.config import ConfigError, load_config
 from ggap.config.model import PeerTlsConfig, TlsConfig
 from ggap.rpc import HealthService, ServerTls, serve_grpc
 from ggap.tls import (
+    PeerIdentity,
     TlsFileError,
     check_certificates,
     client_context,
@@ -273,8 +274,15 @@ async def test_grpc_tls_negotiates_h2_and_tls12_or_newer(nursery: trio.Nursery, 
 # --- the peer transport --------------------------------------------------------------------------
 
 
-def _transport(node_id: int, inbox: Inbox, p: Pki) -> PeerTransport:
-    cert, key = p.leaf(f"n{node_id}")
+def _transport(
+    node_id: int,
+    inbox: Inbox,
+    p: Pki,
+    *,
+    identity: PeerIdentity = PeerIdentity(),
+    leaf: tuple[str, str] | None = None,
+) -> PeerTransport:
+    cert, key = leaf or p.leaf(f"n{node_id}", "127.0.0.1", "localhost", common_name=f"node{node_id}")
     return PeerTransport(
         node_id=node_id,
         cluster_id=CLUSTER,
@@ -285,6 +293,7 @@ def _transport(node_id: int, inbox: Inbox, p: Pki) -> PeerTransport:
         rng=random.Random(node_id),
         server_tls=server_context(cert, key, p.ca_file, require_client_cert=True, alpn=()),
         client_tls=client_context(p.ca_file, cert, key, alpn=()),
+        peer_identity=identity,
     )
 
 
@@ -308,9 +317,70 @@ async def test_peer_mtls_exchanges_messages_and_refuses_a_foreign_ca_both_ways(
         t1.send([msg(3, 1, term=8)])
         await wait_until(lambda: t1.statistics().inbound_rejected >= 1)
         await wait_until(lambda: "TLS" in t1.statistics().peers[3].last_error)
-        await trio.sleep(0.3)
+        # Both refusals counted on both listeners, and the intruder redialled and was
+        # refused again: its message had its chances and none got through.
+        await wait_until(lambda: t1.statistics().inbound_rejected >= 2)
+        await wait_until(lambda: intruder.statistics().inbound_rejected >= 1)
+        assert intruder.statistics().inbound_accepted == t1.statistics().peers[3].connects == 0
         assert not in1.messages and not in3.messages
         assert not t1.statistics().peers[3].connected
         assert t1.statistics().peers[2].connected
     assert "refused peer connection from" in caplog.text
     assert "certificate verify failed" in caplog.text
+
+
+async def test_peer_allowed_cn_refuses_a_same_ca_client_certificate_both_ways(
+    nursery: trio.Nursery, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reviewer's attack: a client certificate of the peers' CA (clientAuth, no node
+    CN) dials the peer port with a valid handshake frame. allowed_cn refuses it after the
+    TLS handshake, before the frame is read; a node dialling a listener with such a
+    certificate refuses it too."""
+    caplog.set_level(logging.INFO, "ggap.transport.peer")
+    allowed = PeerIdentity(allowed_cn=("node1", "node2"))
+    with trio.fail_after(20):
+        in1, in2, in3 = Inbox(), Inbox(), Inbox()
+        t1 = _transport(1, in1, pki, identity=allowed)
+        t2 = _transport(2, in2, pki, identity=allowed)
+        client_leaf = pki.leaf("client", "127.0.0.1", common_name="ggap-client")
+        forger = _transport(3, in3, pki, leaf=client_leaf)  # accepts anyone of the CA
+        addrs = {1: await start(nursery, t1), 2: await start(nursery, t2), 3: await start(nursery, forger)}
+        for t in (t1, t2, forger):
+            t.update_peers(addrs)
+        t1.send([msg(2, 1, term=7)])
+        (got,) = await in2.wait(1)
+        assert got.term == 7
+        forger.send([msg(1, 3, term=99)])
+        t1.send([msg(3, 1, term=8)])
+        await wait_until(lambda: t1.statistics().inbound_rejected >= 2)
+        await wait_until(lambda: "allowed_cn" in t1.statistics().peers[3].last_error)
+        assert t1.statistics().peers[3].connects == 0 and not t1.statistics().peers[3].connected
+        assert forger.statistics().inbound_accepted == 0  # node 1 never spoke to it
+        assert not in1.messages and not in3.messages
+        assert t1.statistics().peers[2].connected
+    refusals = [r.getMessage() for r in caplog.records if "refused peer connection" in r.getMessage()]
+    assert refusals and "certificate not allowed" in refusals[0] and "'ggap-client'" in refusals[0]
+    # Logged once (per host and reason; node 2's refusal of the same host repeats it at DEBUG).
+    not_allowed = [r for r in caplog.records if "certificate not allowed" in r.getMessage()]
+    assert [r.levelno for r in not_allowed].count(logging.WARNING) == 1
+
+
+def test_peer_identity_matches_cn_and_sans() -> None:
+    cert = {
+        "subject": ((("organizationName", "o"),), (("commonName", "node1"),)),
+        "subjectAltName": (("DNS", "Node1.Example"), ("IP Address", "0:0:0:0:0:0:0:1")),
+    }
+    assert PeerIdentity().problem(cert) == ""
+    assert PeerIdentity(allowed_cn=("node2", "node1")).problem(cert) == ""
+    assert "'node1' is not in peer_tls.allowed_cn" in PeerIdentity(allowed_cn=("node2",)).problem(cert)
+    assert PeerIdentity(allowed_hostname=("node1.example",)).problem(cert) == ""
+    assert PeerIdentity(allowed_hostname=("::1",)).problem(cert) == ""
+    assert "match no peer_tls.allowed_hostname" in PeerIdentity(allowed_hostname=("127.0.0.1",)).problem(cert)
+    both = PeerIdentity(allowed_cn=("node1",), allowed_hostname=("other",))
+    assert "allowed_hostname" in both.problem(cert)
+    assert PeerIdentity.from_config(PeerTlsConfig(allowed_cn=" a, b ,")) == PeerIdentity(("a", "b"))
+
+
+def test_peer_allowed_names_need_peer_tls() -> None:
+    with pytest.raises(ConfigError, match=r"peer_tls.cert_file: must be set when peer_tls.allowed_cn is"):
+        load_config(env={}, overrides={"peer_tls.allowed_cn": "node1"})
