@@ -167,9 +167,20 @@ def node_argv(
     if certs is not None:
         cert = str(certs.node_cert(spec.node_id).absolute())
         key = str(certs.node_key(spec.node_id).absolute())
-        ca = str(certs.ca_file.absolute())
+        ca = str(certs.client_port_ca_file.absolute())
         argv += ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth"]
-        argv += ["--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", ca]
+        # A separate peer CA: client.pem (client CA) is refused on the peer port.
+        peer_cert = str(certs.node_peer_cert(spec.node_id).absolute())
+        peer_key = str(certs.node_peer_key(spec.node_id).absolute())
+        peer_ca = str(certs.peer_ca_file.absolute())
+        argv += [
+            "--peer-cert-file",
+            peer_cert,
+            "--peer-key-file",
+            peer_key,
+            "--peer-trusted-ca-file",
+            peer_ca,
+        ]
     return argv
 
 
@@ -701,7 +712,9 @@ def up_cmd(
         except OSError as e:
             fail("FAILED_PRECONDITION", f"cannot write certificates under {data_dir}: {e}", EXIT_USAGE)
         verb = "generated" if made else "reusing"
-        click.echo(f"TLS: {verb} a throwaway CA and certificates in {certs.directory}")
+        click.echo(
+            f"TLS: {verb} a throwaway client CA, a separate peer CA and certificates in {certs.directory}"
+        )
     fmt = log_format.lower() if log_format else None
     children = [Child(s, node_argv(s, peers, config_file, certs, fmt)) for s in specs]
     supervisor = Supervisor(children, certs=certs)

@@ -17,9 +17,9 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,10 +28,21 @@ import pytest
 import trio
 
 from ggap.client import open_client
+from ggap.consensus.raft.types import Message, MessageType
 from ggap.pb import kv_pb2, kv_pb2_grpc
+from ggap.server.node import cluster_id
 from ggap.tls import client_context
+from ggap.transport.wire import (
+    PURPOSE_RAFT,
+    FrameDecoder,
+    Handshake,
+    decode_reply,
+    encode_frame,
+    encode_handshake,
+    encode_messages,
+)
 from tests.cluster import FAST_RAFT_ENV, Cluster, wait_until
-from tests.procs import CHANNEL_OPTIONS, REPO_ROOT, NodeProcess, grpcurl_path
+from tests.procs import CHANNEL_OPTIONS, REPO_ROOT, NodeProcess, free_port, grpcurl_path
 from tests.unit.test_tls import Pki
 
 pytestmark = pytest.mark.slow
@@ -48,15 +59,19 @@ class Creds:
         directory.mkdir(parents=True, exist_ok=True)
         self.pki = Pki(directory, name)
         self.ca = self.pki.ca_file
-        self.node_cert, self.node_key = self.pki.leaf("node")
+        self.node_cert, self.node_key = self.pki.leaf(
+            "node", "127.0.0.1", "localhost", common_name="ggap-node"
+        )
         self.client_cert, self.client_key = self.pki.leaf("client", "ggap-client")
 
-    def node_args(self, *, peer: bool = True) -> list[str]:
+    def node_args(self, *, peer: bool = True, allowed_cn: str = "") -> list[str]:
         args = ["--cert-file", self.node_cert, "--key-file", self.node_key]
         args += ["--trusted-ca-file", self.ca, "--client-cert-auth"]
         if peer:
             args += ["--peer-cert-file", self.node_cert, "--peer-key-file", self.node_key]
             args += ["--peer-trusted-ca-file", self.ca]
+        if allowed_cn:
+            args += ["--peer-cert-allowed-cn", allowed_cn]
         return args
 
     def grpc_creds(self, *, with_cert: bool = True, ca: str | None = None) -> grpc.ChannelCredentials:
@@ -100,6 +115,45 @@ def tls_node(tmp_module: Path, creds: Creds) -> Iterator[NodeProcess]:
         if node.exited_unexpectedly():
             sys.stderr.write(node.log_tail(80))
         node.close()
+
+
+def _forge_votes(
+    cluster_addr: str, ctx: ssl.SSLContext, *, ids: list[int], to: int, frm: int, term: int
+) -> str:
+    """The reviewer's attack: open the peer port with `ctx`'s (client) certificate, send a
+    valid handshake (the cluster id is computable from the member ids) and a vote request
+    at a much higher term. Returns what happened: "accepted" when the node took the
+    handshake (the attack would work), else the refusal as this side saw it."""
+    host, port = cluster_addr.rsplit(":", 1)
+    hello = Handshake(
+        cluster_id=cluster_id(dict.fromkeys(ids, "")), from_id=frm, to_id=to, purpose=PURPOSE_RAFT
+    )
+    vote = Message(type=MessageType.VOTE, to=to, frm=frm, term=term, log_term=term, index=10**9)
+    try:
+        with socket.create_connection((host, int(port)), timeout=T) as raw:
+            with ctx.wrap_socket(raw, server_hostname=host) as tls:
+                tls.sendall(encode_frame(encode_handshake(hello)))
+                tls.sendall(encode_frame(encode_messages([vote])))
+                decoder = FrameDecoder(max_frame=1 << 20)
+                while (payload := decoder.next_frame()) is None:
+                    data = tls.recv(65536)
+                    if not data:
+                        return "closed"
+                    decoder.feed(data)
+                reply = decode_reply(payload)
+                return "accepted" if reply.accepted else f"rejected: {reply.reason}"
+    except (ssl.SSLError, OSError) as exc:
+        return f"refused: {exc}"
+
+
+def _dropped(metrics_addr: str, to: int) -> float:
+    """ggap_network_peer_sent_failures{To=...} as a node's /metrics reports it (0 if absent)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=T) as resp:
+        text = resp.read().decode()
+    m = re.search(rf'^ggap_network_peer_sent_failures(?:_total)?{{To="{to}"}} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
 
 
 def _put_get(channel: grpc.Channel, key: str) -> kv_pb2.GetResponse:
@@ -293,8 +347,14 @@ def test_node_refuses_bad_certificate_files(tmp_path: Path, creds: Creds, case: 
 def test_mtls_cluster_forwards_writes_and_refuses_a_foreign_peer(
     tmp_path: Path, creds: Creds, foreign: Creds
 ) -> None:
+    """One CA for everything, as many deployments have: --peer-cert-allowed-cn is what keeps
+    that CA's client certificate off the peer port."""
     cluster = Cluster(
-        tmp_path, 3, proxied=False, extra_args=creds.node_args(), credentials=creds.grpc_creds()
+        tmp_path,
+        3,
+        proxied=False,
+        extra_args=creds.node_args(allowed_cn="ggap-node"),
+        credentials=creds.grpc_creds(),
     )
     intruder: NodeProcess | None = None
     try:
@@ -315,7 +375,8 @@ def test_mtls_cluster_forwards_writes_and_refuses_a_foreign_peer(
         intruder = NodeProcess(tmp_path / "intruder", node_id=4, env=FAST_RAFT_ENV)
         members[4] = intruder.cluster_addr
         peers = ",".join(f"{i}={a}" for i, a in sorted(members.items()))
-        intruder.extra_args = ["--peers", peers, *foreign.node_args()]
+        metrics = f"127.0.0.1:{free_port()}"
+        intruder.extra_args = ["--peers", peers, "--metrics-addr", metrics, *foreign.node_args()]
         intruder.start()
         wait_until(
             lambda: all("refused peer connection from" in n.log_tail(300) for n in cluster.nodes.values()),
@@ -325,7 +386,14 @@ def test_mtls_cluster_forwards_writes_and_refuses_a_foreign_peer(
         wait_until(
             lambda: "certificate verify failed" in intruder.log_tail(300), 10, "the intruder's refusal"
         )
-        time.sleep(1.0)  # several election timeouts of the intruder (20 ms ticks)
+        # The intruder campaigns and redials after each refusal; its own counter of
+        # messages it could not deliver to each member grows: once it has lost several
+        # to each, its votes had their chances. Then nothing may have moved.
+        wait_until(
+            lambda: all(_dropped(metrics, i) >= 3 for i in cluster.ids),
+            20,
+            "the intruder's messages to every member to be dropped",
+        )
         statuses = cluster.statuses()
         assert {s.leader_id for s in statuses.values()} == {leader}
         assert {s.raft_term for s in statuses.values()} == {term}
@@ -333,6 +401,25 @@ def test_mtls_cluster_forwards_writes_and_refuses_a_foreign_peer(
         for node in cluster.nodes.values():
             line = next(x for x in node.log_tail(300).splitlines() if "refused peer connection" in x)
             assert "TLS handshake failed" in line and "127.0.0.1:" in line
+
+        # The same CA's client certificate (clientAuth, CN ggap-client) on every member's
+        # peer port, with a valid handshake and a vote at term+100: refused after the TLS
+        # handshake, before the frame is read.
+        forger = client_context(creds.ca, creds.client_cert, creds.client_key, alpn=())
+        for i, node in cluster.nodes.items():
+            frm = next(j for j in cluster.ids if j != i)
+            got = _forge_votes(
+                node.cluster_addr, forger, ids=list(cluster.ids), to=i, frm=frm, term=term + 100
+            )
+            assert got != "accepted", got
+            wait_until(
+                lambda n=node: "certificate not allowed: certificate CN" in n.log_tail(300),
+                10,
+                f"node {i} to log the forged peer connection",
+            )
+        statuses = cluster.statuses()
+        assert {s.leader_id for s in statuses.values()} == {leader}
+        assert {s.raft_term for s in statuses.values()} == {term}
     finally:
         if intruder is not None:
             intruder.close()
@@ -390,7 +477,7 @@ def test_cluster_up_tls(tmp_path: Path) -> None:
     data = tmp_path / "data"
     up = ClusterUp("--nodes", "1", "--tls", "--data-dir", str(data), "--base-port", str(base))
     try:
-        up.expect(r"^TLS: generated a throwaway CA", timeout=20)
+        up.expect(r"^TLS: generated a throwaway client CA, a separate peer CA", timeout=20)
         up.expect(r"^ready: 1 node SERVING", timeout=30)
         exports = {}
         for _ in range(4):
@@ -407,11 +494,37 @@ def test_cluster_up_tls(tmp_path: Path) -> None:
         )
         assert listed.returncode == 0 and KV in listed.stdout.split(), listed.stderr
         assert re.search(r"--client-cert-auth", (data / "node1.log").read_text())
+        # client.pem on the peer port (its CA is not the peer CA): refused at the TLS
+        # handshake by the node, which logs it, and the term does not move.
+        tls_dir = data / "tls"
+        term = _status_term(exports)
+        forger = client_context(
+            str(tls_dir / "peer-ca.pem"), exports["GGAP_CERT"], exports["GGAP_KEY"], alpn=()
+        )
+        got = _forge_votes(f"127.0.0.1:{base + 1}", forger, ids=[1], to=1, frm=2, term=term + 100)
+        assert got != "accepted", got
+        wait_until(
+            lambda: re.search(
+                r"refused peer connection from 127\.0\.0\.1:\d+: TLS handshake failed",
+                (data / "node1.log").read_text(),
+            ),
+            10,
+            "node 1 to log the refused peer connection",
+        )
+        assert _status_term(exports) == term
         assert json.loads((data / "cluster.json").read_text())["tls"] is True
         up.proc.send_signal(signal.SIGINT)
         assert up.proc.wait(timeout=20) == 0, up.transcript
     finally:
         up.close()
+
+
+def _status_term(env: dict[str, str]) -> int:
+    out = _cli("status", "--output", "json", env=env)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    rows = doc if isinstance(doc, list) else [doc]
+    return int(rows[0]["raft_term"])
 
 
 def test_cluster_up_tls_flags_must_match_the_data_dir(tmp_path: Path) -> None:
