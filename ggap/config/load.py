@@ -314,6 +314,10 @@ def _check_tls(layers: _Layers) -> None:
         need("tls.key_file", "when tls.cert_file is")
     if tls["key_file"] and not tls["cert_file"]:
         need("tls.cert_file", "when tls.key_file is")
+    if tls["trusted_ca_file"] and not tls["cert_file"] and not tls["client_cert_auth"]:
+        # Without cert_file the client port is plaintext and so are node-to-node calls to
+        # client ports (they use TLS only when this node does): the CA would be unused.
+        need("tls.cert_file", "when tls.trusted_ca_file is (without it the client port is plaintext)")
     if tls["client_cert_auth"]:
         if not tls["cert_file"]:
             need("tls.cert_file", "when tls.client_cert_auth is on (it needs TLS)")

@@ -384,3 +384,8 @@ def test_peer_identity_matches_cn_and_sans() -> None:
 def test_peer_allowed_names_need_peer_tls() -> None:
     with pytest.raises(ConfigError, match=r"peer_tls.cert_file: must be set when peer_tls.allowed_cn is"):
         load_config(env={}, overrides={"peer_tls.allowed_cn": "node1"})
+
+
+def test_trusted_ca_without_cert_is_refused_not_silently_plaintext(pki: Pki) -> None:
+    with pytest.raises(ConfigError, match=r"tls.cert_file: must be set when tls.trusted_ca_file is"):
+        load_config(env={}, overrides={"tls.trusted_ca_file": pki.ca_file})
