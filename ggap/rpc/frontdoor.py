@@ -235,8 +235,18 @@ class GuardedConnection(GRPCConnection):
 
     def receive_data(self, data: bytes) -> list[Any]:
         # h2 raises ProtocolError for connection errors (having queued a GOAWAY): those do
-        # end the connection, as RFC 9113 says.
-        events = self.h2_connection.receive_data(data)
+        # end the connection, as RFC 9113 says. Anything else out of h2's parser (h2 3.2.0:
+        # IndexError for an empty header name, found by tests/fuzz) is one too.
+        try:
+            events = self.h2_connection.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            raise
+        except Exception as exc:
+            try:
+                self.h2_connection.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass
+            raise h2.exceptions.ProtocolError(f"unparsable frame: {exc!r}") from exc
         out: list[Any] = []
         for event in events:
             sid = getattr(event, "stream_id", 0)
