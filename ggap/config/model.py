@@ -48,6 +48,10 @@ class LimitsConfig:
     # (unfinished request messages, mostly); past it, the call holding the largest
     # unfinished message fails with RESOURCE_EXHAUSTED. At least max_message_bytes.
     connection_buffer_bytes: int = 16_777_216
+    # A request message must be complete this long after its first byte arrived, or its
+    # call fails with DEADLINE_EXCEEDED (a client trickling a frame now and then would hold
+    # its buffer and stream slot forever). 4 MiB in 60 s needs 70 KB/s.
+    message_timeout_ms: int = 60_000
     # ClusterService.Snapshot streams at once (each holds a full copy of kv.db on disk);
     # more get RESOURCE_EXHAUSTED.
     max_snapshot_streams: int = 2

@@ -23,7 +23,8 @@ monkeypatching) so that:
   preface, or has a frame half-received, for `handshake_timeout_s` is closed;
 - the bytes a connection holds for its handlers (received, not yet read) are bounded by
   `connection_buffer_bytes`: past it, the stream holding the largest unfinished message
-  is answered RESOURCE_EXHAUSTED and reset, and its bytes dropped;
+  is answered RESOURCE_EXHAUSTED and reset, and its bytes dropped; a message not complete
+  `message_timeout_s` after its first byte ends its stream with DEADLINE_EXCEEDED;
 - a connection with no open stream for `idle_timeout_s` is sent GOAWAY and closed, and
   accepted sockets use TCP keepalive, so vanished clients do not hold connection slots.
 """
@@ -96,6 +97,8 @@ class ConnectionLimits:
     # Bytes one connection may hold received but not yet read by handlers (unfinished
     # messages, mostly); never less than one largest message plus a frame.
     connection_buffer_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+    # A request message begun must be complete this long after its first byte arrived.
+    message_timeout_s: float = attrs.field(default=60.0, validator=_positive)
 
     @property
     def buffer_budget(self) -> int:
@@ -172,6 +175,10 @@ class _BoundedReadBuffer(MessageReadBuffer):
         if not d.eof:
             raise _BadMessage("the request message does not decompress")
         return out
+
+    def unfinished(self) -> bool:
+        """A message has begun (some of its prefix or body arrived) and is not complete."""
+        return self._message_length is not None or len(self._buffer) > 0
 
     def pending_bytes(self) -> int:
         """Bytes of a message begun and not finished (its 5-byte prefix aside)."""
@@ -267,6 +274,23 @@ class GuardedConnection(GRPCConnection):
         if self.buffered > self.limits.buffer_budget:
             out.extend(self._shed_buffered())
         return out
+
+    def unfinished_streams(self) -> list[int]:
+        """Streams with a request message begun and not complete."""
+        return [
+            sid
+            for sid, buf in self.message_read_buffers.items()
+            if sid in self._ledgers and isinstance(buf, _BoundedReadBuffer) and buf.unfinished()
+        ]
+
+    def fail_slow(self, sids: list[int]) -> list[_StreamFinished]:
+        """End these streams: their message took longer than limits.message_timeout_ms."""
+        status = _status(
+            StatusCode.DEADLINE_EXCEEDED,
+            f"request message not complete within {self.limits.message_timeout_s:g} s "
+            "of its first byte (limits.message_timeout_ms)",
+        )
+        return [self._fail_stream(sid, status) for sid in sids if sid in self._ledgers]
 
     def _shed_buffered(self) -> list[_StreamFinished]:
         """Over the connection's budget: end the streams holding the most unfinished bytes
@@ -495,6 +519,7 @@ class GuardedSocket(GRPCProtoSocket):
         self._partial_since: float | None = None
         self._idle_since: float | None = self._opened
         self._recv_scope: trio.CancelScope | None = None
+        self._begun: dict[int, float] = {}  # stream -> when its unfinished message began
 
     def _deadline(self) -> float:
         conn = self._grpc_connection
@@ -507,7 +532,15 @@ class GuardedSocket(GRPCProtoSocket):
             deadline = self._partial_since + timeout
         if self._idle_since is not None:
             deadline = min(deadline, self._idle_since + self.limits.idle_timeout_s)
+        if self._begun:
+            deadline = min(deadline, min(self._begun.values()) + self.limits.message_timeout_s)
         return deadline
+
+    def _track_unfinished(self) -> None:
+        conn = self._grpc_connection
+        assert isinstance(conn, GuardedConnection)
+        now = trio.current_time()
+        self._begun = {sid: self._begun.get(sid, now) for sid in conn.unfinished_streams()}
 
     def streams_changed(self) -> None:
         """A stream began or ended: start or stop the idle clock."""
@@ -556,18 +589,27 @@ class GuardedSocket(GRPCProtoSocket):
                 ):
                     what = "completed no HTTP/2 preface" if not conn.settled else "stalled mid-frame"
                     raise HandshakeTimeout(f"{what} for {timeout:g} s (limits.handshake_timeout_ms)")
-                log.debug(
-                    "closing a connection with no stream for %g s (limits.idle_timeout_ms)",
-                    self.limits.idle_timeout_s,
-                )
-                await self._go_away()
-                return
-            events = conn.receive_data(data)
-            if conn.partial_frame_pending():
-                if self._partial_since is None:
-                    self._partial_since = trio.current_time()
+                limit = self.limits.message_timeout_s
+                slow = [sid for sid, begun in self._begun.items() if now >= begun + limit]
+                if slow:
+                    log.debug("streams %s: request message not complete in %g s", slow, limit)
+                    events: list[Any] = list(conn.fail_slow(slow))
+                elif self._idle_since is not None and now >= self._idle_since + self.limits.idle_timeout_s:
+                    log.debug(
+                        "closing a connection with no stream for %g s (limits.idle_timeout_ms)",
+                        self.limits.idle_timeout_s,
+                    )
+                    await self._go_away()
+                    return
+                else:
+                    continue  # a deadline that no longer holds
             else:
-                self._partial_since = None
+                events = conn.receive_data(data)
+                if conn.partial_frame_pending():
+                    if self._partial_since is None:
+                        self._partial_since = trio.current_time()
+                else:
+                    self._partial_since = None
             await self._socket.flush()
             for event in events:
                 if isinstance(event, WindowUpdated):
@@ -596,6 +638,7 @@ class GuardedSocket(GRPCProtoSocket):
                 target._incoming_events[0].send_nowait(event)
                 if isinstance(event, RequestEnded):
                     target._close_remote()
+            self._track_unfinished()
             self.streams_changed()
 
 

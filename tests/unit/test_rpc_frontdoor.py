@@ -482,3 +482,33 @@ async def test_unfinished_messages_are_bounded_per_connection(nursery: trio.Nurs
         for sid in survivors:
             assert await raw.status_of(sid) == 0
         await raw.stream.aclose()
+
+
+async def test_a_message_not_finished_in_time_fails_its_call_alone(nursery: trio.Nursery) -> None:
+    s = await serve(nursery, message_timeout_s=0.5)
+    frame = grpc_frame(kv_pb2.PutRequest(key="k", value=b"x" * 200_000).SerializeToString())
+    with trio.fail_after(30):
+        raw = await RawH2.open(s.port)
+        await raw.read_until(lambda e: isinstance(e, h2.events.WindowUpdated) and e.stream_id == 0)
+        slow = raw.start(PUT)
+        # A complete frame every 0.1 s: the mid-frame timeout never fires, the message's does.
+        sent = 0
+        while not any(getattr(e, "stream_id", None) == slow for e in raw.events):
+            raw.conn.send_data(slow, frame[sent : sent + 1000])
+            sent += 1000
+            await raw.flush()
+            with trio.move_on_after(0.1):
+                await raw.read_until(lambda e: getattr(e, "stream_id", None) == slow)
+            assert sent < len(frame), "the message was never timed out"
+        assert await raw.status_of(slow) == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+        reset = await raw.read_until(lambda e: isinstance(e, h2.events.StreamReset) and e.stream_id == slow)
+        assert reset.error_code == h2.errors.ErrorCodes.NO_ERROR
+        # The connection lives on and serves a message sent at once.
+        await raw.alive()
+        sid = raw.start(PUT)
+        for i in range(0, len(frame), 16_384):
+            raw.conn.send_data(sid, frame[i : i + 16_384], end_stream=i + 16_384 >= len(frame))
+        await raw.flush()
+        assert await raw.status_of(sid) == 0
+        await raw.stream.aclose()
+    assert s.policy.in_flight == 0
