@@ -61,10 +61,10 @@ bench-ab: $(STAMP)
 	$(PY) -m bench.ab --a $(or $(A),$(error set A=DIR)) --b $(or $(B),.) $(BENCH_ARGS)
 
 # Coverage-guided fuzzing (atheris) of the peer wire decoder, the command codec (pure vs
-# Cython) and the request converters, FUZZ_SECONDS each; `make test` runs a 3 s pass of each.
+# Cython), the request converters and the client port's HTTP/2 layer, FUZZ_SECONDS each; `make test` runs a 3 s pass of each.
 # A crash leaves ./crash-<sha1>: replay with `$(PY) -m tests.fuzz.run TARGET crash-<sha1>`.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := peer_wire command_codec convert
+FUZZ_TARGETS := peer_wire command_codec convert h2_frontdoor
 fuzz: $(STAMP)
 	@mkdir -p build/fuzz && for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz: $$t for $(FUZZ_SECONDS) s (log: build/fuzz/$$t.log)"; \

@@ -39,6 +39,19 @@ class LimitsConfig:
     # HTTP/2 preface, and finish any frame it has begun, within this long each; otherwise
     # it is closed.
     handshake_timeout_ms: int = 5000
+    # A client connection with no call or watch open for this long is sent GOAWAY and
+    # closed (gRPC clients reconnect on their next call). Longer than grpcio's and
+    # grpc-go's default client idle timeouts (30 min is grpcio's; they close first when
+    # they can), short enough that preface-only and vanished clients free their slot.
+    idle_timeout_ms: int = 300_000
+    # Bytes one client connection may hold received but not yet read by its handlers
+    # (unfinished request messages, mostly); past it, the call holding the largest
+    # unfinished message fails with RESOURCE_EXHAUSTED. At least max_message_bytes.
+    connection_buffer_bytes: int = 16_777_216
+    # A request message must be complete this long after its first byte arrived, or its
+    # call fails with DEADLINE_EXCEEDED (a client trickling a frame now and then would hold
+    # its buffer and stream slot forever). 4 MiB in 60 s needs 70 KB/s.
+    message_timeout_ms: int = 60_000
     # ClusterService.Snapshot streams at once (each holds a full copy of kv.db on disk);
     # more get RESOURCE_EXHAUSTED.
     max_snapshot_streams: int = 2

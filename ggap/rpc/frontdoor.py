@@ -20,18 +20,26 @@ monkeypatching) so that:
 - inbound frames are at most 16 KiB (SETTINGS_MAX_FRAME_SIZE), streams per connection are
   bounded (SETTINGS_MAX_CONCURRENT_STREAMS; a stream over it is refused with
   REFUSED_STREAM, the connection lives on), and a connection that has not completed its
-  preface, or has a frame half-received, for `handshake_timeout_s` is closed.
+  preface, or has a frame half-received, for `handshake_timeout_s` is closed;
+- the bytes a connection holds for its handlers (received, not yet read) are bounded by
+  `connection_buffer_bytes`: past it, the stream holding the largest unfinished message
+  is answered RESOURCE_EXHAUSTED and reset, and its bytes dropped; a message not complete
+  `message_timeout_s` after its first byte ends its stream with DEADLINE_EXCEEDED;
+- a connection with no open stream for `idle_timeout_s` is sent GOAWAY and closed, and
+  accepted sockets use TCP keepalive, so vanished clients do not hold connection slots.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import socket
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.abc
 import attrs
 import h2.config
 import h2.connection
@@ -84,6 +92,24 @@ class ConnectionLimits:
     handshake_timeout_s: float = attrs.field(default=5.0, validator=_positive)
     # Connections served at once; more are closed on accept (None: no bound).
     max_connections: int | None = None
+    # A connection with no open stream for this long is sent GOAWAY and closed.
+    idle_timeout_s: float = attrs.field(default=300.0, validator=_positive)
+    # Bytes one connection may hold received but not yet read by handlers (unfinished
+    # messages, mostly); never less than one largest message plus a frame.
+    connection_buffer_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+    # A request message begun must be complete this long after its first byte arrived.
+    message_timeout_s: float = attrs.field(default=60.0, validator=_positive)
+
+    @property
+    def buffer_budget(self) -> int:
+        return max(self.connection_buffer_bytes, self.max_message_bytes + MAX_INBOUND_FRAME_SIZE)
+
+
+# TCP keepalive on accepted sockets (a client that vanished without FIN, with a stream
+# open, is found within about IDLE + INTVL * CNT = 2 minutes).
+KEEPALIVE_IDLE_S = 60
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_COUNT = 6
 
 
 class HandshakeTimeout(Exception):
@@ -150,6 +176,14 @@ class _BoundedReadBuffer(MessageReadBuffer):
             raise _BadMessage("the request message does not decompress")
         return out
 
+    def unfinished(self) -> bool:
+        """A message has begun (some of its prefix or body arrived) and is not complete."""
+        return self._message_length is not None or len(self._buffer) > 0
+
+    def pending_bytes(self) -> int:
+        """Bytes of a message begun and not finished (its 5-byte prefix aside)."""
+        return len(self._buffer)
+
 
 class _BadMessage(Exception):
     pass
@@ -172,6 +206,8 @@ class GuardedConnection(GRPCConnection):
         self.limits = limits
         self._ledgers: dict[int, _Ledger] = {}
         self._started: set[int] = set()
+        # Sum over streams of received - acked: what handlers have not read yet.
+        self.buffered = 0
         self.settled = False  # the client's preface and SETTINGS arrived
         super().__init__(config)
         self.h2_connection = _GuardedH2(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
@@ -192,6 +228,11 @@ class GuardedConnection(GRPCConnection):
         )
         self.h2_connection.max_inbound_frame_size = MAX_INBOUND_FRAME_SIZE
 
+    @property
+    def open_streams(self) -> int:
+        """Requests received and not yet ended (answered, reset or refused)."""
+        return len(self._ledgers)
+
     def partial_frame_pending(self) -> bool:
         """A frame, or a header block awaiting CONTINUATION, is half received."""
         buf = self.h2_connection.incoming_buffer
@@ -201,8 +242,18 @@ class GuardedConnection(GRPCConnection):
 
     def receive_data(self, data: bytes) -> list[Any]:
         # h2 raises ProtocolError for connection errors (having queued a GOAWAY): those do
-        # end the connection, as RFC 9113 says.
-        events = self.h2_connection.receive_data(data)
+        # end the connection, as RFC 9113 says. Anything else out of h2's parser (h2 3.2.0:
+        # IndexError for an empty header name, found by tests/fuzz) is one too.
+        try:
+            events = self.h2_connection.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            raise
+        except Exception as exc:
+            try:
+                self.h2_connection.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass
+            raise h2.exceptions.ProtocolError(f"unparsable frame: {exc!r}") from exc
         out: list[Any] = []
         for event in events:
             sid = getattr(event, "stream_id", 0)
@@ -220,6 +271,49 @@ class GuardedConnection(GRPCConnection):
                 self.limits.max_concurrent_streams,
             )
             refused.clear()
+        if self.buffered > self.limits.buffer_budget:
+            out.extend(self._shed_buffered())
+        return out
+
+    def unfinished_streams(self) -> list[int]:
+        """Streams with a request message begun and not complete."""
+        return [
+            sid
+            for sid, buf in self.message_read_buffers.items()
+            if sid in self._ledgers and isinstance(buf, _BoundedReadBuffer) and buf.unfinished()
+        ]
+
+    def fail_slow(self, sids: list[int]) -> list[_StreamFinished]:
+        """End these streams: their message took longer than limits.message_timeout_ms."""
+        status = _status(
+            StatusCode.DEADLINE_EXCEEDED,
+            f"request message not complete within {self.limits.message_timeout_s:g} s "
+            "of its first byte (limits.message_timeout_ms)",
+        )
+        return [self._fail_stream(sid, status) for sid in sids if sid in self._ledgers]
+
+    def _shed_buffered(self) -> list[_StreamFinished]:
+        """Over the connection's budget: end the streams holding the most unfinished bytes
+        (complete messages a handler has yet to read count only when nothing is partial)."""
+        budget = self.limits.buffer_budget
+        out = []
+        while self.buffered > budget and self._ledgers:
+
+            def weight(sid: int) -> tuple[int, int]:
+                buf = self.message_read_buffers.get(sid)
+                partial = buf.pending_bytes() if isinstance(buf, _BoundedReadBuffer) else 0
+                ledger = self._ledgers[sid]
+                return partial, ledger.received - ledger.acked
+
+            sid = max(self._ledgers, key=weight)
+            held = self._ledgers[sid].received - self._ledgers[sid].acked
+            log.debug("stream %d dropped: connection holds %d unread bytes", sid, self.buffered)
+            status = _status(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"this connection holds {self.buffered} bytes of unfinished requests, over "
+                f"{budget} (limits.connection_buffer_bytes); this call's {held} were dropped",
+            )
+            out.append(self._fail_stream(sid, status))
         return out
 
     def _dispatch(self, event: Any) -> list[Any]:
@@ -290,6 +384,7 @@ class GuardedConnection(GRPCConnection):
                 self.h2_connection.acknowledge_received_data(event.flow_controlled_length, sid)
             return []
         ledger.received += event.flow_controlled_length
+        self.buffered += event.flow_controlled_length
         return super()._data_received(event)  # type: ignore[no-any-return]
 
     def _stream_reset(self, event: Any) -> list[Any]:
@@ -304,6 +399,7 @@ class GuardedConnection(GRPCConnection):
         if ledger is None:
             return  # already given back when the stream ended
         ledger.acked += flow_controlled_length
+        self.buffered -= flow_controlled_length
         if flow_controlled_length:
             super().acknowledge_received_data(stream_id, flow_controlled_length)
 
@@ -320,6 +416,8 @@ class GuardedConnection(GRPCConnection):
         ledger = self._ledgers.pop(sid, None)
         self.message_read_buffers.pop(sid, None)
         self._started.discard(sid)
+        if ledger is not None:
+            self.buffered -= ledger.received - ledger.acked
         if ledger is not None and ledger.received > ledger.acked:
             try:
                 self.h2_connection.acknowledge_received_data(ledger.received - ledger.acked, sid)
@@ -401,6 +499,8 @@ class GuardedStream(GRPCProtoStream):
             conn.stop_reading(self._stream_id)
         else:
             conn.release(self._stream_id)
+        if isinstance(self._grpc_socket, GuardedSocket):
+            self._grpc_socket.streams_changed()
         await self._socket.flush()
 
 
@@ -414,39 +514,102 @@ class GuardedSocket(GRPCProtoSocket):
         self.limits = limits
         self._grpc_connection = GuardedConnection(config, limits)
         self._socket = SocketWrapper(self._grpc_connection, sock)
+        _set_keepalive(sock)
+        self._opened = trio.current_time()
+        self._partial_since: float | None = None
+        self._idle_since: float | None = self._opened
+        self._recv_scope: trio.CancelScope | None = None
+        self._begun: dict[int, float] = {}  # stream -> when its unfinished message began
 
-    def _deadline(self, opened: float, partial_since: float | None) -> float:
+    def _deadline(self) -> float:
         conn = self._grpc_connection
         assert isinstance(conn, GuardedConnection)
         timeout = self.limits.handshake_timeout_s
         if not conn.settled:
-            return opened + timeout
-        if partial_since is not None:
-            return partial_since + timeout
-        return math.inf
+            return self._opened + timeout
+        deadline = math.inf
+        if self._partial_since is not None:
+            deadline = self._partial_since + timeout
+        if self._idle_since is not None:
+            deadline = min(deadline, self._idle_since + self.limits.idle_timeout_s)
+        if self._begun:
+            deadline = min(deadline, min(self._begun.values()) + self.limits.message_timeout_s)
+        return deadline
+
+    def _track_unfinished(self) -> None:
+        conn = self._grpc_connection
+        assert isinstance(conn, GuardedConnection)
+        now = trio.current_time()
+        self._begun = {sid: self._begun.get(sid, now) for sid in conn.unfinished_streams()}
+
+    def streams_changed(self) -> None:
+        """A stream began or ended: start or stop the idle clock."""
+        conn = self._grpc_connection
+        assert isinstance(conn, GuardedConnection)
+        if conn.open_streams:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = trio.current_time()
+        if self._recv_scope is not None:
+            self._recv_scope.deadline = self._deadline()
+
+    async def _go_away(self) -> None:
+        """GOAWAY(NO_ERROR), then wait a little for the client to close (closing with its
+        bytes unread would send RST, which may destroy the GOAWAY before it is read)."""
+        conn = self._grpc_connection
+        try:
+            conn.h2_connection.close_connection()
+        except h2.exceptions.ProtocolError:
+            return
+        await self._socket.flush()
+        with trio.move_on_after(min(1.0, self.limits.handshake_timeout_s)):
+            try:
+                while await self._socket.recv(self._receive_buffer_size):
+                    pass  # streams past the GOAWAY's last id: the client retries them
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass
 
     async def _listen(self) -> AsyncIterator[Any]:
         conn = self._grpc_connection
         assert isinstance(conn, GuardedConnection)
-        opened = trio.current_time()
-        partial_since: float | None = None
         while True:
             try:
-                with trio.fail_at(self._deadline(opened, partial_since)):
+                with trio.CancelScope(deadline=self._deadline()) as scope:
+                    self._recv_scope = scope
                     data = await self._socket.recv(self._receive_buffer_size)
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 return
-            except trio.TooSlowError:
-                what = "completed no HTTP/2 preface" if not conn.settled else "stalled mid-frame"
-                raise HandshakeTimeout(
-                    f"{what} for {self.limits.handshake_timeout_s:g} s (limits.handshake_timeout_ms)"
-                ) from None
-            events = conn.receive_data(data)
-            if conn.partial_frame_pending():
-                if partial_since is None:
-                    partial_since = trio.current_time()
+            finally:
+                self._recv_scope = None
+            if scope.cancelled_caught:
+                now = trio.current_time()
+                timeout = self.limits.handshake_timeout_s
+                if not conn.settled or (
+                    self._partial_since is not None and now >= self._partial_since + timeout
+                ):
+                    what = "completed no HTTP/2 preface" if not conn.settled else "stalled mid-frame"
+                    raise HandshakeTimeout(f"{what} for {timeout:g} s (limits.handshake_timeout_ms)")
+                limit = self.limits.message_timeout_s
+                slow = [sid for sid, begun in self._begun.items() if now >= begun + limit]
+                if slow:
+                    log.debug("streams %s: request message not complete in %g s", slow, limit)
+                    events: list[Any] = list(conn.fail_slow(slow))
+                elif self._idle_since is not None and now >= self._idle_since + self.limits.idle_timeout_s:
+                    log.debug(
+                        "closing a connection with no stream for %g s (limits.idle_timeout_ms)",
+                        self.limits.idle_timeout_s,
+                    )
+                    await self._go_away()
+                    return
+                else:
+                    continue  # a deadline that no longer holds
             else:
-                partial_since = None
+                events = conn.receive_data(data)
+                if conn.partial_frame_pending():
+                    if self._partial_since is None:
+                        self._partial_since = trio.current_time()
+                else:
+                    self._partial_since = None
             await self._socket.flush()
             for event in events:
                 if isinstance(event, WindowUpdated):
@@ -475,6 +638,26 @@ class GuardedSocket(GRPCProtoSocket):
                 target._incoming_events[0].send_nowait(event)
                 if isinstance(event, RequestEnded):
                     target._close_remote()
+            self._track_unfinished()
+            self.streams_changed()
+
+
+def _set_keepalive(sock: Any) -> None:
+    """TCP keepalive with our timings (purerpc sets 300 s + 5 x 30 s), where the platform
+    has the options; a stream without a socket (tests) is left alone."""
+    try:
+        raw = sock.extra(anyio.abc.SocketAttribute.raw_socket)
+    except Exception:
+        return
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            raw.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 async def run_request(handler: Callable[[Any], Awaitable[None]], stream: Any) -> None:

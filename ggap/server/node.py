@@ -344,6 +344,9 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
                         max_concurrent_streams=config.limits.max_concurrent_streams,
                         handshake_timeout_s=config.limits.handshake_timeout_ms / 1000,
                         max_connections=config.limits.max_connections,
+                        idle_timeout_s=config.limits.idle_timeout_ms / 1000,
+                        connection_buffer_bytes=config.limits.connection_buffer_bytes,
+                        message_timeout_s=config.limits.message_timeout_ms / 1000,
                     ),
                 )
             )

@@ -92,8 +92,51 @@ def convert() -> list[bytes]:
     return [bytes([_REQUESTS.index(type(r))]) + r.SerializeToString() for r in reqs]
 
 
+def h2_frontdoor() -> list[bytes]:
+    """Client byte streams (after the preface, which the target adds): good calls, an
+    oversized declaration, unfinished messages, a reset, a PING."""
+    import struct
+
+    import h2.config
+    import h2.connection
+
+    def call(conn: h2.connection.H2Connection, body: bytes, *, end: bool = True, extra: tuple = ()) -> int:
+        sid: int = conn.get_next_available_stream_id()
+        conn.send_headers(
+            sid,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/ginnungagap.v1.KvService/Put"),
+                (":authority", "x"),
+                ("te", "trailers"),
+                ("content-type", "application/grpc"),
+                *extra,
+            ],
+        )
+        conn.send_data(sid, body, end_stream=end)
+        return sid
+
+    message = pb.PutRequest(key="k", value=b"v" * 100).SerializeToString()
+    out = []
+    for first in (0x80 | 63, 15):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        call(conn, struct.pack(">?I", False, len(message)) + message)
+        call(conn, struct.pack(">?I", False, 10**9) + b"x" * 100)
+        for _ in range(3):
+            call(conn, struct.pack(">?I", False, 1000) + b"y" * 900, end=False)
+        sid = call(conn, struct.pack(">?I", True, 5) + b"zzzzz", extra=(("grpc-encoding", "gzip"),))
+        conn.reset_stream(sid)
+        conn.ping(b"12345678")
+        data = conn.data_to_send()
+        out.append(bytes([first]) + data[len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") :])
+    return out
+
+
 SEEDS: dict[str, Callable[[], list[bytes]]] = {
     "peer_wire": peer_wire,
     "command_codec": command_codec,
     "convert": convert,
+    "h2_frontdoor": h2_frontdoor,
 }

@@ -8,6 +8,9 @@ documents, or an AssertionError) only on a bug.
 - `convert`: any protobuf request the client port can parse converts to a command or
   raises one of our typed errors (INVALID_ARGUMENT and friends, never a crash), and every
   command it produces is one the log codec can store and read back.
+- `h2_frontdoor`: the client port's sans-I/O HTTP/2 layer (`GuardedConnection`) lets only
+  h2's ProtocolError (a connection error, RFC 9113) escape `receive_data`, and what it
+  holds for handlers never goes over its budget.
 
 Run them with `make fuzz` (atheris, coverage-guided; tests/fuzz/run.py); `make test` runs
 a short pass, and tests/unit/test_fuzz_regressions.py pins what they found.
@@ -17,12 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import h2.exceptions
 from google.protobuf.message import DecodeError
+from purerpc.grpclib.config import GRPCConfiguration
+from purerpc.grpclib.events import MessageReceived
 
 from ggap.codec import _pure, decode_command, encode_command
 from ggap.codec.commands import command_from_value
 from ggap.config.model import LimitsConfig
 from ggap.pb import kv_pb2 as pb
+from ggap.rpc.frontdoor import ConnectionLimits, GuardedConnection
 from ggap.server import convert
 from ggap.transport import wire
 from ggap.types import ReadMode
@@ -174,8 +181,40 @@ def convert_request(data: bytes) -> None:
         assert decode_command(encoded) == result
 
 
+# -- client port HTTP/2 ----------------------------------------------------------------------
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_H2_LIMITS = ConnectionLimits(max_message_bytes=1024, max_concurrent_streams=4, connection_buffer_bytes=2048)
+
+
+def h2_frontdoor(data: bytes) -> None:
+    if not data:
+        return
+    # First byte: chunk size (low 6 bits), and whether handlers read what arrives (top bit).
+    chunk = data[0] % 64 + 1
+    handlers_read = bool(data[0] & 0x80)
+    conn = GuardedConnection(
+        GRPCConfiguration(client_side=False, max_message_length=4 * _H2_LIMITS.max_message_bytes), _H2_LIMITS
+    )
+    conn.initiate_connection()
+    stream = H2_PREFACE + data[1:]
+    try:
+        for i in range(0, len(stream), chunk):
+            for event in conn.receive_data(stream[i : i + chunk]):
+                if handlers_read and isinstance(event, MessageReceived):
+                    conn.acknowledge_received_data(event.stream_id, event.flow_controlled_length)
+            conn.data_to_send()
+            held = sum(ledger.received - ledger.acked for ledger in conn._ledgers.values())
+            assert conn.buffered == held >= 0, (conn.buffered, held)
+            assert conn.buffered <= _H2_LIMITS.buffer_budget, conn.buffered
+            assert conn.open_streams <= _H2_LIMITS.max_concurrent_streams
+    except h2.exceptions.ProtocolError:
+        return
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "peer_wire": peer_wire,
     "command_codec": command_codec,
     "convert": convert_request,
+    "h2_frontdoor": h2_frontdoor,
 }

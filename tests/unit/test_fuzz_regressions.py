@@ -75,3 +75,23 @@ def test_short_fuzz_pass(target: str) -> None:
         timeout=int(seconds) + 60,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_h2_empty_header_name_is_a_protocol_error_not_an_index_error() -> None:
+    """Found by `h2_frontdoor`: h2 3.2.0 raises IndexError on an empty header name."""
+    import hpack
+    import hyperframe.frame
+
+    block = hpack.Encoder().encode(
+        [(":method", "POST"), (":scheme", "http"), (":path", "/a/b"), (":authority", "x"), ("", "v")]
+    )
+    frame = hyperframe.frame.HeadersFrame(1, block, flags=["END_HEADERS"]).serialize()
+    settings = hyperframe.frame.SettingsFrame(0).serialize()
+    targets.h2_frontdoor(b"\x3f" + settings + frame)
+    # And what escapes the layer is h2's own ProtocolError.
+    conn = targets.GuardedConnection(
+        targets.GRPCConfiguration(client_side=False, max_message_length=4096), targets._H2_LIMITS
+    )
+    conn.initiate_connection()
+    with pytest.raises(targets.h2.exceptions.ProtocolError):
+        conn.receive_data(targets.H2_PREFACE + settings + frame)
