@@ -411,6 +411,8 @@ class MetricsEndpoint:
         self._readers = readers
         self._open = 0
         self.refused = 0
+        self.failed = 0  # requests answered 500 (an exception while building the answer)
+        self._failing = False  # in an episode of failures: logged once, until one succeeds
 
     def answer(self, method: str, target: str) -> tuple[str, list[tuple[str, str]], bytes]:
         """(status line text, headers, body) for one request."""
@@ -431,10 +433,35 @@ class MetricsEndpoint:
             return "200 OK", headers, b"ok\n"
         return "503 Service Unavailable", headers, f"unhealthy: {problem}\n".encode()
 
+    def safe_answer(self, method: str, target: str) -> tuple[str, list[tuple[str, str]], bytes]:
+        """`answer`, or 500 if it raises: a broken collector must not take the node down
+        (serve_listeners lets a handler's exception out into the node's nursery). Logged
+        with its traceback once per episode of failures, and once when answers work again."""
+        try:
+            answer = self.answer(method, target)
+        except Exception:
+            self.failed += 1
+            if not self._failing:
+                self._failing = True
+                log.exception("metrics: answering %s %s failed (answering 500 until it works again)",
+                              method, target)  # fmt: skip
+            return (
+                "500 Internal Server Error",
+                [("Content-Type", "text/plain; charset=utf-8")],
+                b"internal error; see the node's log\n",
+            )
+        if self._failing:
+            self._failing = False
+            log.warning("metrics: answering works again (%d requests answered 500)", self.failed)
+        return answer
+
     async def count_keys(self) -> None:
         interval = self._config.key_count_interval_ms / 1000
         while True:
-            self.collector.keys_total = await self._readers.run(lambda r: r.live_key_count())
+            try:
+                self.collector.keys_total = await self._readers.run(lambda r: r.live_key_count())
+            except Exception:
+                log.exception("metrics: counting keys failed; retrying in %.1fs", interval)
             await trio.sleep(interval)
 
     async def handle(self, stream: trio.SocketStream) -> None:
@@ -457,10 +484,13 @@ class MetricsEndpoint:
                     await _respond(stream, "400 Bad Request", [], b"bad request\n", True)
                     return
                 method, target = parts[0].decode("ascii", "replace"), parts[1].decode("ascii", "replace")
-                status, headers, body = self.answer(method, target)
+                status, headers, body = self.safe_answer(method, target)
                 await _respond(stream, status, headers, body, method != "HEAD")
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.debug("metrics connection ended: %r", exc)
+        except Exception:
+            # A bug in the HTTP side ends this connection only, never the node.
+            log.exception("metrics: connection handler failed")
         finally:
             self._open -= 1
 
@@ -529,7 +559,7 @@ async def serve_metrics(
 
     Resource handling: the listener and every connection are closed on exit.
     Error handling: a bind failure raises MetricsBindError before `started(port)`; a bad
-    request ends its own connection only.
+    request, or any exception while answering one (500), ends its own connection only.
     """
     listener = await _bind(host, port)
     bound = int(listener.socket.getsockname()[1])
