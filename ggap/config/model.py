@@ -242,8 +242,6 @@ class MetricsConfig:
     max_request_bytes: int = 8192
     # Connections served at once; more are closed on accept.
     max_connections: int = 16
-    # How often the live key count (ggap_mvcc_keys_total, a scan of kv.db) is refreshed.
-    key_count_interval_ms: int = 10_000
 
 
 @attrs.frozen(slots=True)

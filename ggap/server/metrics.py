@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from ggap.replica.node import RaftReplica
     from ggap.rpc.server import RpcPolicy
     from ggap.server.maintenance import SpaceKeeper
-    from ggap.server.reads import ReaderPool
     from ggap.server.watch import WatchHub
     from ggap.transport import PeerTransport
 
@@ -167,8 +166,11 @@ class NodeCollector(Collector):
         hub: WatchHub,
         space: SpaceKeeper,
         kv_path: str,
+        live_keys: Callable[[], int],
         health: ApplyHealth,
     ) -> None:
+        """`live_keys`: how many keys exist now (KvStore.live_keys, kept by the apply
+        transaction: reading it costs nothing)."""
         self._consensus = consensus
         self._transport = transport
         self._rpc = rpc
@@ -176,8 +178,8 @@ class NodeCollector(Collector):
         self._hub = hub
         self._space = space
         self._kv_path = kv_path
+        self._live_keys = live_keys
         self._health = health
-        self.keys_total: int | None = None  # refreshed by MetricsEndpoint.count_keys
 
     def collect(self) -> Iterator[Metric]:
         yield from self._server()
@@ -271,12 +273,9 @@ class NodeCollector(Collector):
             "measured every storage.reclaim_interval_ms).",
             self._space.space.in_use_bytes,
         )
-        if self.keys_total is not None:
-            yield GaugeMetricFamily(
-                "ggap_mvcc_keys_total",
-                "Keys that exist (not deleted or expired); refreshed every metrics.key_count_interval_ms.",
-                self.keys_total,
-            )
+        yield GaugeMetricFamily(
+            "ggap_mvcc_keys_total", "Keys that exist (not deleted or expired).", self._live_keys()
+        )
         yield GaugeMetricFamily(
             "ggap_mvcc_watcher_total", "Watch streams open now (replaying or live).", self._hub.streams
         )
@@ -401,14 +400,12 @@ class MetricsEndpoint:
         collector: NodeCollector,
         health: ApplyHealth,
         config: MetricsConfig,
-        readers: ReaderPool,
     ) -> None:
         self.collector = collector
         self.health = health
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self._config = config
-        self._readers = readers
         self._open = 0
         self.refused = 0
         self.failed = 0  # requests answered 500 (an exception while building the answer)
@@ -454,15 +451,6 @@ class MetricsEndpoint:
             self._failing = False
             log.warning("metrics: answering works again (%d requests answered 500)", self.failed)
         return answer
-
-    async def count_keys(self) -> None:
-        interval = self._config.key_count_interval_ms / 1000
-        while True:
-            try:
-                self.collector.keys_total = await self._readers.run(lambda r: r.live_key_count())
-            except Exception:
-                log.exception("metrics: counting keys failed; retrying in %.1fs", interval)
-            await trio.sleep(interval)
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """One connection: one request, one answer, closed (serve_listeners closes it)."""
@@ -566,7 +554,6 @@ async def serve_metrics(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(endpoint.health.run, health_interval_s)
-            nursery.start_soon(endpoint.count_keys)
             await nursery.start(trio.serve_listeners, endpoint.handle, [listener])
             log.info("serving metrics and /healthz on http://%s/metrics", _format_addr(host, bound))
             task_status.started(bound)

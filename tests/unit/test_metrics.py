@@ -121,11 +121,6 @@ class FlakyCollector:
         yield GaugeMetricFamily("ggap_test_gauge", "A test gauge.", 1)
 
 
-class FakeReaders:
-    async def run(self, fn: Any) -> int:
-        return 0
-
-
 async def _get(port: int, path: str) -> bytes:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
@@ -141,7 +136,7 @@ async def test_a_raising_collector_answers_500_and_the_server_keeps_serving(
 ) -> None:
     collector = FlakyCollector()
     health = judge(FakeConsensus())
-    endpoint = MetricsEndpoint(cast(Any, collector), health, MetricsConfig(), cast(Any, FakeReaders()))
+    endpoint = MetricsEndpoint(cast(Any, collector), health, MetricsConfig())
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(
