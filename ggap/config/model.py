@@ -242,6 +242,9 @@ class MetricsConfig:
     max_request_bytes: int = 8192
     # Connections served at once; more are closed on accept.
     max_connections: int = 16
+    # A rendered /metrics body is served again for this long (0 = render every scrape):
+    # scrapers arriving back to back cost one rendering, on the event loop, per period.
+    cache_ms: int = 1000
 
 
 @attrs.frozen(slots=True)

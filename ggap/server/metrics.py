@@ -406,6 +406,9 @@ class MetricsEndpoint:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self._config = config
+        self._cache_s = config.cache_ms / 1000
+        self._body = b""
+        self._rendered_at: float | None = None  # when _body was rendered (trio clock)
         self._open = 0
         self.refused = 0
         self.failed = 0  # requests answered 500 (an exception while building the answer)
@@ -423,12 +426,25 @@ class MetricsEndpoint:
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", [("Allow", "GET, HEAD")], b"only GET and HEAD\n"
         if path == "/metrics":
-            return "200 OK", [("Content-Type", CONTENT_TYPE)], generate_latest(self.registry)
+            return "200 OK", [("Content-Type", CONTENT_TYPE)], self._render()
         problem = self.health.problem(trio.current_time())
         headers = [("Content-Type", "text/plain; charset=utf-8")]
         if problem is None:
             return "200 OK", headers, b"ok\n"
         return "503 Service Unavailable", headers, f"unhealthy: {problem}\n".encode()
+
+    def _render(self) -> bytes:
+        """The exposition, rendered at most once per `metrics.cache_ms`.
+
+        Rendered on the event loop, not on a thread: `collect` reads state that only the
+        trio thread may read consistently (dicts the loop mutates, the trio clock), and
+        would race with it elsewhere. Caching bounds its cost instead; a failed rendering
+        is not cached (the next request tries again)."""
+        now = trio.current_time()
+        if self._rendered_at is None or now - self._rendered_at >= self._cache_s:
+            self._body = generate_latest(self.registry)
+            self._rendered_at = now
+        return self._body
 
     def safe_answer(self, method: str, target: str) -> tuple[str, list[tuple[str, str]], bytes]:
         """`answer`, or 500 if it raises: a broken collector must not take the node down

@@ -55,6 +55,8 @@ EXPECTED_FAMILIES = {
 }
 
 ENV = {
+    # Every scrape renders afresh: the tests look for changes at once.
+    "GINNUNGAGAP_METRICS__CACHE_MS": "0",
     "GINNUNGAGAP_RAFT__TICK_MS": "20",
     "GINNUNGAGAP_LOG__LEVEL": "info",
     "GINNUNGAGAP_METRICS__HEALTH_APPLY_STALL_MS": "500",

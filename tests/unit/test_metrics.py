@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import pytest
 import trio
+import trio.testing
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ggap.config.model import MetricsConfig
@@ -153,3 +154,27 @@ async def test_a_raising_collector_answers_500_and_the_server_keeps_serving(
             answer = await _get(port, "/metrics")
             assert answer.startswith(b"HTTP/1.1 200 ") and b"ggap_test_gauge 1.0" in answer, answer
             nursery.cancel_scope.cancel()
+
+
+class CountingCollector:
+    def __init__(self) -> None:
+        self.renders = 0
+
+    def collect(self) -> Iterator[Metric]:
+        self.renders += 1
+        yield GaugeMetricFamily("ggap_test_renders", "Renders so far.", self.renders)
+
+
+async def test_the_rendered_body_is_reused_for_cache_ms(autojump_clock: trio.testing.MockClock) -> None:
+    collector = CountingCollector()
+    health = judge(FakeConsensus())
+    endpoint = MetricsEndpoint(cast(Any, collector), health, MetricsConfig(cache_ms=1000))
+    bodies = [endpoint.answer("GET", "/metrics")[2] for _ in range(16)]
+    assert collector.renders == 1 and len(set(bodies)) == 1
+    await trio.sleep(0.9)
+    assert endpoint.answer("GET", "/metrics")[2] == bodies[0]
+    await trio.sleep(0.2)
+    assert b"ggap_test_renders 2.0" in endpoint.answer("GET", "/metrics")[2]
+    assert collector.renders == 2
+    uncached = MetricsEndpoint(cast(Any, CountingCollector()), health, MetricsConfig(cache_ms=0))
+    assert uncached.answer("GET", "/metrics")[2] != uncached.answer("GET", "/metrics")[2]
