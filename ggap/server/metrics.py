@@ -34,6 +34,7 @@ from ggap.consensus.raft import Role
 from ggap.instruments import Histogram
 from ggap.rpc.metrics import RpcMetrics
 from ggap.types.errors import StatusCode
+from ggap.types.helpers import format_addr as _format_addr
 
 if TYPE_CHECKING:
     from ggap.replica.node import RaftReplica
@@ -63,10 +64,6 @@ class MetricsBindError(OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
-
-
-def _format_addr(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _file_size(path: str) -> int:
@@ -360,25 +357,9 @@ class NodeCollector(Collector):
         yield from (started, handled, handling)
 
 
-_CODE_NAMES = {
-    StatusCode.OK: "OK",
-    StatusCode.CANCELLED: "Canceled",
-    StatusCode.UNKNOWN: "Unknown",
-    StatusCode.INVALID_ARGUMENT: "InvalidArgument",
-    StatusCode.DEADLINE_EXCEEDED: "DeadlineExceeded",
-    StatusCode.NOT_FOUND: "NotFound",
-    StatusCode.ALREADY_EXISTS: "AlreadyExists",
-    StatusCode.PERMISSION_DENIED: "PermissionDenied",
-    StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
-    StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
-    StatusCode.ABORTED: "Aborted",
-    StatusCode.OUT_OF_RANGE: "OutOfRange",
-    StatusCode.UNIMPLEMENTED: "Unimplemented",
-    StatusCode.INTERNAL: "Internal",
-    StatusCode.UNAVAILABLE: "Unavailable",
-    StatusCode.DATA_LOSS: "DataLoss",
-    StatusCode.UNAUTHENTICATED: "Unauthenticated",
-}
+# Go's codes.Code String() of each code: the enum name in CamelCase, but for two spellings.
+_CODE_NAMES = {code: "".join(word.capitalize() for word in code.name.split("_")) for code in StatusCode}
+_CODE_NAMES.update({StatusCode.OK: "OK", StatusCode.CANCELLED: "Canceled"})
 
 
 def _code_name(code: int) -> str:

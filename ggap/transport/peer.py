@@ -57,6 +57,7 @@ from ggap.transport.wire import (
     estimate_size,
 )
 from ggap.types.errors import CodecError
+from ggap.types.helpers import format_addr
 
 __all__ = [
     "Address",
@@ -273,8 +274,7 @@ def _check_config(config: TransportConfig) -> None:
 
 
 def _format_addr(addr: Address) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_addr(*addr)
 
 
 def _describe(exc: BaseException) -> str:

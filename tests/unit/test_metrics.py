@@ -104,6 +104,9 @@ def test_grpc_code_names_are_go_names() -> None:
     assert _code_name(int(StatusCode.OK)) == "OK"
     assert _code_name(int(StatusCode.NOT_FOUND)) == "NotFound"
     assert _code_name(int(StatusCode.RESOURCE_EXHAUSTED)) == "ResourceExhausted"
+    assert _code_name(int(StatusCode.CANCELLED)) == "Canceled"
+    assert _code_name(int(StatusCode.DEADLINE_EXCEEDED)) == "DeadlineExceeded"
+    assert _code_name(int(StatusCode.UNAUTHENTICATED)) == "Unauthenticated"
     assert _code_name(99) == "Code(99)"
 
 
