@@ -39,6 +39,7 @@ _ZERO_ALLOWED = frozenset(
         "storage.quota_bytes",
         "storage.wal_keep_bytes",
         "log.slow_fsync_ms",
+        "metrics.cache_ms",
     }
 )
 # Integer knobs with an upper bound: a frame's length travels as a u32.

@@ -260,8 +260,9 @@ class MetricsConfig:
     max_request_bytes: int = 8192
     # Connections served at once; more are closed on accept.
     max_connections: int = 16
-    # How often the live key count (ggap_mvcc_keys_total, a scan of kv.db) is refreshed.
-    key_count_interval_ms: int = 10_000
+    # A rendered /metrics body is served again for this long (0 = render every scrape):
+    # scrapers arriving back to back cost one rendering, on the event loop, per period.
+    cache_ms: int = 1000
 
 
 @attrs.frozen(slots=True)

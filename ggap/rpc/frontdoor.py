@@ -61,6 +61,7 @@ from purerpc.grpclib.status import Status
 
 from ggap.rpc.errors import rpc_error
 from ggap.types.errors import StatusCode
+from ggap.types.helpers import positive as _positive
 
 __all__ = ["ConnectionLimits", "GuardedSocket", "GuardedStream", "run_request"]
 
@@ -73,11 +74,6 @@ MAX_INBOUND_FRAME_SIZE = 16_384
 
 # Encodings we can decode (bounded); anything else is answered UNIMPLEMENTED up front.
 _ENCODINGS = {None, "identity", "gzip", "deflate"}
-
-
-def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
 
 
 @attrs.frozen

@@ -40,6 +40,8 @@ from ggap.rpc.frontdoor import ConnectionLimits, GuardedSocket, GuardedStream, H
 from ggap.rpc.metrics import RpcMetrics, grpc_type
 from ggap.tls import RefusalLog, describe_handshake_error
 from ggap.types.errors import GgapError, StatusCode
+from ggap.types.helpers import format_addr as _format_addr
+from ggap.types.helpers import positive as _positive
 
 __all__ = [
     "BindError",
@@ -91,11 +93,6 @@ class BindError(GgapError, OSError):
     def __str__(self) -> str:
         # OSError's own __str__ would show "[Errno 98] ..." and drop the address.
         return self.message
-
-
-def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
 
 
 @attrs.define(eq=False)
@@ -308,10 +305,6 @@ def guarded_service(target: purerpc.Servicer | purerpc.Service, policy: RpcPolic
                 wrapped = metrics.wrap_unary(wrapped, stats)
         outer.add_method(method_name, wrapped, signature)
     return outer
-
-
-def _format_addr(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _peer_of(stream: anyio.abc.SocketStream) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -34,12 +34,12 @@ from ggap.consensus.raft import Role
 from ggap.instruments import Histogram
 from ggap.rpc.metrics import RpcMetrics
 from ggap.types.errors import StatusCode
+from ggap.types.helpers import format_addr as _format_addr
 
 if TYPE_CHECKING:
     from ggap.replica.node import RaftReplica
     from ggap.rpc.server import RpcPolicy
     from ggap.server.maintenance import SpaceKeeper
-    from ggap.server.reads import ReaderPool
     from ggap.server.watch import WatchHub
     from ggap.transport import PeerTransport
 
@@ -64,10 +64,6 @@ class MetricsBindError(OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
-
-
-def _format_addr(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _file_size(path: str) -> int:
@@ -167,8 +163,11 @@ class NodeCollector(Collector):
         hub: WatchHub,
         space: SpaceKeeper,
         kv_path: str,
+        live_keys: Callable[[], int],
         health: ApplyHealth,
     ) -> None:
+        """`live_keys`: how many keys exist now (KvStore.live_keys, kept by the apply
+        transaction: reading it costs nothing)."""
         self._consensus = consensus
         self._transport = transport
         self._rpc = rpc
@@ -176,8 +175,8 @@ class NodeCollector(Collector):
         self._hub = hub
         self._space = space
         self._kv_path = kv_path
+        self._live_keys = live_keys
         self._health = health
-        self.keys_total: int | None = None  # refreshed by MetricsEndpoint.count_keys
 
     def collect(self) -> Iterator[Metric]:
         yield from self._server()
@@ -271,12 +270,9 @@ class NodeCollector(Collector):
             "measured every storage.reclaim_interval_ms).",
             self._space.space.in_use_bytes,
         )
-        if self.keys_total is not None:
-            yield GaugeMetricFamily(
-                "ggap_mvcc_keys_total",
-                "Keys that exist (not deleted or expired); refreshed every metrics.key_count_interval_ms.",
-                self.keys_total,
-            )
+        yield GaugeMetricFamily(
+            "ggap_mvcc_keys_total", "Keys that exist (not deleted or expired).", self._live_keys()
+        )
         yield GaugeMetricFamily(
             "ggap_mvcc_watcher_total", "Watch streams open now (replaying or live).", self._hub.streams
         )
@@ -361,25 +357,9 @@ class NodeCollector(Collector):
         yield from (started, handled, handling)
 
 
-_CODE_NAMES = {
-    StatusCode.OK: "OK",
-    StatusCode.CANCELLED: "Canceled",
-    StatusCode.UNKNOWN: "Unknown",
-    StatusCode.INVALID_ARGUMENT: "InvalidArgument",
-    StatusCode.DEADLINE_EXCEEDED: "DeadlineExceeded",
-    StatusCode.NOT_FOUND: "NotFound",
-    StatusCode.ALREADY_EXISTS: "AlreadyExists",
-    StatusCode.PERMISSION_DENIED: "PermissionDenied",
-    StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
-    StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
-    StatusCode.ABORTED: "Aborted",
-    StatusCode.OUT_OF_RANGE: "OutOfRange",
-    StatusCode.UNIMPLEMENTED: "Unimplemented",
-    StatusCode.INTERNAL: "Internal",
-    StatusCode.UNAVAILABLE: "Unavailable",
-    StatusCode.DATA_LOSS: "DataLoss",
-    StatusCode.UNAUTHENTICATED: "Unauthenticated",
-}
+# Go's codes.Code String() of each code: the enum name in CamelCase, but for two spellings.
+_CODE_NAMES = {code: "".join(word.capitalize() for word in code.name.split("_")) for code in StatusCode}
+_CODE_NAMES.update({StatusCode.OK: "OK", StatusCode.CANCELLED: "Canceled"})
 
 
 def _code_name(code: int) -> str:
@@ -401,16 +381,19 @@ class MetricsEndpoint:
         collector: NodeCollector,
         health: ApplyHealth,
         config: MetricsConfig,
-        readers: ReaderPool,
     ) -> None:
         self.collector = collector
         self.health = health
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self._config = config
-        self._readers = readers
+        self._cache_s = config.cache_ms / 1000
+        self._body = b""
+        self._rendered_at: float | None = None  # when _body was rendered (trio clock)
         self._open = 0
         self.refused = 0
+        self.failed = 0  # requests answered 500 (an exception while building the answer)
+        self._failing = False  # in an episode of failures: logged once, until one succeeds
 
     def answer(self, method: str, target: str) -> tuple[str, list[tuple[str, str]], bytes]:
         """(status line text, headers, body) for one request."""
@@ -424,18 +407,47 @@ class MetricsEndpoint:
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", [("Allow", "GET, HEAD")], b"only GET and HEAD\n"
         if path == "/metrics":
-            return "200 OK", [("Content-Type", CONTENT_TYPE)], generate_latest(self.registry)
+            return "200 OK", [("Content-Type", CONTENT_TYPE)], self._render()
         problem = self.health.problem(trio.current_time())
         headers = [("Content-Type", "text/plain; charset=utf-8")]
         if problem is None:
             return "200 OK", headers, b"ok\n"
         return "503 Service Unavailable", headers, f"unhealthy: {problem}\n".encode()
 
-    async def count_keys(self) -> None:
-        interval = self._config.key_count_interval_ms / 1000
-        while True:
-            self.collector.keys_total = await self._readers.run(lambda r: r.live_key_count())
-            await trio.sleep(interval)
+    def _render(self) -> bytes:
+        """The exposition, rendered at most once per `metrics.cache_ms`.
+
+        Rendered on the event loop, not on a thread: `collect` reads state that only the
+        trio thread may read consistently (dicts the loop mutates, the trio clock), and
+        would race with it elsewhere. Caching bounds its cost instead; a failed rendering
+        is not cached (the next request tries again)."""
+        now = trio.current_time()
+        if self._rendered_at is None or now - self._rendered_at >= self._cache_s:
+            self._body = generate_latest(self.registry)
+            self._rendered_at = now
+        return self._body
+
+    def safe_answer(self, method: str, target: str) -> tuple[str, list[tuple[str, str]], bytes]:
+        """`answer`, or 500 if it raises: a broken collector must not take the node down
+        (serve_listeners lets a handler's exception out into the node's nursery). Logged
+        with its traceback once per episode of failures, and once when answers work again."""
+        try:
+            answer = self.answer(method, target)
+        except Exception:
+            self.failed += 1
+            if not self._failing:
+                self._failing = True
+                log.exception("metrics: answering %s %s failed (answering 500 until it works again)",
+                              method, target)  # fmt: skip
+            return (
+                "500 Internal Server Error",
+                [("Content-Type", "text/plain; charset=utf-8")],
+                b"internal error; see the node's log\n",
+            )
+        if self._failing:
+            self._failing = False
+            log.warning("metrics: answering works again (%d requests answered 500)", self.failed)
+        return answer
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """One connection: one request, one answer, closed (serve_listeners closes it)."""
@@ -457,10 +469,13 @@ class MetricsEndpoint:
                     await _respond(stream, "400 Bad Request", [], b"bad request\n", True)
                     return
                 method, target = parts[0].decode("ascii", "replace"), parts[1].decode("ascii", "replace")
-                status, headers, body = self.answer(method, target)
+                status, headers, body = self.safe_answer(method, target)
                 await _respond(stream, status, headers, body, method != "HEAD")
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.debug("metrics connection ended: %r", exc)
+        except Exception:
+            # A bug in the HTTP side ends this connection only, never the node.
+            log.exception("metrics: connection handler failed")
         finally:
             self._open -= 1
 
@@ -529,14 +544,13 @@ async def serve_metrics(
 
     Resource handling: the listener and every connection are closed on exit.
     Error handling: a bind failure raises MetricsBindError before `started(port)`; a bad
-    request ends its own connection only.
+    request, or any exception while answering one (500), ends its own connection only.
     """
     listener = await _bind(host, port)
     bound = int(listener.socket.getsockname()[1])
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(endpoint.health.run, health_interval_s)
-            nursery.start_soon(endpoint.count_keys)
             await nursery.start(trio.serve_listeners, endpoint.handle, [listener])
             log.info("serving metrics and /healthz on http://%s/metrics", _format_addr(host, bound))
             task_status.started(bound)

@@ -309,7 +309,7 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             else None
         )
 
-        metrics = _metrics_endpoint(config, consensus, transport, policy, hub, space, kv.path, readers)
+        metrics = _metrics_endpoint(config, consensus, transport, policy, hub, space, kv)
 
         async with trio.open_nursery() as nursery:
             if metrics is not None:  # first: a taken port stops the node before anything runs
@@ -404,8 +404,7 @@ def _metrics_endpoint(
     policy: RpcPolicy,
     hub: WatchHub,
     space: SpaceKeeper,
-    kv_path: str,
-    readers: ReaderPool,
+    kv: KvStore,
 ) -> MetricsEndpoint | None:
     """/metrics and /healthz (ggap/server/metrics.py), when metrics.listen_addr is set."""
     cfg = config.metrics
@@ -421,10 +420,11 @@ def _metrics_endpoint(
         policy=policy,
         hub=hub,
         space=space,
-        kv_path=kv_path,
+        kv_path=kv.path,
+        live_keys=lambda: kv.live_keys,
         health=health,
     )
-    return MetricsEndpoint(collector, health, cfg, readers)
+    return MetricsEndpoint(collector, health, cfg)
 
 
 async def _wait_for_shutdown_signal() -> None:

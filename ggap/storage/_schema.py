@@ -148,9 +148,27 @@ def _kv_0002_members(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE kv_meta ADD COLUMN membership_index INTEGER NOT NULL DEFAULT 0")
 
 
+def _kv_0003_live_keys(db: sqlite_utils.Database) -> None:
+    # How many keys exist (newest version not a tombstone): kept exact by every apply
+    # transaction from now on (ggap_mvcc_keys_total reads it), counted once here. SQLite
+    # takes the bare `tombstone` of a max() aggregate from the row holding the max.
+    db.execute("ALTER TABLE kv_meta ADD COLUMN live_keys INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        """
+        UPDATE kv_meta SET live_keys = (
+            SELECT count(*) FROM (
+                SELECT tombstone, max(mod_revision) FROM kv_versions v
+                WHERE v.shard = kv_meta.shard GROUP BY key
+            ) WHERE tombstone = 0
+        )
+        """
+    )
+
+
 _KV_STEPS: list[tuple[str, Migration]] = [
     ("0001_initial", _kv_0001_initial),
     ("0002_members", _kv_0002_members),
+    ("0003_live_keys", _kv_0003_live_keys),
 ]
 _LOG_STEPS: list[tuple[str, Migration]] = [
     ("0001_initial", _log_0001_initial),

@@ -1,10 +1,11 @@
 """kv.db: the MVCC key-value state machine that committed commands are applied to.
 
 Every version of every key is one row of `kv_versions`. `kv_meta` holds applied_index,
-revision and compact_revision and is updated in the same transaction as the rows a batch
-writes, so after a crash the file reflects a prefix of the log exactly and re-applying
-from the log is idempotent (entries at or below applied_index are skipped). That is why
-this file can run with synchronous=NORMAL: a lost tail is re-applied from raft.db.
+revision, compact_revision and live_keys (how many keys exist) and is updated in the same
+transaction as the rows a batch writes, so after a crash the file reflects a prefix of the
+log exactly and re-applying from the log is idempotent (entries at or below applied_index
+are skipped). That is why this file can run with synchronous=NORMAL: a lost tail is
+re-applied from raft.db.
 
 Conventions (etcd v3 unless noted):
 - Delete and TTL expiry write a tombstone version: value b"", version 0,
@@ -87,7 +88,10 @@ _SQL_TTL_DEL = "DELETE FROM kv_ttl WHERE shard=? AND expires_at_ms=? AND key=?"
 _SQL_META_INIT = (
     "INSERT OR IGNORE INTO kv_meta (shard, applied_index, revision, compact_revision) VALUES (?, 0, 0, 0)"
 )
-_SQL_META_SET = "UPDATE kv_meta SET applied_index=?, revision=?, compact_revision=? WHERE shard=?"
+_SQL_META_SET = (
+    "UPDATE kv_meta SET applied_index=?, revision=?, compact_revision=?, live_keys=? WHERE shard=?"
+)
+_SQL_LIVE_KEYS = "SELECT live_keys FROM kv_meta WHERE shard=?"
 _SQL_MEMBERS_CLEAR = "DELETE FROM kv_members WHERE shard=?"
 _SQL_MEMBER_ADD = (
     "INSERT INTO kv_members (shard, id, client_addr, cluster_addr, learner) VALUES (?, ?, ?, ?, ?)"
@@ -125,12 +129,6 @@ _SQL_NTH_VERSION_AFTER = (
     "SELECT mod_revision FROM kv_versions WHERE shard=? AND mod_revision>? AND mod_revision<=? "
     "ORDER BY mod_revision LIMIT 1 OFFSET ?"
 )
-# Keys whose newest version is not a tombstone. SQLite takes a bare column of an aggregate
-# query with max() from the row holding the max: one walk of the primary key, no sort.
-_SQL_LIVE_KEYS = (
-    "SELECT count(*) FROM (SELECT tombstone, max(mod_revision) FROM kv_versions WHERE shard=? GROUP BY key) "
-    "WHERE tombstone=0"
-)
 _SQL_DEEP_KEYS = (
     "SELECT key FROM kv_versions WHERE shard=? AND key>=? AND key<=? "
     "GROUP BY key HAVING count(*)>? ORDER BY key"
@@ -151,6 +149,10 @@ class _State:
     applied_index: int
     revision: int
     compact_revision: int
+    # Keys whose newest version is not a tombstone: +1 when a put creates a key (or
+    # re-creates one after its tombstone), -1 per tombstone (delete, TTL expiry).
+    # Compaction and pruning never remove a key's newest version, so they leave it alone.
+    live_keys: int
 
 
 class KvStore:
@@ -172,8 +174,7 @@ class KvStore:
         self._storage = storage
         self._shard = shard
         self.schema_version = schema_version
-        applied, revision, compact = read_state(conn, shard)
-        self._state = _State(applied, revision, compact)
+        self._state = _read_state(conn, shard)
         self._membership = read_membership(conn, shard)
 
     @classmethod
@@ -215,6 +216,12 @@ class KvStore:
     def compact_revision(self) -> int:
         return self._state.compact_revision
 
+    @property
+    def live_keys(self) -> int:
+        """Keys that exist as of applied_index (not deleted or expired). Cheap, and safe to
+        read from any thread: the state is replaced whole after each commit."""
+        return self._state.live_keys
+
     def db_size_bytes(self) -> int:
         return file_size(self._path)
 
@@ -232,11 +239,14 @@ class KvStore:
 
     def install_snapshot(self, source: str | os.PathLike[str]) -> None:
         """Replace the whole state with the snapshot file `source`, durably (see
-        ggap/storage/snapshot.py); readers see the old state or the new, never a mix."""
+        ggap/storage/snapshot.py); readers see the old state or the new, never a mix.
+
+        The file carries its own schema version: one taken by an older ggap is migrated in
+        place (which, for instance, counts its live keys once)."""
         install_snapshot(self._conn, Path(source))
+        migrate(self._path, KV_MIGRATIONS, KV_KNOWN, busy_timeout_ms=self._storage.busy_timeout_ms)
         self._conn.execute(_SQL_META_INIT, (self._shard,))
-        applied, revision, compact = read_state(self._conn, self._shard)
-        self._state = _State(applied, revision, compact)
+        self._state = _read_state(self._conn, self._shard)
         self._membership = read_membership(self._conn, self._shard)
 
     @property
@@ -289,7 +299,8 @@ class KvStore:
             if membership is not self._membership and membership is not None:
                 self._write_membership(membership)
             if st.applied_index != self._state.applied_index:
-                conn.execute(_SQL_META_SET, (st.applied_index, st.revision, st.compact_revision, self._shard))
+                meta = (st.applied_index, st.revision, st.compact_revision, st.live_keys, self._shard)
+                conn.execute(_SQL_META_SET, meta)
         self._state = st
         self._membership = membership
         return out
@@ -307,14 +318,14 @@ class KvStore:
         # A savepoint per command: whatever a failing command wrote is undone, so an error
         # result always means "changed nothing", even if validation missed something.
         conn = self._conn
-        revision, compact = st.revision, st.compact_revision
+        revision, compact, live = st.revision, st.compact_revision, st.live_keys
         conn.execute("SAVEPOINT cmd")
         try:
             applied = self._dispatch(st, cmd)
         except GgapError as exc:
             conn.execute("ROLLBACK TO cmd")
             conn.execute("RELEASE cmd")
-            st.revision, st.compact_revision = revision, compact
+            st.revision, st.compact_revision, st.live_keys = revision, compact, live
             return Applied(exc, [])
         conn.execute("RELEASE cmd")
         return applied
@@ -340,12 +351,13 @@ class KvStore:
         row: Row | None = self._conn.execute(_reads.SQL_LATEST, (self._shard, key)).fetchone()
         return row
 
-    def _write_put(self, put: Put, rev: int, prev: Row | None) -> Event:
+    def _write_put(self, st: _State, put: Put, rev: int, prev: Row | None) -> Event:
         live = prev is not None and not prev[5]
         if prev is not None and live:
             create, version = prev[2], prev[3] + 1
         else:
             create, version = rev, 1
+            st.live_keys += 1
         sh = self._shard
         self._conn.execute(
             _SQL_INSERT, (sh, put.key, rev, create, version, put.expires_at_ms, 0, 0, put.value)
@@ -357,8 +369,10 @@ class KvStore:
         row = (put.key, rev, create, version, put.expires_at_ms, 0, put.value, 0)
         return make_event(row, prev)
 
-    def _write_tombstone(self, key: str, rev: int, prev: Row, *, expired: bool) -> Event:
+    def _write_tombstone(self, st: _State, key: str, rev: int, prev: Row, *, expired: bool) -> Event:
+        """`prev`: the key's live newest version."""
         sh = self._shard
+        st.live_keys -= 1
         self._conn.execute(_SQL_INSERT, (sh, key, rev, 0, 0, 0, 1, int(expired), b""))
         if prev[4] > 0:
             self._conn.execute(_SQL_TTL_DEL, (sh, prev[4], key))
@@ -367,7 +381,7 @@ class KvStore:
     def _put(self, st: _State, cmd: Put) -> Applied:
         put = _checked_put(cmd)
         rev = st.revision + 1
-        ev = self._write_put(put, rev, self._latest(put.key))
+        ev = self._write_put(st, put, rev, self._latest(put.key))
         st.revision = rev
         return Applied(PutResult(revision=rev, prev_kv=ev.prev_kv), [ev])
 
@@ -377,7 +391,7 @@ class KvStore:
         if prev is None or prev[5]:
             return Applied(DeleteResult(revision=st.revision, deleted=False, prev_kv=None), [])
         rev = st.revision + 1
-        ev = self._write_tombstone(key, rev, prev, expired=False)
+        ev = self._write_tombstone(st, key, rev, prev, expired=False)
         st.revision = rev
         return Applied(DeleteResult(revision=rev, deleted=True, prev_kv=ev.prev_kv), [ev])
 
@@ -403,7 +417,7 @@ class KvStore:
             return Applied(ExpireResult(revision=st.revision, expired=()), [])
         rev = st.revision + 1
         todo.sort(key=lambda kp: kp[0])
-        events = [self._write_tombstone(k, rev, prev, expired=True) for k, prev in todo]
+        events = [self._write_tombstone(st, k, rev, prev, expired=True) for k, prev in todo]
         st.revision = rev
         return Applied(ExpireResult(revision=rev, expired=tuple(k for k, _ in todo)), events)
 
@@ -475,7 +489,7 @@ class KvStore:
         events: list[Event] = []
         for i, op in enumerate(ops):
             if isinstance(op, Put):
-                ev = self._write_put(op, rev, latest(op.key))
+                ev = self._write_put(st, op, rev, latest(op.key))
                 events.append(ev)
                 responses.append(PutResult(revision=rev, prev_kv=ev.prev_kv))
             elif isinstance(op, Delete):
@@ -483,7 +497,7 @@ class KvStore:
                 if prev is None or prev[5]:
                     responses.append(DeleteResult(revision=rev, deleted=False, prev_kv=None))
                 else:
-                    ev = self._write_tombstone(op.key, rev, prev, expired=False)
+                    ev = self._write_tombstone(st, op.key, rev, prev, expired=False)
                     events.append(ev)
                     responses.append(DeleteResult(revision=rev, deleted=True, prev_kv=ev.prev_kv))
             else:
@@ -543,13 +557,6 @@ class KvReader:
         """(applied_index, revision, compact_revision) as stored."""
         with read_txn(self._conn):
             return read_state(self._conn, self._shard)
-
-    def live_key_count(self) -> int:
-        """Keys that exist now (not deleted or expired). Walks every version: O(versions),
-        for metrics refreshed now and then, not for request paths."""
-        with read_txn(self._conn):
-            row = self._conn.execute(_SQL_LIVE_KEYS, (self._shard,)).fetchone()
-        return int(row[0])
 
     def get(self, key: str, revision: int = 0) -> tuple[KeyValue | None, int]:
         with read_txn(self._conn):
@@ -642,6 +649,12 @@ class KvReader:
     def next_expiry_ms(self) -> int | None:
         with read_txn(self._conn):
             return _reads.next_expiry(self._conn, self._shard)
+
+
+def _read_state(conn: sqlite3.Connection, shard: int) -> _State:
+    applied, revision, compact = read_state(conn, shard)
+    (live,) = conn.execute(_SQL_LIVE_KEYS, (shard,)).fetchone()
+    return _State(applied, revision, compact, int(live))
 
 
 # --- command validation (field types and ranges; request shape is the server's job) ------

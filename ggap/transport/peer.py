@@ -57,6 +57,7 @@ from ggap.transport.wire import (
     estimate_size,
 )
 from ggap.types.errors import CodecError
+from ggap.types.helpers import format_addr
 
 __all__ = [
     "Address",
@@ -193,6 +194,9 @@ class _Link:
         # Round trips as the leader sees them: a frame carrying a HEARTBEAT written to this
         # peer, until a frame from it carrying a HEARTBEAT_RESP arrives (see `round_trips`).
         self.heartbeat_sent_at: float | None = None
+        # A HEARTBEAT was queued and may not be written yet: only then are frames looked
+        # through for one (only a leader queues heartbeats; other nodes never look).
+        self.heartbeat_queued = False
         self.rtt = Histogram(NETWORK_BUCKETS)
 
     def put(self, msg: Message, limit: int, byte_limit: int) -> bool:
@@ -202,6 +206,8 @@ class _Link:
             return False
         self.queue.append((msg, size))
         self.queued_bytes += size
+        if msg.type is _HEARTBEAT:
+            self.heartbeat_queued = True
         self.wakeup.set()
         return True
 
@@ -268,8 +274,7 @@ def _check_config(config: TransportConfig) -> None:
 
 
 def _format_addr(addr: Address) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_addr(*addr)
 
 
 def _describe(exc: BaseException) -> str:
@@ -734,8 +739,10 @@ class PeerTransport:
             if batch:
                 link.sent += len(batch)
                 link.frames += 1
-                if link.heartbeat_sent_at is None and any(m.type is _HEARTBEAT for m in batch):
-                    link.heartbeat_sent_at = trio.current_time()
+                if link.heartbeat_queued:
+                    if link.heartbeat_sent_at is None and any(m.type is _HEARTBEAT for m in batch):
+                        link.heartbeat_sent_at = trio.current_time()
+                    link.heartbeat_queued = bool(link.queue)
             else:
                 link.keepalives += 1
 

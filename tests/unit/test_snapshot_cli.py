@@ -30,6 +30,7 @@ from ggap.storage.backup import verify_backup
 from ggap.storage.log import META_CLUSTER_TOKEN, META_MEMBERS, META_NODE_ID, decode_members
 from ggap.types import StatusCode
 from tests.unit.test_client import refused_endpoint
+from tests.unit.test_storage_live_keys import real_count, stored_count
 
 
 def run(*args: str) -> Result:
@@ -139,6 +140,9 @@ async def test_save_status_restore_and_serve_the_same_data(
     info = json.loads(r.stdout)
     assert (info["index"], info["revision"], info["term"]) == (doc["index"], 13, 1)
     assert info["cluster_token"] == doc["backup_id"] and info["voters"] == [1]
+    # The restored file's live key count (ggap_mvcc_keys_total) is exact.
+    kv_db = restored / "kv.db"
+    assert stored_count(kv_db) == real_count(kv_db) > 0
 
     async with trio.open_nursery() as nursery:
         port = await nursery.start(serve_node, node_config(restored))

@@ -538,15 +538,15 @@ def test_unexpected_error_rolls_back_whole_batch(h: Harness, monkeypatch: pytest
 
     real = KvStore._write_put
 
-    def write_put(self: KvStore, put: Put, rev: int, prev: object) -> object:
+    def write_put(self: KvStore, st: object, put: Put, rev: int, prev: object) -> object:
         if put.key == "boom":
             raise Boom
-        return real(self, put, rev, prev)  # type: ignore[arg-type]
+        return real(self, st, put, rev, prev)  # type: ignore[arg-type]
 
     monkeypatch.setattr(KvStore, "_write_put", write_put)
     with pytest.raises(Boom):
         h.store.apply([(2, Put("b", b"1")), (3, Delete("a")), (4, Put("boom", b""))])
-    assert (h.store.applied_index, h.store.revision) == (1, 1)
+    assert (h.store.applied_index, h.store.revision, h.store.live_keys) == (1, 1, 1)
     assert h.reader.state() == (1, 1, 0)
     assert h.get("b") is None and h.get("a") is not None
     # The same indexes apply normally afterwards.

@@ -405,6 +405,27 @@ async def test_two_transports_exchange_messages(nursery: trio.Nursery) -> None:
         assert s.peers[2].sent == 1 and s.peers[2].connected and s.received == 1 and s.inbound_open == 1
 
 
+async def test_heartbeat_round_trips_are_measured_and_only_heartbeat_frames_looked_at(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        in1, in2 = Inbox(), Inbox()
+        t1, t2 = make(1, in1), make(2, in2)
+        a1, a2 = await start(nursery, t1), await start(nursery, t2)
+        t1.update_peers({2: a2})
+        t2.update_peers({1: a1})
+        # A follower's traffic (responses) never marks a heartbeat as queued.
+        t2.send([msg(1, 2, type=MessageType.APPEND_RESP, term=1, index=i) for i in range(3)])
+        await in1.wait(3)
+        assert not t2._links[1].heartbeat_queued and t2.round_trips()[1].count == 0
+        t1.send([msg(2, 1, type=MessageType.HEARTBEAT, term=1)])
+        await in2.wait(1)
+        assert t1._links[2].heartbeat_sent_at is not None and not t1._links[2].heartbeat_queued
+        t2.send([msg(1, 2, type=MessageType.HEARTBEAT_RESP, term=1)])
+        await wait_until(lambda: t1.round_trips()[2].count == 1)
+        assert t1._links[2].heartbeat_sent_at is None
+
+
 async def test_three_transports_all_pairs(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
         inboxes = {i: Inbox() for i in (1, 2, 3)}
