@@ -55,6 +55,14 @@ _RELATIONS = (
 _RELATION_WORDS = {"<": "less than", "<=": "at most"}
 # Normalised before validation: SQLite and users both treat these case-insensitively.
 _UPPER = frozenset({"storage.log_synchronous", "storage.kv_synchronous"})
+# Knobs that take one of a few words.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(_UPPER, _SYNCHRONOUS),
+    "reads.default_mode": _READ_MODES,
+    "log.level": _LOG_LEVELS,
+    "log.format": _LOG_FORMATS,
+    "tracing.exporter": _EXPORTERS,
+}
 _LOWER = frozenset({"reads.default_mode", "log.level", "log.format", "tracing.exporter"})
 
 # String knobs where "" means "not set" (TLS off for that part).
@@ -270,21 +278,9 @@ def _validate(layers: _Layers) -> None:
                     problem = f"must be <= {_MAXIMUM[dotted]}, got {value}"
             elif key.endswith("_addr") and isinstance(value, str) and (value or dotted not in _EMPTY_ALLOWED):
                 problem = addr_problem(value)
-            elif dotted in _UPPER:
-                if value not in _SYNCHRONOUS:
-                    problem = f"must be one of {', '.join(_SYNCHRONOUS)}, got {value!r}"
-            elif dotted == "reads.default_mode":
-                if value not in _READ_MODES:
-                    problem = f"must be one of {', '.join(_READ_MODES)}, got {value!r}"
-            elif dotted == "log.level":
-                if value not in _LOG_LEVELS:
-                    problem = f"must be one of {', '.join(_LOG_LEVELS)}, got {value!r}"
-            elif dotted == "log.format":
-                if value not in _LOG_FORMATS:
-                    problem = f"must be one of {', '.join(_LOG_FORMATS)}, got {value!r}"
-            elif dotted == "tracing.exporter":
-                if value not in _EXPORTERS:
-                    problem = f"must be one of {', '.join(_EXPORTERS)}, got {value!r}"
+            elif dotted in _CHOICES:
+                if value not in _CHOICES[dotted]:
+                    problem = f"must be one of {', '.join(_CHOICES[dotted])}, got {value!r}"
             elif dotted == "tracing.sampling_ratio" and isinstance(value, float):
                 if not 0.0 <= value <= 1.0:
                     problem = f"must be between 0 and 1, got {value}"

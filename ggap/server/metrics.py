@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -33,6 +32,7 @@ from ggap.config.model import MetricsConfig
 from ggap.consensus.raft import Role
 from ggap.instruments import Histogram
 from ggap.rpc.metrics import RpcMetrics
+from ggap.transport.listen import bind_listener
 from ggap.types.errors import StatusCode
 from ggap.types.helpers import format_addr as _format_addr
 
@@ -514,24 +514,6 @@ async def _respond(
     await stream.send_all(data + body if with_body else data)
 
 
-async def _bind(host: str, port: int) -> trio.SocketListener:
-    try:
-        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise MetricsBindError(host, port, exc) from exc
-    family, type_, proto, _, sockaddr = infos[0]
-    sock = trio.socket.socket(family, type_, proto)
-    try:
-        # Rebinding past TIME_WAIT after a restart; never a second listener on the port.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        await sock.bind(sockaddr)
-        sock.listen(_BACKLOG)
-    except OSError as exc:
-        sock.close()
-        raise MetricsBindError(host, port, exc) from exc
-    return trio.SocketListener(sock)
-
-
 async def serve_metrics(
     endpoint: MetricsEndpoint,
     host: str,
@@ -546,7 +528,7 @@ async def serve_metrics(
     Error handling: a bind failure raises MetricsBindError before `started(port)`; a bad
     request, or any exception while answering one (500), ends its own connection only.
     """
-    listener = await _bind(host, port)
+    listener = await bind_listener(host, port, backlog=_BACKLOG, error=MetricsBindError)
     bound = int(listener.socket.getsockname()[1])
     try:
         async with trio.open_nursery() as nursery:

@@ -28,7 +28,6 @@ import collections
 import functools
 import logging
 import random
-import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -40,6 +39,7 @@ from ggap.config.model import TransportConfig
 from ggap.consensus.raft.types import Message, MessageType
 from ggap.instruments import NETWORK_BUCKETS, Histogram
 from ggap.tls import PeerIdentity, RefusalLog, describe_handshake_error
+from ggap.transport.listen import bind_listener
 from ggap.transport.wire import (
     FRAME_HEADER_SIZE,
     PURPOSE_RAFT,
@@ -540,26 +540,7 @@ class PeerTransport:
 
     async def _bind(self) -> trio.SocketListener:
         host, port = self._listen
-        try:
-            infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise PeerBindError(host, port, exc) from exc
-        family, type_, proto, _, sockaddr = infos[0]
-        sock = trio.socket.socket(family, type_, proto)
-        bound = False
-        try:
-            # Lets a restarted node rebind while old connections linger in TIME_WAIT;
-            # unlike SO_REUSEPORT it never lets a second listener share the port.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            await sock.bind(sockaddr)
-            sock.listen(_BACKLOG)
-            bound = True
-        except OSError as exc:
-            raise PeerBindError(host, port, exc) from exc
-        finally:
-            if not bound:
-                sock.close()
-        return trio.SocketListener(sock)
+        return await bind_listener(host, port, backlog=_BACKLOG, error=PeerBindError)
 
     # -- outbound --------------------------------------------------------------------------
 
