@@ -21,10 +21,13 @@ import h2.errors
 import h2.events
 import pytest
 import trio
+from purerpc.grpclib.config import GRPCConfiguration
+from purerpc.grpclib.events import RequestReceived
+from purerpc.grpclib.status import Status, StatusCode
 
 from ggap.pb import kv_pb2, kv_pb2_grpc
 from ggap.rpc import RpcPolicy, guarded_service, serve_grpc
-from ggap.rpc.frontdoor import ConnectionLimits
+from ggap.rpc.frontdoor import ConnectionLimits, GuardedConnection
 from tests.unit.test_rpc_server import GRPC_OPTIONS, MAX_MESSAGE, Served, Toy, in_thread, wait_until
 
 PUT = "/ginnungagap.v1.KvService/Put"
@@ -512,3 +515,50 @@ async def test_a_message_not_finished_in_time_fails_its_call_alone(nursery: trio
         assert await raw.status_of(sid) == 0
         await raw.stream.aclose()
     assert s.policy.in_flight == 0
+
+
+def test_closed_streams_are_dropped_although_not_counted_per_stream() -> None:
+    """The stream limit no longer walks every stream per new stream (perf): closed ones
+    must still be dropped, and the limit must still hold once streams pile up."""
+    server = GuardedConnection(
+        GRPCConfiguration(client_side=False, max_message_length=MAX_MESSAGE),
+        ConnectionLimits(max_concurrent_streams=300),
+    )
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    client.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.h2_connection.data_to_send())
+    server.receive_data(client.data_to_send())
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", PUT),
+        (":authority", "x"),
+        ("content-type", "application/grpc+proto"),
+        ("te", "trailers"),
+    ]
+    most_held = 0
+    for _ in range(2000):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, headers)
+        client.send_data(sid, grpc_frame(b"\n\x01k"), end_stream=True)
+        events = server.receive_data(client.data_to_send())
+        assert any(isinstance(e, RequestReceived) and e.stream_id == sid for e in events)
+        server._fail_stream(sid, Status(StatusCode.OK))
+        client.receive_data(server.h2_connection.data_to_send())
+        most_held = max(most_held, len(server.h2_connection.streams))
+    assert most_held <= 256  # closed streams are dropped in batches, not kept
+
+    # The limit still holds exactly: 300 open streams, the 301st is refused alone.
+    opened = []
+    for _ in range(301):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, headers)
+        opened.append(sid)
+    events = server.receive_data(client.data_to_send())
+    received = {e.stream_id for e in events if isinstance(e, RequestReceived)}
+    assert received == set(opened[:300])
+    answered = client.receive_data(server.h2_connection.data_to_send())
+    resets = [e for e in answered if isinstance(e, h2.events.StreamReset)]
+    refused = h2.errors.ErrorCodes.REFUSED_STREAM
+    assert [(e.stream_id, e.error_code) for e in resets] == [(opened[300], refused)]
