@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ggap.config.model import MvccConfig, StorageConfig
-from ggap.storage import KV_SCHEMA_VERSION, Applied, KvReader, KvStore
+from ggap.storage import KV_SCHEMA_VERSION, Applied, KvReader, KvStore, _reads
 from ggap.types import (
     Command,
     Compact,
@@ -198,6 +198,33 @@ def test_range_prefix_bounds_limit_count(h: Harness) -> None:
     assert res.kvs == (KeyValue("é", b"", create_revision=8, mod_revision=8, version=1),)
     assert h.reader.range()[0].count == len(NON_ASCII)
     assert h.reader.range(prefix="zz")[0] == RangeResult(kvs=(), more=False, count=0)
+
+
+def test_limited_range_in_chunks_matches_full_scan(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A limited range stops reading rows at the limit and counts in SQL; with tiny chunks
+    a key's versions straddle chunk ends, and every page must match the unlimited scan."""
+    monkeypatch.setattr(_reads, "_SCAN_CHUNK", 3)
+    cmds: list[Command] = []
+    for i in range(12):
+        key = f"r/{i:02d}"
+        cmds += [Put(key, f"{i}.{v}".encode()) for v in range(i % 5 + 1)]
+        if i % 4 == 1:
+            cmds.append(Delete(key))
+    h.apply(*cmds)
+    h.apply(Put("r/03", b"late"), Delete("r/06"), Put("r/05", b"back"))
+    revision = h.store.revision
+    for rev in (0, revision - 2, revision // 2):
+        for start in ("r/", "r/04", "r/055"):
+            full = h.reader.range(start=start, end="r0", revision=rev)[0]
+            for limit in range(1, full.count + 2):
+                got = h.reader.range(start=start, end="r0", revision=rev, limit=limit)[0]
+                assert got.kvs == full.kvs[:limit], (rev, start, limit)
+                assert (got.count, got.more) == (full.count, limit < full.count)
+                keys = h.reader.range(start=start, end="r0", revision=rev, limit=limit, keys_only=True)[0]
+                assert [x.key for x in keys.kvs] == [x.key for x in full.kvs[:limit]]
+                assert (keys.count, keys.more) == (full.count, limit < full.count)
+    unbounded = h.reader.range(start="r/05", limit=2)[0]
+    assert [x.key for x in unbounded.kvs] == ["r/05", "r/07"] and unbounded.count == 5
 
 
 def test_range_prefix_with_max_code_point(h: Harness) -> None:
