@@ -452,11 +452,21 @@ class Settings:
 class Systems:
     """The etcd and ggap clusters of one topology in one round."""
 
-    def __init__(self, etcd_bin: str, tree: Tree, nodes: int, run_dir: Path, ports: set[int]) -> None:
-        self.groups: dict[str, Any] = {
-            "etcd": EtcdGroup(etcd_bin, nodes, run_dir / "etcd", ports),
-            "ggap": NodeGroup(tree, nodes, run_dir / "ggap", {}, ports),
-        }
+    def __init__(
+        self,
+        etcd_bin: str | None,
+        tree: Tree,
+        nodes: int,
+        run_dir: Path,
+        ports: set[int],
+        systems: Sequence[str] = ("etcd", "ggap"),
+    ) -> None:
+        self.groups: dict[str, Any] = {}
+        if "etcd" in systems:
+            assert etcd_bin is not None
+            self.groups["etcd"] = EtcdGroup(etcd_bin, nodes, run_dir / "etcd", ports)
+        if "ggap" in systems:
+            self.groups["ggap"] = NodeGroup(tree, nodes, run_dir / "ggap", {}, ports)
 
     def start(self) -> None:
         for group in self.groups.values():
@@ -561,8 +571,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def run_all(
-    etcd_bin: str,
+    etcd_bin: str | None,
     tree: Tree,
+    systems_used: Sequence[str],
     cells: Sequence[Cell],
     settings: Settings,
     order: str,
@@ -576,11 +587,11 @@ def run_all(
     for r in range(settings.rounds):
         for nodes in topologies:
             run_dir = base / f"round{r + 1}-{nodes}n"
-            systems = Systems(etcd_bin, tree, nodes, run_dir, ports)
+            systems = Systems(etcd_bin, tree, nodes, run_dir, ports, systems_used)
             try:
                 say(f"round {r + 1}/{settings.rounds}: starting {nodes}-node etcd and ggap clusters")
                 systems.start()
-                for system in SYSTEM_SIDE:
+                for system in systems_used:
                     cfg = base_config(settings, system, [systems.leader(system)])
                     info = preload_only(cfg)
                     if info["errors"]:
@@ -591,6 +602,8 @@ def run_all(
                 for cell in (c for c in cells if c.nodes == nodes):
                     for side in side_order(r, order):
                         system = SIDE_SYSTEM[side]
+                        if system not in systems_used:
+                            continue
                         rec = run_cell(systems, settings, cell, system, r + 1, verbose)
                         runs.append(rec)
                         say(f"  {cell.id:<11} {system}: {run_line(rec)}")
@@ -608,6 +621,13 @@ def run_all(
 @click.option("--value-size", default=256, show_default=True, type=click.IntRange(min=8))
 @click.option(
     "--cells", "cell_ids", default="", help=f"Comma list of cells [default: all]: {','.join(CELL_IDS)}"
+)
+@click.option(
+    "--systems",
+    default="etcd,ggap",
+    show_default=True,
+    type=click.Choice(("etcd,ggap", "ggap", "etcd")),
+    help="Run only one side (e.g. where etcd cannot be installed); ratios then stay empty.",
 )
 @click.option("--watchers", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option(
@@ -637,6 +657,7 @@ def compare_command(
     keys: int,
     value_size: int,
     cell_ids: str,
+    systems: str,
     watchers: int,
     processes: int,
     order: str,
@@ -664,9 +685,10 @@ def compare_command(
     ok = False
     try:
         with _sigterm_as_interrupt():
-            etcd_bin = ensure_etcd(say)
+            systems_used = tuple(systems.split(","))
+            etcd_bin = ensure_etcd(say) if "etcd" in systems_used else None
             tree_info = tree.probe({})
-            runs = run_all(etcd_bin, tree, cells, settings, order, base, say, verbose)
+            runs = run_all(etcd_bin, tree, systems_used, cells, settings, order, base, say, verbose)
         ok = True
     except (CompareError, ABError, WatchError) as exc:
         say(f"failed: {exc}")
@@ -682,7 +704,7 @@ def compare_command(
 
     elapsed = time.monotonic() - started
     rows = cell_rows(cells, runs)
-    version = etcd_version(etcd_bin)
+    version = etcd_version(etcd_bin) if etcd_bin else None
     head = (
         f"etcd ({version}, {etcd_bin}) vs ggap ({str(tree_info.get('commit') or '?')[:12]}"
         f"{' dirty' if tree_info.get('dirty') else ''}, codec {tree_info.get('codec_impl')}); "
@@ -712,6 +734,7 @@ def compare_command(
         "seconds": round(elapsed, 1),
         "settings": attrs.asdict(settings),
         "order": order,
+        "systems": list(systems_used),
         "cells": [attrs.asdict(c) for c in cells],
         "etcd": {"binary": etcd_bin, "version": version},
         "ggap": {**tree_info, **_git_info(repo)},
