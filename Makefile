@@ -72,7 +72,7 @@ bench-compare: $(STAMP)
 
 # Profile a 3-node cluster under load with py-spy, e.g. BENCH_ARGS="--clients 64 --mix put=100".
 bench-profile: $(STAMP)
-	bench/profile.sh $(BENCH_ARGS)
+	PYTHON=$(PY) bench/profile.sh $(BENCH_ARGS)
 
 # Coverage-guided fuzzing (atheris) of the peer wire decoder, the command codec (pure vs
 # Cython), the request converters and the client port's HTTP/2 layer, FUZZ_SECONDS each; `make test` runs a 3 s pass of each.
