@@ -24,6 +24,9 @@ The watch cell: `--watchers` watchers on the key prefix, spread round-robin over
 nodes, in a process of their own, while Put x64 goes to the leader with the send time
 stamped into each value; it reports delivered events/s and the delivery lag (receive
 time minus the put's send time, so the commit latency is included) p50/p99.
+The watchers are one Python process (grpc.aio): it parses some tens of thousands of
+events/s at most, so when puts x watchers exceeds that ("delivered" well below 100%), the
+watch numbers measure that process and its backlog, not the server.
 
 The machine this was written on has 2 cores: the load generator (2 worker processes by
 default) and the watcher process share them with the servers, the same way for both
