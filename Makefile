@@ -7,9 +7,11 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/ggap/pb/*.proto)
+# etcd's API subset for bench.compare: grpcio stubs only, its root is the repository root.
+BENCH_PROTOS := bench/etcdpb/etcd.proto
 PYTEST_ARGS ?=
 
-.PHONY: all install run test lint proto proto-check unit ext clean bench bench-ab fuzz
+.PHONY: all install run test lint proto proto-check unit ext clean bench bench-ab bench-compare bench-profile fuzz
 
 all: install
 
@@ -29,13 +31,16 @@ ext: $(STAMP)
 proto: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(PY) -m grpc_tools.protoc -I protos \
 	  --python_out=. --pyi_out=. --purerpc_out=. --grpc_python_out=. $(PROTOS)
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(BENCH_PROTOS)
 
 # Fails when the committed generated code differs from a fresh generation.
 proto-check: $(STAMP)
 	@tmp=$$(mktemp -d) && \
 	PATH=$(abspath $(BIN)):$$PATH $(PY) -m grpc_tools.protoc -I protos \
 	  --python_out=$$tmp --pyi_out=$$tmp --purerpc_out=$$tmp --grpc_python_out=$$tmp $(PROTOS) && \
-	diff -r -x __init__.py -x __pycache__ $$tmp/ggap/pb ggap/pb && rm -rf $$tmp && \
+	diff -r -x __init__.py -x __pycache__ $$tmp/ggap/pb ggap/pb && \
+	$(PY) -m grpc_tools.protoc -I . --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(BENCH_PROTOS) && \
+	diff -r -x __init__.py -x __pycache__ -x '*.proto' $$tmp/bench/etcdpb bench/etcdpb && rm -rf $$tmp && \
 	echo "proto-check: generated code is up to date"
 
 lint: $(STAMP)
@@ -59,6 +64,15 @@ bench: $(STAMP)
 #   make bench-ab A=../ggap-before B=. BENCH_ARGS="--rounds 5 --duration 10 --clients 64 --mix put=100"
 bench-ab: $(STAMP)
 	$(PY) -m bench.ab --a $(or $(A),$(error set A=DIR)) --b $(or $(B),.) $(BENCH_ARGS)
+
+# etcd 3.4 vs ggap side by side, interleaved, 3-node and 1-node cells (installs etcd-server
+# with apt-get when etcd is not on PATH); results in bench/results/<UTC timestamp>/.
+bench-compare: $(STAMP)
+	$(PY) -m bench.compare $(BENCH_ARGS)
+
+# Profile a 3-node cluster under load with py-spy, e.g. BENCH_ARGS="--clients 64 --mix put=100".
+bench-profile: $(STAMP)
+	PYTHON=$(PY) bench/profile.sh $(BENCH_ARGS)
 
 # Coverage-guided fuzzing (atheris) of the peer wire decoder, the command codec (pure vs
 # Cython), the request converters and the client port's HTTP/2 layer, FUZZ_SECONDS each; `make test` runs a 3 s pass of each.

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from bench.config import QUORUMS, READ_MODES, BenchConfig, parse_endpoints, parse_mix
+from bench.config import QUORUMS, READ_MODES, SYSTEMS, BenchConfig, parse_endpoints, parse_mix
 from bench.runner import BenchError, run
 from bench.stats import format_table
 
@@ -112,6 +112,13 @@ def _headline(summary: dict[str, Any]) -> str:
 @click.option("--cacert", default="", help="PEM CA bundle: connect with TLS, verifying the nodes.")
 @click.option("--cert", default="", help="PEM client certificate (nodes with --client-cert-auth).")
 @click.option("--key", "key_file", default="", help="PEM key of --cert.")
+@click.option(
+    "--system",
+    default="ggap",
+    show_default=True,
+    type=click.Choice(SYSTEMS),
+    help="Whose API to speak: ggap's KvService or etcd v3's KV (put/get/range/txn only).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 def bench_command(
@@ -133,6 +140,7 @@ def bench_command(
     cacert: str,
     cert: str,
     key_file: str,
+    system: str,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -141,26 +149,30 @@ def bench_command(
     Exit status: 0 when the run completed and at least one request succeeded, 1 otherwise.
     Failed requests are counted by gRPC status code, never fatal.
     """
-    cfg = BenchConfig(
-        endpoints=endpoints,
-        clients=clients,
-        duration=duration,
-        warmup=warmup,
-        keys=keys,
-        key_prefix=key_prefix,
-        value_size=value_size,
-        mix=mix,
-        read_mode=read_mode,
-        quorum=quorum,
-        preload=preload,
-        processes=processes,
-        timeout=timeout,
-        range_limit=range_limit,
-        seed=seed,
-        cacert=cacert,
-        cert=cert,
-        key_file=key_file,
-    )
+    try:
+        cfg = BenchConfig(
+            endpoints=endpoints,
+            clients=clients,
+            duration=duration,
+            warmup=warmup,
+            keys=keys,
+            key_prefix=key_prefix,
+            value_size=value_size,
+            mix=mix,
+            read_mode=read_mode,
+            quorum=quorum,
+            preload=preload,
+            processes=processes,
+            timeout=timeout,
+            range_limit=range_limit,
+            seed=seed,
+            cacert=cacert,
+            cert=cert,
+            key_file=key_file,
+            system=system,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         summary = run(cfg, progress_out=None if quiet else sys.stderr)
     except BenchError as exc:

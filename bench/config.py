@@ -10,6 +10,11 @@ import attrs
 OPERATIONS: tuple[str, ...] = ("put", "get", "delete", "range", "txn")
 READ_MODES: tuple[str, ...] = ("linearizable", "sequential", "eventual")
 QUORUMS: tuple[str, ...] = ("majority", "all")
+#: Systems the load generator can drive (bench.load picks the client from this).
+SYSTEMS: tuple[str, ...] = ("ggap", "etcd")
+#: What the etcd client supports (etcd has no delete-by-key cell, no sequential reads here).
+ETCD_OPERATIONS: tuple[str, ...] = ("put", "get", "range", "txn")
+ETCD_READ_MODES: tuple[str, ...] = ("linearizable", "eventual")
 
 
 def parse_mix(text: str) -> tuple[tuple[str, float], ...]:
@@ -98,6 +103,10 @@ class BenchConfig:
     cacert: str = ""
     cert: str = ""
     key_file: str = ""
+    #: Which system's API the clients speak (see SYSTEMS).
+    system: str = "ggap"
+    #: Put values start with their send time (8 bytes, ns since the epoch), for watch lag.
+    stamp_values: bool = False
 
     def __attrs_post_init__(self) -> None:
         problems = []
@@ -129,6 +138,18 @@ class BenchConfig:
             problems.append("timeout must be > 0")
         if self.range_limit < 1:
             problems.append("range limit must be >= 1")
+        if self.system not in SYSTEMS:
+            problems.append(f"system must be one of {SYSTEMS}")
+        if self.system == "etcd":
+            unsupported = [name for name, _ in self.mix if name not in ETCD_OPERATIONS]
+            if unsupported:
+                problems.append(f"etcd client does not support {', '.join(unsupported)}")
+            if self.read_mode not in ETCD_READ_MODES:
+                problems.append(f"etcd reads must be one of {ETCD_READ_MODES}")
+            if self.quorum != "majority":
+                problems.append("etcd has only quorum 'majority'")
+        if self.stamp_values and self.value_size < 8:
+            problems.append("stamped values need value size >= 8")
         if problems:
             raise ValueError("; ".join(problems))
 

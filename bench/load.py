@@ -3,6 +3,10 @@
 grpcio's asyncio API is used (not our purerpc client) so that the load generator is a
 different, well-tested gRPC implementation from the server under test and spends as
 little CPU per call as Python allows.
+
+The client is pluggable per system (`BenchConfig.system`): `GgapClient` speaks ggap's
+KvService, `EtcdClient` etcd v3's KV service (bench/etcdpb), with the same operation
+names and meanings, so that bench.compare drives both through one code path.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from typing import Any
 import attrs
 import grpc
 
-from bench.config import BenchConfig, prefix_end
+from bench.config import OPERATIONS, BenchConfig, prefix_end
+from bench.etcdpb import etcd_pb2 as epb
+from bench.etcdpb import etcd_pb2_grpc
 from bench.stats import RunStats
 from ggap.pb import kv_pb2 as pb
 from ggap.pb import kv_pb2_grpc
@@ -57,7 +63,11 @@ class Endpoints:
     """One channel per endpoint for this process; requests take the endpoints in turn."""
 
     def __init__(
-        self, addresses: tuple[str, ...], offset: int = 0, tls: tuple[str, str, str] = ("", "", "")
+        self,
+        addresses: tuple[str, ...],
+        offset: int = 0,
+        tls: tuple[str, str, str] = ("", "", ""),
+        system: str = "ggap",
     ) -> None:
         cacert, cert, key = tls
         if cacert:
@@ -69,7 +79,8 @@ class Endpoints:
             self.channels = [grpc.aio.secure_channel(a, creds, options=CHANNEL_OPTIONS) for a in addresses]
         else:
             self.channels = [grpc.aio.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses]
-        self.stubs = [kv_pb2_grpc.KvServiceStub(ch) for ch in self.channels]
+        stub_class = etcd_pb2_grpc.KVStub if system == "etcd" else kv_pb2_grpc.KvServiceStub
+        self.stubs = [stub_class(ch) for ch in self.channels]
         self._next = offset
 
     def next_stub(self) -> Any:
@@ -93,34 +104,68 @@ class Endpoints:
             await channel.close()
 
 
-class Client:
-    """One in-flight request at a time, with its own random stream and value buffer."""
+def stamp_value(value: bytes, now_ns: int) -> bytes:
+    """`value` with its first 8 bytes replaced by `now_ns` (big-endian): the send time of a put.
+
+    Watch benchmarks read it back from delivered events to compute the delivery lag.
+    """
+    return now_ns.to_bytes(8, "big") + value[8:]
+
+
+def value_stamp(value: bytes) -> int | None:
+    """The send time (ns) embedded by `stamp_value`, or None for a value too short to hold one."""
+    return int.from_bytes(value[:8], "big") if len(value) >= 8 else None
+
+
+class BaseClient:
+    """One in-flight request at a time, with its own random stream and value buffer.
+
+    Subclasses implement the operations of `OPERATIONS` they support; each takes a key and
+    returns None or a short outcome word ("not_found", "compare_failed", ...).
+    """
 
     def __init__(self, cfg: BenchConfig, endpoints: Endpoints, rng: random.Random) -> None:
         self.cfg = cfg
         self.endpoints = endpoints
         self.rng = rng
-        self.value = rng.randbytes(cfg.value_size)
-        self.read_mode = _READ_MODE[cfg.read_mode]
-        self.quorum = _QUORUM[cfg.quorum]
+        self._value = rng.randbytes(cfg.value_size)
         self.range_end = prefix_end(cfg.key_prefix)
         # Highest store revision this client has seen: sequential reads ask for at least it
         # (read-your-writes from any node) and the txn CAS compares against it.
         self.revision = 0
         self._ops: dict[str, Callable[[str], Awaitable[str | None]]] = {
-            "put": self.put,
-            "get": self.get,
-            "delete": self.delete,
-            "range": self.range,
-            "txn": self.txn,
+            name: getattr(self, name) for name in OPERATIONS if hasattr(self, name)
         }
 
+    @property
+    def value(self) -> bytes:
+        """The value to write now: with the send time in front when `cfg.stamp_values`."""
+        return stamp_value(self._value, time.time_ns()) if self.cfg.stamp_values else self._value
+
     def op(self, name: str) -> Callable[[str], Awaitable[str | None]]:
-        return self._ops[name]
+        try:
+            return self._ops[name]
+        except KeyError:
+            raise ValueError(f"{self.cfg.system} client has no operation {name!r}") from None
+
+    async def put(self, key: str) -> str | None:
+        raise NotImplementedError
+
+    def _seen_revision(self, revision: int) -> None:
+        if revision > self.revision:
+            self.revision = revision
+
+
+class GgapClient(BaseClient):
+    """ggap's KvService."""
+
+    def __init__(self, cfg: BenchConfig, endpoints: Endpoints, rng: random.Random) -> None:
+        super().__init__(cfg, endpoints, rng)
+        self.read_mode = _READ_MODE[cfg.read_mode]
+        self.quorum = _QUORUM[cfg.quorum]
 
     def _seen(self, header: Any) -> None:
-        if header.revision > self.revision:
-            self.revision = header.revision
+        self._seen_revision(header.revision)
 
     @property
     def _min_revision(self) -> int:
@@ -176,6 +221,83 @@ class Client:
         return None if resp.succeeded else "compare_failed"
 
 
+#: Kept for callers of the single-system days.
+Client = GgapClient
+
+
+class EtcdClient(BaseClient):
+    """etcd v3's KV service, the same operations with the same meaning as `GgapClient`.
+
+    Reads: linearizable is etcd's default Range, eventual is `serializable=true` (answered
+    by the member from its own state). etcd has no "sequential" mode here.
+    """
+
+    def __init__(self, cfg: BenchConfig, endpoints: Endpoints, rng: random.Random) -> None:
+        super().__init__(cfg, endpoints, rng)
+        if cfg.read_mode not in ("linearizable", "eventual"):
+            raise ValueError(f"etcd client: read mode {cfg.read_mode!r} is not supported")
+        if cfg.quorum != "majority":
+            raise ValueError("etcd client: only quorum 'majority' exists in etcd")
+        self.serializable = cfg.read_mode == "eventual"
+        self.range_end_b = self.range_end.encode()
+
+    async def put(self, key: str) -> str | None:
+        req = epb.PutRequest(key=key.encode(), value=self.value)
+        resp = await self.endpoints.next_stub().Put(req, timeout=self.cfg.timeout)
+        self._seen_revision(resp.header.revision)
+        return None
+
+    async def get(self, key: str) -> str | None:
+        req = epb.RangeRequest(key=key.encode(), serializable=self.serializable)
+        resp = await self.endpoints.next_stub().Range(req, timeout=self.cfg.timeout)
+        self._seen_revision(resp.header.revision)
+        return None if resp.kvs else "not_found"
+
+    async def range(self, key: str) -> str | None:
+        req = epb.RangeRequest(
+            key=key.encode(),
+            range_end=self.range_end_b,
+            limit=self.cfg.range_limit,
+            serializable=self.serializable,
+        )
+        resp = await self.endpoints.next_stub().Range(req, timeout=self.cfg.timeout)
+        self._seen_revision(resp.header.revision)
+        return None if resp.kvs else "empty"
+
+    async def txn(self, key: str) -> str | None:
+        """Compare-and-swap: write the key only if nobody changed it since our last answer."""
+        k = key.encode()
+        req = epb.TxnRequest(
+            compare=[
+                epb.Compare(
+                    key=k,
+                    target=epb.Compare.MOD,
+                    result=epb.Compare.LESS,
+                    mod_revision=self.revision + 1,
+                )
+            ],
+            success=[epb.RequestOp(request_put=epb.PutRequest(key=k, value=self.value))],
+            failure=[epb.RequestOp(request_range=epb.RangeRequest(key=k))],
+        )
+        resp = await self.endpoints.next_stub().Txn(req, timeout=self.cfg.timeout)
+        self._seen_revision(resp.header.revision)
+        return None if resp.succeeded else "compare_failed"
+
+
+CLIENTS: dict[str, type[BaseClient]] = {"ggap": GgapClient, "etcd": EtcdClient}
+
+
+def make_client(cfg: BenchConfig, endpoints: Endpoints, rng: random.Random) -> BaseClient:
+    """The client of `cfg.system`."""
+    return CLIENTS[cfg.system](cfg, endpoints, rng)
+
+
+def make_endpoints(cfg: BenchConfig, offset: int = 0) -> Endpoints:
+    """This process's channels to `cfg.endpoints`, with the stubs of `cfg.system`."""
+    tls = (cfg.cacert, cfg.cert, cfg.key_file)
+    return Endpoints(cfg.endpoints, offset=offset, tls=tls, system=cfg.system)
+
+
 def _error_code(exc: grpc.RpcError) -> str:
     code = exc.code() if callable(getattr(exc, "code", None)) else None
     return code.name if code is not None else type(exc).__name__
@@ -183,9 +305,7 @@ def _error_code(exc: grpc.RpcError) -> str:
 
 async def preload(cfg: BenchConfig, endpoints: Endpoints) -> dict[str, Any]:
     """Write every key once, `cfg.clients` at a time, so that gets and ranges find data."""
-    rng = random.Random(cfg.seed)
-    value = rng.randbytes(cfg.value_size)
-    quorum = _QUORUM[cfg.quorum]
+    client = make_client(cfg, endpoints, random.Random(cfg.seed))
     indexes = iter(range(cfg.keys))
     stats = RunStats()
     started = time.perf_counter()
@@ -194,9 +314,7 @@ async def preload(cfg: BenchConfig, endpoints: Endpoints) -> dict[str, Any]:
         for index in indexes:
             t0 = time.perf_counter_ns()
             try:
-                await endpoints.next_stub().Put(
-                    pb.PutRequest(key=cfg.key(index), value=value, quorum=quorum), timeout=cfg.timeout
-                )
+                await client.put(cfg.key(index))
             except grpc.RpcError as exc:
                 stats.op("put").record_error(_error_code(exc))
                 await asyncio.sleep(ERROR_BACKOFF_S)
@@ -236,7 +354,7 @@ async def run_load(
 
     async def client_loop(index: int) -> None:
         rng = random.Random(None if seed is None else seed + index)
-        client = Client(cfg, endpoints, rng)
+        client = make_client(cfg, endpoints, rng)
         choose = rng.choices
         while True:
             t0 = time.perf_counter_ns()

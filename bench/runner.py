@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from bench.config import BenchConfig
-from bench.load import Endpoints, Progress, preload, run_load
+from bench.load import Progress, make_endpoints, preload, run_load
 from bench.stats import RunStats, merge_runs
 
 #: How long worker processes may take to import grpc and connect before the run is abandoned.
@@ -112,7 +112,7 @@ def build_summary(
 async def _single(
     cfg: BenchConfig, out: TextIO | None, window: WindowHook | None = None
 ) -> tuple[RunStats, float, dict[str, Any] | None]:
-    endpoints = Endpoints(cfg.endpoints, tls=(cfg.cacert, cfg.cert, cfg.key_file))
+    endpoints = make_endpoints(cfg)
     try:
         await endpoints.connect(min(_CONNECT_TIMEOUT_S, cfg.timeout))
         preload_info = await preload(cfg, endpoints) if cfg.preload else None
@@ -139,8 +139,13 @@ async def _single(
         await endpoints.close()
 
 
+def preload_only(cfg: BenchConfig) -> dict[str, Any]:
+    """Write every key of `cfg` once (as `cfg.preload` does before a run), in this process."""
+    return asyncio.run(_preload_only(cfg))
+
+
 async def _preload_only(cfg: BenchConfig) -> dict[str, Any]:
-    endpoints = Endpoints(cfg.endpoints, tls=(cfg.cacert, cfg.cert, cfg.key_file))
+    endpoints = make_endpoints(cfg)
     try:
         await endpoints.connect(min(_CONNECT_TIMEOUT_S, cfg.timeout))
         return await preload(cfg, endpoints)
@@ -158,7 +163,7 @@ def _worker_main(cfg: BenchConfig, worker: int, messages: Any, go: Any) -> None:
 
 
 async def _worker_async(cfg: BenchConfig, worker: int, messages: Any, go: Any) -> None:
-    endpoints = Endpoints(cfg.endpoints, offset=worker, tls=(cfg.cacert, cfg.cert, cfg.key_file))
+    endpoints = make_endpoints(cfg, offset=worker)
     try:
         await endpoints.connect(min(_CONNECT_TIMEOUT_S, cfg.timeout))
         messages.put(("ready", worker, None))
