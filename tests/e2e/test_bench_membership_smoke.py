@@ -49,5 +49,8 @@ def test_membership_bench_reports_every_step() -> None:
     assert rows[3].startswith("transfer ")
     restarts = [r for r in rows if r.startswith("restart node ")]
     assert [r.split()[2] for r in restarts] == ["1", "2", "3", "4"]
-    # Exactly one restart stopped the leader, and says how leadership moved.
-    assert sum("by hand-off" in r or "by election" in r for r in restarts) == 1
+    # At least one restart stopped the leader (more when the hand-off went to a node not
+    # restarted yet: the most caught-up voter at that moment), and each says how
+    # leadership moved.
+    stopped_leader = [r for r in restarts if ", leader " in r]
+    assert stopped_leader and all("by hand-off" in r or "by election" in r for r in stopped_leader)
