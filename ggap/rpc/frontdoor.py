@@ -47,6 +47,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 import trio
 from h2.settings import SettingCodes
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
@@ -124,6 +125,36 @@ def _status(code: StatusCode, message: str) -> Status:
     return rpc_error(code, message).status
 
 
+class _ConstantBlockEncoder(hpack.Encoder):
+    """HPACK encoder that sends the header blocks of every successful unary answer
+    (`:status 200` + content-type, then the `grpc-status 0` trailers) as bytes encoded
+    once. They use only the static table and never-indexed literals, so they are valid
+    whatever this connection's dynamic table holds and leave it unchanged. Encoding them
+    anew was a third of the cost of answering a call in h2. Any other block, and the
+    first block after a table size change (which must carry the size update), goes
+    through hpack as before."""
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        if not isinstance(headers, list):
+            headers = list(headers)
+        if len(headers) <= 2 and not self.header_table.resized:
+            block = _CONSTANT_BLOCKS.get(tuple(tuple(h) for h in headers))
+            if block is not None:
+                return block
+        return bytes(super().encode(headers, huffman))
+
+
+def _constant_block(*headers: tuple[str, str]) -> bytes:
+    return bytes(hpack.Encoder().encode([hpack.NeverIndexedHeaderTuple(n, v) for n, v in headers]))
+
+
+_CONSTANT_BLOCKS: dict[tuple[tuple[Any, ...], ...], bytes] = {
+    ((":status", "200"), ("content-type", "application/grpc+proto")): _constant_block(
+        (":status", "200"), ("content-type", "application/grpc+proto")
+    ),
+    (("grpc-status", "0"),): _constant_block(("grpc-status", "0")),
+}
+
 # Streams h2 may hold (closed ones not yet dropped) before it is made to count exactly.
 _STREAM_SCAN_MIN = 128
 
@@ -138,6 +169,7 @@ class _GuardedH2(h2.connection.H2Connection):
         super().__init__(config)
         self.refused_streams: set[int] = set()
         self._bypass = False
+        self.encoder = _ConstantBlockEncoder()
         self._next_scan = _STREAM_SCAN_MIN
 
     @property
@@ -224,7 +256,17 @@ class GuardedConnection(GRPCConnection):
         self.buffered = 0
         self.settled = False  # the client's preface and SETTINGS arrived
         super().__init__(config)
-        self.h2_connection = _GuardedH2(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        # What we send is purerpc's fixed headers and a percent-quoted grpc-message (its
+        # handlers cannot add metadata): h2's checks of our own headers only cost time.
+        # Inbound headers are still validated.
+        self.h2_connection = _GuardedH2(
+            h2.config.H2Configuration(
+                client_side=False,
+                header_encoding="utf-8",
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
+        )
         self.h2_connection.clear_outbound_data_buffer()
         self._set_h2_connection_local_settings()
 

@@ -19,6 +19,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import hpack
 import pytest
 import trio
 from purerpc.grpclib.config import GRPCConfiguration
@@ -27,7 +28,7 @@ from purerpc.grpclib.status import Status, StatusCode
 
 from ggap.pb import kv_pb2, kv_pb2_grpc
 from ggap.rpc import RpcPolicy, guarded_service, serve_grpc
-from ggap.rpc.frontdoor import ConnectionLimits, GuardedConnection
+from ggap.rpc.frontdoor import ConnectionLimits, GuardedConnection, _ConstantBlockEncoder
 from tests.unit.test_rpc_server import GRPC_OPTIONS, MAX_MESSAGE, Served, Toy, in_thread, wait_until
 
 PUT = "/ginnungagap.v1.KvService/Put"
@@ -562,3 +563,24 @@ def test_closed_streams_are_dropped_although_not_counted_per_stream() -> None:
     resets = [e for e in answered if isinstance(e, h2.events.StreamReset)]
     refused = h2.errors.ErrorCodes.REFUSED_STREAM
     assert [(e.stream_id, e.error_code) for e in resets] == [(opened[300], refused)]
+
+
+def test_constant_response_blocks_decode_whatever_the_dynamic_table_holds() -> None:
+    enc, dec = _ConstantBlockEncoder(), hpack.Decoder()
+    # Fill both tables with other headers first, as a long-lived connection does.
+    dec.decode(enc.encode([("x-a", "1"), ("grpc-message", "no%20leader")]))
+    ok = [(":status", "200"), ("content-type", "application/grpc+proto")]
+    for _ in range(3):
+        assert dec.decode(enc.encode(list(ok))) == ok
+        assert dec.decode(enc.encode([("grpc-status", "0")])) == [("grpc-status", "0")]
+    assert dec.decode(enc.encode([("grpc-status", "5"), ("grpc-message", "x")])) == [
+        ("grpc-status", "5"),
+        ("grpc-message", "x"),
+    ]
+    # The client shrank the table: the next block must carry the size update, so the
+    # constant block is not used for it (a decoder that saw no update would still decode,
+    # but RFC 7541 4.2 requires it first).
+    enc.header_table_size = 0
+    block = enc.encode(list(ok))
+    assert block != enc.encode(list(ok))  # the first carried the update, the second is cached
+    assert dec.decode(block) == ok and dec.header_table.maxsize == 0
