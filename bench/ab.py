@@ -389,17 +389,23 @@ class NodeGroup:
 
     def stop(self) -> None:
         """SIGTERM every node, wait, SIGKILL what is left; every child is reaped."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + NODE_STOP_TIMEOUT_S
-        for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_procs(self.procs)
+
+
+def stop_procs(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each (by its Popen), wait, SIGKILL what is left; every one is reaped."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + NODE_STOP_TIMEOUT_S
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -49,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,6 @@ import grpc
 
 from bench.ab import (
     NODE_START_TIMEOUT_S,
-    NODE_STOP_TIMEOUT_S,
     ABError,
     CpuWindow,
     NodeGroup,
@@ -73,6 +72,7 @@ from bench.ab import (
     ratio,
     run_record,
     side_order,
+    stop_procs,
     summarize,
 )
 from bench.config import BenchConfig, parse_mix
@@ -402,22 +402,6 @@ class EtcdGroup:
 
     def stop(self) -> None:
         stop_procs(self.procs)
-
-
-def stop_procs(procs: Iterable[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM each (by its Popen), wait, SIGKILL what is left; every one is reaped."""
-    procs = list(procs)
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + NODE_STOP_TIMEOUT_S
-    for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def ggap_leader_addr(group: NodeGroup) -> str:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import click
 
-from bench.ab import NodeGroup, Tree, _markdown
-from bench.compare import RESULTS_DIR, _sigterm_as_interrupt, result_dir_name, stop_procs
+from bench.ab import NodeGroup, Tree, _markdown, stop_procs
+from bench.compare import RESULTS_DIR, _sigterm_as_interrupt, result_dir_name
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::\d+)?\)$")
 
