@@ -138,21 +138,24 @@ class _ConstantBlockEncoder(hpack.Encoder):
         if not isinstance(headers, list):
             headers = list(headers)
         if len(headers) <= 2 and not self.header_table.resized:
-            block = _CONSTANT_BLOCKS.get(tuple(tuple(h) for h in headers))
-            if block is not None:
-                return block
-        return bytes(super().encode(headers, huffman))
+            constant = _CONSTANT_BLOCKS.get(tuple(tuple(h) for h in headers))
+            if constant is not None:
+                return constant
+        block: bytes = super().encode(headers, huffman)
+        return block
 
 
-def _constant_block(*headers: tuple[str, str]) -> bytes:
-    return bytes(hpack.Encoder().encode([hpack.NeverIndexedHeaderTuple(n, v) for n, v in headers]))
+def _constant_block(headers: tuple[tuple[str, str], ...]) -> bytes:
+    block: bytes = hpack.Encoder().encode([hpack.NeverIndexedHeaderTuple(n, v) for n, v in headers])
+    return block
 
 
 _CONSTANT_BLOCKS: dict[tuple[tuple[Any, ...], ...], bytes] = {
-    ((":status", "200"), ("content-type", "application/grpc+proto")): _constant_block(
-        (":status", "200"), ("content-type", "application/grpc+proto")
-    ),
-    (("grpc-status", "0"),): _constant_block(("grpc-status", "0")),
+    headers: _constant_block(headers)
+    for headers in (
+        ((":status", "200"), ("content-type", "application/grpc+proto")),
+        (("grpc-status", "0"),),
+    )
 }
 
 # Streams h2 may hold (closed ones not yet dropped) before it is made to count exactly.

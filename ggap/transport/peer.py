@@ -716,14 +716,13 @@ class PeerTransport:
                 due = link.last_sent_at + self._keepalive_interval
             if trio.current_time() < due:
                 await trio.sleep_until(due)
-                continue
+                continue  # the state may have moved meanwhile: look again
             if since is not None:
-                if link.sending_since == since:
-                    return  # still the same frame
-            elif not link.keepalive_wanted:
-                link.keepalive_wanted = True
-                link.wakeup.set()
-                link.last_sent_at = trio.current_time()  # next check one interval on
+                return  # one frame has been writing for send_timeout
+            link.keepalive_wanted = True
+            link.wakeup.set()
+            # The next check one interval on, also if the sender has not run yet.
+            link.last_sent_at = trio.current_time()
 
     async def _send_loop(self, link: _Link, stream: trio.abc.Stream) -> None:
         while True:
