@@ -8,10 +8,16 @@ pays one module-attribute read (no span objects, no context switches).
 Spans of one Put (names as exported):
 
     <service>/<Method>      SERVER, child of the caller's W3C `traceparent` (gRPC metadata)
-      forward               CLIENT, on a follower (one per attempt); its traceparent goes
-                            to the leader, whose server span is its child
+      forward               CLIENT, on a follower that hands the request to the leader's
+                            client port (a TTL, quorum=all, membership, or a write the
+                            leader refused inside Raft; one per attempt); its traceparent
+                            goes to the leader, whose server span is its child
       raft.propose          from the proposal entering the raft loop's mailbox until the
-                            engine answers it (applied, refused or overwritten)
+                            engine answers it (applied, refused or overwritten). A write a
+                            follower forwards inside Raft has `ggap.forwarded_to`; its
+                            traceparent rides on the PROPOSE message, and the leader's own
+                            raft.propose (`ggap.forwarded_from`, with the persist / commit /
+                            apply children below) is its child
         raft.persist        the writer-thread hop that saved (and fsynced) the entry, from
                             the hand-off to the writer thread (`ggap.queued_ms` waiting
                             for it) to durable (`ggap.fsync_ms` save + fsync)
@@ -239,6 +245,29 @@ def inject_metadata() -> list[tuple[str, str]]:
     return list(carrier.items())
 
 
+def traceparent(span: Span) -> bytes:
+    """`span`'s W3C traceparent, to carry where gRPC metadata cannot go (a forwarded
+    write's PROPOSE message on the peer transport)."""
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent", "").encode("ascii")
+
+
+def start_remote_span(
+    parent: bytes, name: str, *, attributes: Mapping[str, Any] | None = None
+) -> Span | None:
+    """A span whose parent is the W3C traceparent `parent` (from `traceparent` on another
+    node); None when it does not parse or its trace is not sampled."""
+    try:
+        context = _propagator.extract({"traceparent": parent.decode("ascii")})
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not trace.get_current_span(context).get_span_context().is_valid:
+        return None
+    span = _tracer.start_span(name, context=context, attributes=attributes)
+    return span if span.is_recording() else None
+
+
 def _status_code(exc: BaseException) -> int:
     """The gRPC status code an exception from a handler will be answered with."""
     if isinstance(exc, trio.Cancelled):
@@ -311,8 +340,10 @@ __all__ = [
     "recording",
     "setup",
     "shutdown",
+    "start_remote_span",
     "start_span",
     "traced_service",
     "traced_unary",
+    "traceparent",
     "use_span",
 ]

@@ -32,6 +32,16 @@ from ggap.codec.confchange import (
     member_context_from_value,
     member_context_to_value,
 )
+from ggap.codec.origin import (
+    ORIGIN_HEADER_SIZE,
+    Origin,
+    decode_refusals,
+    encode_refusals,
+    is_stamped,
+    read_origin,
+    stamp_origin,
+    strip_origin,
+)
 from ggap.types.commands import Command
 from ggap.types.errors import CodecError
 
@@ -120,18 +130,26 @@ __all__ = [
     "HAS_FASTLOG",
     "IMPL",
     "MAX_DEPTH",
+    "ORIGIN_HEADER_SIZE",
     "CodecError",
+    "Origin",
     "decode_command",
     "decode_command_entry",
     "decode_conf_change",
     "decode_entry",
     "decode_member_context",
+    "decode_refusals",
     "encode_command",
     "encode_command_entry",
     "encode_conf_change",
     "encode_entry",
     "encode_member_context",
+    "encode_refusals",
+    "is_stamped",
     "pack",
+    "read_origin",
+    "stamp_origin",
+    "strip_origin",
     "unpack",
     "version_at",
     "visible_versions",

@@ -34,8 +34,12 @@ class AppliedBatch:
 
 
 class Consensus(Protocol):
-    async def propose(self, command: Command) -> ApplyResult:
-        """Return once the command is committed and applied; raise its GgapError if it failed."""
+    async def propose(self, command: Command, *, forward: bool = False) -> ApplyResult:
+        """Return once the command is committed and applied; raise its GgapError if it failed.
+
+        NotLeader unless this node leads; with `forward`, a follower that knows the leader
+        hands the command to it inside Raft and answers once it applied it here (NotLeader
+        still, if the leader refused it: then it was not applied)."""
         ...
 
     async def propose_all(self, command: Command) -> ApplyResult:

@@ -21,7 +21,10 @@ The trio node runs 2-3 in one writer-thread hop (`engine.durable(work)`); the si
 
 A proposal is matched to its result by (index, term): the leader learns the index when it
 appends; when that index is applied, the same term means our entry won, another term
-means a new leader overwrote it and the write never happened.
+means a new leader overwrote it and the write never happened. A follower may forward a
+proposal to the leader inside Raft (`propose(..., forward=True)`): it cannot learn the
+index, so it stamps the entry with its origin (ggap.codec.origin) and recognises it when
+it applies it; a leader that will not take it refuses it by name (PROPOSE_REFUSED).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Protocol
 
 import attrs
 
+from ggap import codec
 from ggap.consensus.raft import (
     ConfChangeRefused,
     CoreConfig,
@@ -164,6 +168,29 @@ class Proposal:
     term: int = 0
 
 
+@attrs.define(eq=False, slots=True)
+class _Forwarded:
+    """A write this follower handed to the leader, waiting to be applied here."""
+
+    done: ProposalCallback
+    tick: int  # the engine's tick count when it was forwarded
+
+
+@attrs.define(slots=True)
+class ForwardCounts:
+    """Writes this node forwarded to the leader inside Raft, by how they ended."""
+
+    applied: int = 0  # applied here and answered with their result
+    refused: int = 0  # the leader refused them (not applied)
+    unknown: int = 0  # expired or covered by an installed snapshot (outcome unknown)
+
+
+# A forwarded write not applied here within this many election timeouts is answered
+# "outcome unknown" (its PROPOSE, or the leader that took it, was lost). Drivers' callers
+# normally give up first, at their own deadline; this bounds what the engine holds.
+FORWARD_EXPIRY_ELECTIONS = 10
+
+
 @attrs.frozen(slots=True)
 class Work:
     """One Ready on its way through the steps of the module docstring."""
@@ -188,9 +215,12 @@ class ReplicaEngine:
         retention: Retention | None = None,
         logger: logging.Logger | None = None,
         report_context: bytes = b"",
+        incarnation: int = 0,
     ) -> None:
         """`report_context` rides on every APPLIED_REPORT (the node's client address, so
-        followers learn where to forward writes)."""
+        followers learn where to forward writes). `incarnation` must differ between runs
+        of the same node (a random number, or a restart count): it is part of the stamp on
+        forwarded writes, so one stamped before a restart never answers one after it."""
         self.id = config.id
         self.storage = storage
         self.state_machine = state_machine
@@ -221,6 +251,13 @@ class ReplicaEngine:
         self.peer_applied: dict[int, int] = {}
         self.peer_context: dict[int, bytes] = {}
         self._proposals: dict[int, Proposal] = {}
+        # Forwarded writes by sequence number (insertion order is forwarding order).
+        self._incarnation = incarnation
+        self._forward_seq = 0
+        self._forwarded: dict[int, _Forwarded] = {}
+        self.forward_counts = ForwardCounts()
+        self._ticks = 0
+        self._forward_expiry_ticks = FORWARD_EXPIRY_ELECTIONS * config.election_tick
         self._reads: dict[bytes, ReadCallback] = {}
         # Insertion-ordered (a dict, not a set): they are asked again in this order, and the
         # order of the messages that go out must not depend on hash randomisation (the
@@ -228,6 +265,7 @@ class ReplicaEngine:
         self._reads_without_leader: dict[bytes, None] = {}
         self._subscribers: list[Callable[[AppliedBatch], None]] = []
         self._peer_applied_listeners: list[Callable[[], None]] = []
+        self._forwarded_append_listeners: list[Callable[[int, int, bytes], None]] = []
         self._membership_listeners: list[Callable[[Membership], None]] = []
         self._snapshotting = False
         self.closed = False
@@ -249,7 +287,10 @@ class ReplicaEngine:
     # -- inputs -------------------------------------------------------------------------------
 
     def tick(self) -> None:
+        self._ticks += 1
         self.node.tick()
+        if self._forwarded:
+            self._expire_forwarded()
         self.report_applied()
         self._report_unreachable()
         if self._reads_without_leader:
@@ -262,16 +303,41 @@ class ReplicaEngine:
                 self.peer_context[msg.frm] = msg.context
             for listener in self._peer_applied_listeners:
                 listener()
+        elif msg.type is MessageType.PROPOSE:
+            node = self.node
+            if node.role is Role.LEADER and not node.transferring and not self.closed:
+                if msg.context and self._forwarded_append_listeners:
+                    before = node.log.last_index()
+                    node.step(msg)
+                    for index in range(before + 1, node.log.last_index() + 1):
+                        for on_append in self._forwarded_append_listeners:
+                            on_append(index, msg.frm, msg.context)
+                else:
+                    node.step(msg)
+            else:
+                self._refuse_forwarded(msg)
+        elif msg.type is MessageType.PROPOSE_REFUSED:
+            self._forward_refused(msg)
         else:
             self.node.step(msg)
 
     def campaign(self) -> None:
         self.node.campaign()
 
-    def propose(self, data: bytes, done: ProposalCallback) -> int:
+    def propose(
+        self, data: bytes, done: ProposalCallback, *, forward: bool = False, context: bytes = b""
+    ) -> int:
         """Append `data` if this node leads; `done(index, result, error)` runs once it is applied
         (or failed). Never raises: refusals go to `done` at once. Returns the entry's index
-        (0 when refused), so a driver can follow the entry through persist and apply."""
+        (0 when refused or forwarded), so a driver can follow the entry through persist and
+        apply.
+
+        With `forward`, a follower (or learner) that knows the leader hands the entry to it
+        as a PROPOSE message, stamped with its origin; `done` runs when this node applies
+        it, or with NotLeader if the leader refuses it (definitely not applied), or with
+        Unavailable "outcome unknown" after FORWARD_EXPIRY_ELECTIONS election timeouts or
+        a snapshot install (it may have been applied, or may still be). `context` rides
+        on the PROPOSE (`on_forwarded_append` hands it to the leader's driver)."""
         node = self.node
         # The core's role, not our copy: a message stepped earlier in this same batch may
         # have deposed us, and a follower core would forward the entry instead of appending
@@ -280,7 +346,10 @@ class ReplicaEngine:
             done(0, None, Unavailable("node is shutting down"))
             return 0
         if node.role is not Role.LEADER:
-            done(0, None, NotLeader("this node is not the leader", leader_id=node.leader or None))
+            if forward and node.leader and not self.removed and node.role in (Role.FOLLOWER, Role.LEARNER):
+                self._forward(data, done, context)
+            else:
+                done(0, None, NotLeader("this node is not the leader", leader_id=node.leader or None))
             return 0
         before = node.log.last_index()
         try:
@@ -359,6 +428,11 @@ class ReplicaEngine:
         """`callback` runs after each applied batch, before proposers are answered."""
         self._subscribers.append(callback)
 
+    def on_forwarded_append(self, listener: Callable[[int, int, bytes], None]) -> None:
+        """`listener(index, from_node, context)` runs when this leader appends a write a
+        follower forwarded with a `context` (the trio node: a traceparent)."""
+        self._forwarded_append_listeners.append(listener)
+
     def on_peer_applied(self, listener: Callable[[], None]) -> None:
         self._peer_applied_listeners.append(listener)
 
@@ -366,10 +440,13 @@ class ReplicaEngine:
         """Fail every waiting proposal and read with `error`; refuse new ones."""
         self.closed = True
         proposals, self._proposals = list(self._proposals.values()), {}
+        forwarded, self._forwarded = list(self._forwarded.values()), {}
         reads, self._reads = list(self._reads.values()), {}
         self._reads_without_leader.clear()
         for p in proposals:
             p.done(p.index, None, error)
+        for f in forwarded:
+            f.done(0, None, error)
         for done in reads:
             done(0, error)
 
@@ -418,7 +495,14 @@ class ReplicaEngine:
             sm.restore(rd.snapshot)
         if not rd.committed:
             return ApplyOutput(outcomes=(), revision=sm.revision)
-        return sm.apply(rd.committed, self._membership_changes(rd.committed))
+        committed: Sequence[Entry] = rd.committed
+        if any(codec.is_stamped(e.data) for e in committed):
+            # The state machine gets each entry's data as proposed, without the stamp.
+            committed = [
+                attrs.evolve(e, data=codec.strip_origin(e.data)) if codec.is_stamped(e.data) else e
+                for e in committed
+            ]
+        return sm.apply(committed, self._membership_changes(committed))
 
     def _membership_changes(self, committed: Sequence[Entry]) -> dict[int, Membership | FailedPrecondition]:
         """Decide each CONF_CHANGE entry from the state machine's membership, in log order
@@ -451,6 +535,7 @@ class ReplicaEngine:
             self.applied = max(self.applied, self.state_machine.applied_index)
             self.revision = self.state_machine.revision
             self._fail_unknown(rd.snapshot.index)
+            self._fail_forwarded_unknown("a snapshot replaced the log here")
             if not rd.committed:
                 # Otherwise after the core applied the batch's changes too: the state machine
                 # already holds the membership of the snapshot *and* of any change after it.
@@ -597,6 +682,8 @@ class ReplicaEngine:
             proposal = self._proposals.pop(entry.index, None)
             if proposal is not None:
                 self._answer(proposal, entry, outcome)
+        if self._forwarded:
+            self._answer_forwarded(committed, outcomes)
         self._fail_overwritten(last)
 
     def _membership_applied(self) -> None:
@@ -635,6 +722,111 @@ class ReplicaEngine:
             proposal.done(i, None, outcome)
         else:
             proposal.done(i, outcome, None)
+
+    # -- forwarded proposals ----------------------------------------------------------------
+
+    def _forward(self, data: bytes, done: ProposalCallback, context: bytes) -> None:
+        self._forward_seq += 1
+        seq = self._forward_seq
+        stamped = codec.stamp_origin(codec.Origin(self.id, self._incarnation, seq), data)
+        try:
+            self.node.propose(stamped, context)  # a follower core sends it as PROPOSE
+        except ProposalDropped as exc:
+            done(0, None, NotLeader(f"proposal dropped: {exc}", leader_id=self.node.leader or None))
+            return
+        self._forwarded[seq] = _Forwarded(done=done, tick=self._ticks)
+
+    def _answer_forwarded(self, committed: Sequence[Entry], outcomes: Sequence[Outcome]) -> None:
+        for entry, outcome in zip(committed, outcomes, strict=True):
+            if entry.kind is not EntryKind.NORMAL or not codec.is_stamped(entry.data):
+                continue
+            origin = codec.read_origin(entry.data)
+            if origin is None or not self._forwarded_here(origin):
+                continue
+            waiting = self._forwarded.pop(origin.seq, None)
+            if waiting is None:
+                continue  # its caller was answered already (expired), or a duplicate
+            self.forward_counts.applied += 1
+            if outcome is None:
+                waiting.done(entry.index, None, Internal(f"entry {entry.index} was skipped at apply"))
+            elif isinstance(outcome, GgapError):
+                waiting.done(entry.index, None, outcome)
+            else:
+                waiting.done(entry.index, outcome, None)
+
+    def _refuse_forwarded(self, msg: Message) -> None:
+        """A PROPOSE this node will not append (it does not lead, or is handing leadership
+        over, or is closing): tell the proposer which writes, so they fail at once as
+        definitely not applied (the core would drop them silently)."""
+        origins = []
+        for e in msg.entries:
+            try:
+                origin = codec.read_origin(e.data)
+            except codec.CodecError:
+                continue
+            if origin is not None and origin.node == msg.frm:
+                origins.append(origin)
+        if not origins:
+            return
+        self.transport.send(
+            [
+                Message(
+                    type=MessageType.PROPOSE_REFUSED,
+                    to=msg.frm,
+                    frm=self.id,
+                    term=self.term,
+                    context=codec.encode_refusals(origins),
+                )
+            ]
+        )
+
+    def _forward_refused(self, msg: Message) -> None:
+        try:
+            origins = codec.decode_refusals(self.id, msg.context)
+        except codec.CodecError:
+            self._log.warning("node %d: unreadable PROPOSE_REFUSED from %d", self.id, msg.frm)
+            return
+        for origin in origins:
+            if origin.incarnation != self._incarnation:
+                continue
+            waiting = self._forwarded.pop(origin.seq, None)
+            if waiting is not None:
+                self.forward_counts.refused += 1
+                waiting.done(
+                    0,
+                    None,
+                    NotLeader(
+                        f"node {msg.frm} refused the forwarded write: it does not lead, or is "
+                        "handing leadership over; it was not applied",
+                        leader_id=self.node.leader if self.node.leader not in (0, msg.frm) else None,
+                    ),
+                )
+
+    def _expire_forwarded(self) -> None:
+        cutoff = self._ticks - self._forward_expiry_ticks
+        expired = []
+        for seq, waiting in self._forwarded.items():
+            if waiting.tick > cutoff:
+                break  # forwarding order is tick order
+            expired.append(seq)
+        self.forward_counts.unknown += len(expired)
+        for seq in expired:
+            self._forwarded.pop(seq).done(
+                0,
+                None,
+                Unavailable(
+                    f"the forwarded write was not applied here within {FORWARD_EXPIRY_ELECTIONS} "
+                    "election timeouts; its outcome is unknown"
+                ),
+            )
+
+    def _fail_forwarded_unknown(self, why: str) -> None:
+        if not self._forwarded:
+            return
+        waiting, self._forwarded = list(self._forwarded.values()), {}
+        self.forward_counts.unknown += len(waiting)
+        for f in waiting:
+            f.done(0, None, Unavailable(f"{why}: the forwarded write's outcome is unknown"))
 
     def _fail_overwritten(self, upto: int) -> None:
         """Any proposal at or below `upto` still waiting was overwritten without reaching
@@ -689,6 +881,10 @@ class ReplicaEngine:
 
     # Hooks for the planted bugs (ggap/sim/bugs.py).
 
+    def _forwarded_here(self, origin: codec.Origin) -> bool:
+        """This run of this node forwarded the entry stamped `origin`."""
+        return origin.node == self.id and origin.incarnation == self._incarnation
+
     def _new_core(
         self, config: CoreConfig, storage: DurableStorage, rng: random.Random, applied: int
     ) -> RawNode:
@@ -700,6 +896,7 @@ class ReplicaEngine:
 
 __all__ = [
     "ApplyOutput",
+    "ForwardCounts",
     "MembershipChanges",
     "Outcome",
     "Proposal",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -70,6 +71,8 @@ class _Messages:
 @attrs.define(eq=False, slots=True)
 class _Proposal:
     command: Command | MemberChange
+    # A follower hands it to the leader inside Raft (ReplicaEngine.propose(forward=True)).
+    forward: bool = False
     done: trio.Event = attrs.field(factory=trio.Event)
     index: int = 0
     result: object = None
@@ -92,6 +95,15 @@ class _Proposal:
         if self.error is not None:
             tracing.failed(span, self.error)
         span.end()
+
+
+@attrs.define(eq=False, slots=True)
+class _ForwardedTrace:
+    """On the leader: the raft.propose span of a traced write a follower forwarded inside
+    Raft (its parent is the follower's span); ended once this node applied its index."""
+
+    span: Any
+    persisted_ns: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -332,11 +344,14 @@ class RaftReplica:
             ),
             logger=log,
             report_context=spec.client_addr.encode(),
+            # Never the seeded rng: two runs of a node must not share an incarnation.
+            incarnation=secrets.randbits(64),
         )
         # The file that matches the log's snapshot is the one followers get.
         machine.settle(storage.snapshot().index)
         self._engine.subscribe(self._on_applied)
         self._engine.on_peer_applied(self._on_peer_applied)
+        self._engine.on_forwarded_append(self._trace_forwarded)
         self._progress = AppliedProgress(kv.applied_index, kv.revision)
         self._read_ids = itertools.count(1)
         self._applied_changed = trio.Event()
@@ -345,7 +360,7 @@ class RaftReplica:
         self._slow_fsync_ns = int(slow_fsync_s * 1e9)
         self._slow_fsync_log = EveryInterval(1.0)
         # Traced proposals by entry index, while the engine has not answered them.
-        self._traced: dict[int, _Proposal] = {}
+        self._traced: dict[int, _Proposal | _ForwardedTrace] = {}
 
     @property
     def engine(self) -> ReplicaEngine:
@@ -353,13 +368,13 @@ class RaftReplica:
 
     # -- the Consensus protocol ------------------------------------------------------------
 
-    async def _propose(self, command: Command | MemberChange) -> _Proposal:
+    async def _propose(self, command: Command | MemberChange, *, forward: bool = False) -> _Proposal:
         if self._closed:
             raise Unavailable("node is shutting down")
         engine = self._engine
-        if engine.role is not Role.LEADER:
+        if engine.role is not Role.LEADER and not (forward and engine.leader):
             raise NotLeader("this node is not the leader", leader_id=engine.leader or None)
-        proposal = _Proposal(command=command)
+        proposal = _Proposal(command=command, forward=forward)
         if tracing.ENABLED and tracing.recording():
             proposal.span = tracing.start_span(
                 "raft.propose", attributes={"ggap.command": type(command).__name__}
@@ -381,8 +396,8 @@ class RaftReplica:
             raise proposal.error
         return proposal
 
-    async def propose(self, command: Command) -> ApplyResult:
-        return (await self._propose(command)).result  # type: ignore[return-value]
+    async def propose(self, command: Command, *, forward: bool = False) -> ApplyResult:
+        return (await self._propose(command, forward=forward)).result  # type: ignore[return-value]
 
     async def propose_all(self, command: Command) -> ApplyResult:
         """WRITE_QUORUM_ALL: committed, then durable and applied on every voter."""
@@ -594,7 +609,13 @@ class RaftReplica:
             if isinstance(event.command, MemberChange):
                 index = engine.propose_membership(event.command, event.finish)
             else:
-                index = engine.propose(codec.encode_command(event.command), event.finish)
+                context = b""
+                if event.span is not None and event.forward and engine.role is not Role.LEADER:
+                    event.span.set_attribute("ggap.forwarded_to", engine.leader)
+                    context = tracing.traceparent(event.span)
+                index = engine.propose(
+                    codec.encode_command(event.command), event.finish, forward=event.forward, context=context
+                )
             if event.span is not None and index and not event.done.is_set():
                 self._traced[index] = event
         elif isinstance(event, _Transfer):
@@ -630,7 +651,7 @@ class RaftReplica:
                 output = ApplyOutput(outcomes=(), revision=engine.revision)
             engine.finish(work, output)
             if self._traced:
-                self._traced = {i: p for i, p in self._traced.items() if not p.done.is_set()}
+                self._prune_traced()
             if engine.snapshot_due(force=self._snapshot_wanted):
                 self._snapshot_wanted = False
                 engine.snapshot_started()
@@ -667,6 +688,32 @@ class RaftReplica:
             f"; {suppressed} more slow fsyncs since the last line" if suppressed else "",
             extra={"fsync_ms": round(ms, 3), "entries": len(work.ready.entries)},
         )
+
+    def _trace_forwarded(self, index: int, frm: int, context: bytes) -> None:
+        """This leader appended a write node `frm` forwarded with a traceparent: trace its
+        persist, commit and apply here, under the follower's span."""
+        if not tracing.ENABLED:
+            return
+        span = tracing.start_remote_span(
+            context, "raft.propose", attributes={"ggap.forwarded_from": frm, "ggap.index": index}
+        )
+        if span is not None:
+            self._traced[index] = _ForwardedTrace(span)
+
+    def _prune_traced(self) -> None:
+        """Drop answered proposals; end forwarded writes' spans once their index is applied
+        (or overwritten: either way nothing more happens to it here)."""
+        applied = self._engine.applied
+        kept: dict[int, _Proposal | _ForwardedTrace] = {}
+        for i, p in self._traced.items():
+            if isinstance(p, _ForwardedTrace):
+                if i <= applied:
+                    p.span.end()
+                    continue
+            elif p.done.is_set():
+                continue
+            kept[i] = p
+        self._traced = kept
 
     def _trace_hop(self, work: Work, handed: int, times: _HopTimes) -> None:
         """Give each traced proposal in this Ready its share of the batch: a raft.persist

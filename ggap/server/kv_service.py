@@ -34,6 +34,7 @@ from ggap.types import (
     PutResult,
     RangeResult,
     ReadMode,
+    Txn,
     TxnResult,
     Unavailable,
     check_key,
@@ -136,6 +137,14 @@ class NodeState:
             await self.forwarder.pause_or_give_up(leader_id)
 
 
+def _has_ttl(cmd: Command) -> bool:
+    if isinstance(cmd, Put):
+        return cmd.expires_at_ms != 0
+    if isinstance(cmd, Txn):
+        return any(isinstance(op, Put) and op.expires_at_ms for op in (*cmd.success, *cmd.failure))
+    return False
+
+
 class KvServicer(kv_grpc.KvServiceServicer):
     def __init__(self, node: NodeState) -> None:
         self._node = node
@@ -233,13 +242,25 @@ class KvServicer(kv_grpc.KvServiceServicer):
         answer: Callable[[_R], _Resp],
         forward: Callable[[Client, float], Awaitable[_Resp]],
     ) -> _Resp:
-        """The one write path: propose `cmd` here when leader and `answer` its `result`;
-        otherwise `forward` the request to the leader (the leader's response is the answer),
-        retrying refusals across leader changes until the deadline (`NodeState.on_leader`)."""
+        """The one write path: propose `cmd` here when leader and `answer` its `result`.
+        On a follower, a majority write without a TTL goes to the leader inside Raft (a
+        PROPOSE message on the peer transport) and is answered when it is applied here.
+        Otherwise, and whenever the leader refused it, `forward` the request to the
+        leader's client port (the leader's response is the answer), retrying refusals
+        across leader changes until the deadline (`NodeState.on_leader`).
+
+        Why not everything inside Raft: a TTL's expiry time is taken from the clock of the
+        node that builds the command, and that must be the leader's (it expires keys by
+        it); a WRITE_QUORUM_ALL waiter needs every voter's applied index, which only the
+        leader hears at once."""
         consensus = self._node.consensus
+        in_raft = not all_replicas and not is_forwarded(request) and not _has_ttl(cmd)
 
         async def here() -> _Resp:
-            res = await (consensus.propose_all(cmd) if all_replicas else consensus.propose(cmd))
+            if all_replicas:
+                res = await consensus.propose_all(cmd)
+            else:
+                res = await consensus.propose(cmd, forward=in_raft)
             if not isinstance(res, result):
                 raise TypeError(f"{type(cmd).__name__} applied as {type(res).__name__}")
             return answer(res)

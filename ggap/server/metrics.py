@@ -220,6 +220,17 @@ class NodeCollector(Collector):
             "Proposals handed to Raft that failed (leadership lost, overwritten, overloaded, stopping).",
             stats.proposals_failed,
         )
+        forwarded = CounterMetricFamily(
+            "ggap_server_forwarded_writes",
+            "Writes this follower forwarded to the leader inside Raft, by outcome "
+            "(applied; refused: not applied; unknown: expired or covered by a snapshot).",
+            labels=["outcome"],
+        )
+        counts = engine.forward_counts
+        forwarded.add_metric(["applied"], counts.applied)
+        forwarded.add_metric(["refused"], counts.refused)
+        forwarded.add_metric(["unknown"], counts.unknown)
+        yield forwarded
         yield GaugeMetricFamily(
             "ggap_server_healthy",
             "1 while /healthz answers 200.",

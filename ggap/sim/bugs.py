@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from ggap.codec import Origin
 from ggap.consensus.raft import ConfChange, ConfState, CoreConfig, DurableStorage, Entry, RawNode, Ready
 from ggap.consensus.raft.membership import changed_conf, conf_change_error
 from ggap.consensus.raft.quorum import majority
@@ -52,6 +53,15 @@ class MatchByIndex(ReplicaEngine):
 
     def _answer(self, proposal: Proposal, entry: Entry, outcome: Outcome) -> None:
         super()._answer(proposal, Entry(index=entry.index, term=proposal.term), outcome)
+
+
+class ForwardMatchBySeq(ReplicaEngine):
+    """A forwarded write is matched by its sequence number alone, not by who forwarded it
+    in which run: a follower answers its client with the result of another node's write
+    that happens to carry the same number."""
+
+    def _forwarded_here(self, origin: Origin) -> bool:
+        return True
 
 
 class InstallBeforeLog(ReplicaEngine):
@@ -141,4 +151,5 @@ ENGINE_BUGS: dict[str, type[ReplicaEngine]] = {
     "skip-persist-before-vote": SkipPersistBeforeVote,
     "ack-before-commit": AckBeforeCommit,
     "match-by-index": MatchByIndex,
+    "forward-match-by-seq": ForwardMatchBySeq,
 }

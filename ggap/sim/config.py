@@ -17,6 +17,7 @@ PLANTED_BUGS = (
     "ack-before-commit",
     "stale-read",
     "match-by-index",
+    "forward-match-by-seq",
     "install-before-log",
     "learner-quorum",
     "membership-wrong-index",
@@ -77,6 +78,9 @@ class SimConfig:
     spares: int  # node ids outside the initial cluster that may join (as learners)
     member_probability: float  # per tick: the operator tries one membership change or transfer
     plant_bug: str | None = None
+    # Percent of writes a follower forwards to the leader inside Raft (the rest it refuses
+    # with NotLeader, and the client tries another node); drawn after the membership seed.
+    forward_percent: int = 0
     # Seed of the membership schedule's own RNG stream (drawn last of all).
     members_seed: int = attrs.field(default=0, repr=False)
     # Seeds of the per-component RNG streams (network, disk, nodes, faults, clients), drawn
@@ -140,6 +144,7 @@ class SimConfig:
         spares = r.randint(1, 3)
         member_p = r.choice((0.0, r.uniform(0.005, 0.02), r.uniform(0.02, 0.06), r.uniform(0.02, 0.06)))
         members_seed = r.getrandbits(64)
+        forward_percent = r.choice((0, 50, 100))
         return cls(
             seed=seed,
             nodes=nodes if nodes is not None else n,
@@ -185,6 +190,7 @@ class SimConfig:
             plant_bug=plant_bug,
             members_seed=members_seed,
             streams=streams,
+            forward_percent=forward_percent,
         )
 
     @property

@@ -37,6 +37,7 @@ from ggap.consensus.raft import (
 )
 from ggap.replica.engine import (
     ApplyOutput,
+    ForwardCounts,
     MembershipChanges,
     Outcome,
     ProposalCallback,
@@ -201,6 +202,8 @@ class SimNode:
         self.pending_reads: list[tuple[int, int, Callable[[], None]]] = []
         self._read_seq = 0
         self.crashes = 0
+        # Writes forwarded inside Raft, over all incarnations (each engine counts into it).
+        self.forwarded = ForwardCounts()
         self.readies = 0
         self.snapshots_installed = 0
         self.snapshots_taken = 0
@@ -252,7 +255,9 @@ class SimNode:
             retention=Retention(
                 snapshot_entries=cfg.snapshot_entries, log_retain=cfg.log_retain, max_lag=cfg.max_lag
             ),
+            incarnation=self.incarnation,
         )
+        self.engine.forward_counts = self.forwarded
         self._may_have_ready = True
         self.prev_conf = None
         sim.trace(
@@ -371,7 +376,9 @@ class SimNode:
             engine.step(msg)
         elif kind == _PROPOSE:
             _, cmd, on_ok, on_err = item
-            engine.propose(cmd.encode(), self._proposal_callback(on_ok, on_err))
+            # Which writes a follower forwards is a function of the request (no RNG draw).
+            forward = (cmd.client * 31 + cmd.req) % 100 < self.sim.cfg.forward_percent
+            engine.propose(cmd.encode(), self._proposal_callback(on_ok, on_err), forward=forward)
         elif kind == _READ:
             _, ctx, key, on_ok, on_err = item
             engine.read_index(ctx, self._read_callback(key, on_ok, on_err))

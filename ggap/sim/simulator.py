@@ -413,6 +413,9 @@ class Simulator:
             "ops_unknown": sum(op.pending for op in self.history),
             "acked_writes": len(self.acked_writes),
             "conf_changes": len(self.inv.confs) - 1,
+            "forwarded_applied": sum(n.forwarded.applied for n in self.nodes.values()),
+            "forwarded_refused": sum(n.forwarded.refused for n in self.nodes.values()),
+            "forwarded_unknown": sum(n.forwarded.unknown for n in self.nodes.values()),
         }
         s.update({f"members_{k}": v for k, v in self.members.stats.items()})
         s.update({f"net_{k}": v for k, v in sorted(self.net.stats.items())})

@@ -33,6 +33,7 @@ EXPECTED_FAMILIES = {
     "ggap_server_proposals_applied_total": "gauge",
     "ggap_server_proposals_pending": "gauge",
     "ggap_server_proposals_failed": "counter",
+    "ggap_server_forwarded_writes": "counter",
     "ggap_server_requests_rejected": "counter",
     "ggap_server_requests_in_flight": "gauge",
     "ggap_disk_wal_fsync_duration_seconds": "histogram",
@@ -134,7 +135,7 @@ def test_cluster_metrics(cluster: tuple[Cluster, dict[int, str]]) -> None:
     c, addrs = cluster
     leader = leader_of(c)
     follower = next(i for i in c.ids if i != leader)
-    kv = c.kv(follower)  # forwarded to the leader: both count the Put
+    kv = c.kv(follower)  # forwarded to the leader inside Raft, answered by the follower
     for n in range(N_PUTS):
         kv.Put(pb.PutRequest(key=f"k{n}", value=b"v"), timeout=T)
     # An error code other than OK, labelled as go-grpc-prometheus does.
@@ -174,6 +175,8 @@ def test_cluster_metrics(cluster: tuple[Cluster, dict[int, str]]) -> None:
     assert value(f, "grpc_server_handled_total", grpc_code="OK", **put) >= N_PUTS + 1
     assert value(f, "grpc_server_handled_total", grpc_code="InvalidArgument", **put) == 1
     assert value(f, "grpc_server_handling_seconds_count", **put) >= N_PUTS + 2
+    assert value(f, "ggap_server_forwarded_writes_total", outcome="applied") == N_PUTS + 1
+    assert value(f, "ggap_server_forwarded_writes_total", outcome="refused") == 0
 
     def proposals_applied() -> bool:
         scraped = {i: scrape(a) for i, a in addrs.items()}

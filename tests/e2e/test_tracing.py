@@ -128,33 +128,56 @@ def test_traced_put_and_read_on_a_single_node(node_factory: Any) -> None:
     assert slow and slow[0]["level"] == "warning" and slow[0]["fsync_ms"] >= 0 and "entries" in slow[0]
 
 
-def test_traced_put_through_a_follower_is_forwarded_with_its_trace(tmp_path: Path) -> None:
+def test_traced_puts_through_a_follower_keep_their_trace_on_both_paths(tmp_path: Path) -> None:
+    """A plain Put goes to the leader inside Raft (its traceparent rides on the PROPOSE
+    message); a Put with a TTL is forwarded to the leader's client port (a `forward` client
+    span, the traceparent in the call's metadata). Either way the leader's spans of the
+    write are children of the follower's."""
     cluster = Cluster(tmp_path, 3, env={**FAST_RAFT_ENV, **TRACED})
     try:
         cluster.start()
         leader = cluster.wait_leader()
         follower = next(n for n in cluster.nodes.values() if n.node_id != leader)
         trace_id, parent_id, md = _traceparent(0xABCDEF)
+        ttl_trace, ttl_parent, ttl_md = _traceparent(0xFEDCBA)
         channel = grpc.insecure_channel(follower.client_addr)
         try:
-            kv_pb2_grpc.KvServiceStub(channel).Put(
-                pb.PutRequest(key="fwd", value=b"v"), timeout=T, metadata=md
-            )
+            stub = kv_pb2_grpc.KvServiceStub(channel)
+            stub.Put(pb.PutRequest(key="fwd", value=b"v"), timeout=T, metadata=md)
+            stub.Put(pb.PutRequest(key="fwd-ttl", value=b"v", ttl_ms=60_000), timeout=T, metadata=ttl_md)
         finally:
             channel.close()
         paths = [n.log_path for n in cluster.nodes.values()]
+
+        # Inside Raft: Put and raft.propose on the follower; raft.propose, persist, commit
+        # and apply on the leader.
         spans = wait_until(
-            lambda: len(s := _spans(paths, trace_id)) >= 7 and s,
-            15,
-            "the forwarded Put's spans on both nodes",
+            lambda: len(s := _spans(paths, trace_id)) >= 6 and s, 15, "the Put's spans on both nodes"
         )
         origin = _one(spans, "ginnungagap.v1.KvService/Put", node_id=follower.node_id)
         assert origin["parent_id"] == "0x" + parent_id
+        assert not [s for s in spans if s["name"] == "forward"]
+        here = _one(spans, "raft.propose", node_id=follower.node_id)
+        assert here["parent_id"] == _sid(origin)
+        assert here["attributes"]["ggap.forwarded_to"] == leader
+        at_leader = _one(spans, "raft.propose", node_id=leader)
+        assert at_leader["parent_id"] == _sid(here)  # the traceparent crossed inside Raft
+        assert at_leader["attributes"]["ggap.forwarded_from"] == follower.node_id
+        assert at_leader["attributes"]["ggap.index"] == here["attributes"]["ggap.index"] > 0
+        for step in ("raft.persist", "raft.commit", "raft.apply"):
+            assert _one(spans, step, node_id=leader)["parent_id"] == _sid(at_leader)
+
+        # Over the leader's client port.
+        spans = wait_until(
+            lambda: len(s := _spans(paths, ttl_trace)) >= 7 and s, 15, "the TTL Put's spans on both nodes"
+        )
+        origin = _one(spans, "ginnungagap.v1.KvService/Put", node_id=follower.node_id)
+        assert origin["parent_id"] == "0x" + ttl_parent
         forward = _one(spans, "forward", node_id=follower.node_id)
         assert forward["kind"] == "SpanKind.CLIENT" and forward["parent_id"] == _sid(origin)
-        at_leader = _one(spans, "ginnungagap.v1.KvService/Put", node_id=leader)
-        assert at_leader["parent_id"] == _sid(forward)  # traceparent crossed to the leader
-        _check_write_path(spans, at_leader)
+        served = _one(spans, "ginnungagap.v1.KvService/Put", node_id=leader)
+        assert served["parent_id"] == _sid(forward)  # traceparent crossed to the leader
+        _check_write_path(spans, served)
 
         # Every line of every node's log is JSON with the fields; the leader change is
         # logged once: one "became leader" on the leader, one "leader is now" per follower.

@@ -128,3 +128,159 @@ def test_reads_waiting_for_a_leader_are_asked_in_arrival_order() -> None:
     assert work is not None
     asked = [m.context for m in work.ready.messages if m.type is MT.READ_INDEX]
     assert asked == contexts
+
+
+# --- writes a follower forwards to the leader inside Raft --------------------------------
+
+
+class ResultMachine(Machine):
+    """Answers every plain entry with ("done", its data), and keeps the data it applied."""
+
+    def __init__(self, voters: Sequence[int]) -> None:
+        super().__init__(voters)
+        self.seen: list[bytes] = []
+
+    def apply(self, entries: Sequence[Entry], changes: MembershipChanges) -> ApplyOutput:
+        out = super().apply(entries, changes)
+        outcomes = list(out.outcomes)
+        for i, e in enumerate(entries):
+            if e.kind is EntryKind.NORMAL and e.data and outcomes[i] is None:
+                self.seen.append(e.data)
+                outcomes[i] = ("done", e.data)
+        return ApplyOutput(outcomes=outcomes, revision=out.revision)
+
+
+class Group:
+    """Three engines wired by hand: `pump` runs every Ready and delivers every message
+    (except those `drop` says to lose) until the group is quiet."""
+
+    def __init__(self, incarnations: dict[int, int] | None = None) -> None:
+        self.ids = (1, 2, 3)
+        self.machines = {i: ResultMachine(self.ids) for i in self.ids}
+        self.transports = {i: Transport() for i in self.ids}
+        self.storages = {i: SimStorage(i) for i in self.ids}
+        self.engines = {i: self._engine(i, (incarnations or {}).get(i, 1)) for i in self.ids}
+        self.drop = lambda m: False
+        self.engines[1].campaign()
+        self.pump()
+        assert self.engines[1].role.value == "leader"
+
+    def _engine(self, i: int, incarnation: int) -> ReplicaEngine:
+        return ReplicaEngine(
+            config=CoreConfig(id=i, voters=self.ids, election_tick=10, heartbeat_tick=1),
+            storage=self.storages[i],
+            state_machine=self.machines[i],
+            transport=self.transports[i],
+            rng=random.Random(i),
+            incarnation=incarnation,
+        )
+
+    def restart(self, i: int, incarnation: int) -> None:
+        """The node comes back with its log and state machine, as a new run."""
+        self.engines[i] = self._engine(i, incarnation)
+
+    def pump(self) -> None:
+        for _ in range(100):
+            for e in self.engines.values():
+                handle(e)
+            moved = False
+            for t in self.transports.values():
+                sent, t.sent = t.sent, []
+                for m in sent:
+                    moved = True
+                    if not self.drop(m):
+                        self.engines[m.to].step(m)
+            if not moved:
+                return
+        raise AssertionError("the group never went quiet")
+
+
+def answers() -> tuple[list[tuple[int, object, BaseException | None]], object]:
+    got: list[tuple[int, object, BaseException | None]] = []
+    return got, lambda index, result, error: got.append((index, result, error))
+
+
+def test_a_forwarded_write_is_answered_by_the_follower_once_applied_there() -> None:
+    g = Group()
+    got, done = answers()
+    assert g.engines[2].propose(b"put x", done, forward=True) == 0  # the index is the leader's
+    g.pump()
+    [(index, result, error)] = got
+    assert error is None and result == ("done", b"put x") and index > 0
+    # Every state machine applied the data as proposed (the stamp is the engine's business).
+    assert all(m.seen == [b"put x"] for m in g.machines.values())
+    assert g.engines[2].forward_counts.applied == 1
+    # Without `forward` a follower still refuses at once.
+    plain, done2 = answers()
+    g.engines[2].propose(b"put y", done2)
+    assert type(plain[0][2]).__name__ == "NotLeader"
+
+
+def test_a_leader_handing_over_refuses_forwarded_writes_by_name() -> None:
+    g = Group()
+    g.drop = lambda m: m.type is MT.TIMEOUT_NOW  # the transfer stays in progress
+    g.engines[1].transfer_leader(3)
+    g.pump()
+    assert g.engines[1].node.transferring
+    got, done = answers()
+    g.engines[2].propose(b"put x", done, forward=True)
+    g.pump()
+    [(_, result, error)] = got
+    assert type(error).__name__ == "NotLeader" and "was not applied" in str(error) and result is None
+    assert all(m.seen == [] for m in g.machines.values())
+    assert g.engines[2].forward_counts.refused == 1 and not g.engines[2]._forwarded
+
+
+def test_a_deposed_leader_refuses_a_forward_that_reaches_it_late() -> None:
+    """A PROPOSE that reaches a node which no longer leads is refused, never dropped silently."""
+    g = Group()
+    got, done = answers()
+    g.engines[3].propose(b"put x", done, forward=True)
+    handle(g.engines[3])
+    [propose] = [m for m in g.transports[3].sent if m.type is MT.PROPOSE]
+    g.transports[3].sent.clear()
+    g.engines[2].step(propose)  # as if it were sent to node 2, a follower
+    g.pump()
+    [(_, _, error)] = got
+    assert type(error).__name__ == "NotLeader"
+    assert all(m.seen == [] for m in g.machines.values())
+
+
+def test_a_lost_forward_is_answered_outcome_unknown_after_the_expiry() -> None:
+    from ggap.replica.engine import FORWARD_EXPIRY_ELECTIONS
+
+    g = Group()
+    g.drop = lambda m: m.type is MT.PROPOSE
+    got, done = answers()
+    g.engines[2].propose(b"put x", done, forward=True)
+    g.pump()
+    for _ in range(FORWARD_EXPIRY_ELECTIONS * 10 - 1):
+        g.engines[2].tick()
+    assert not got
+    g.engines[2].tick()
+    [(_, _, error)] = got
+    assert type(error).__name__ == "Unavailable" and "outcome is unknown" in str(error)
+    assert g.engines[2].forward_counts.unknown == 1
+
+
+def test_an_entry_forwarded_before_a_restart_never_answers_a_write_after_it() -> None:
+    """Sequence numbers start again at each run: the incarnation in the stamp keeps an
+    old entry, committed only after the restart, from answering the new run's write."""
+    g = Group()
+    held: list[Message] = []
+    g.drop = lambda m: m.type is MT.PROPOSE and (held.append(m) or True)
+    old, done_old = answers()
+    g.engines[2].propose(b"old", done_old, forward=True)  # seq 1 of run 1, held back
+    g.pump()
+    g.restart(2, incarnation=2)
+    g.drop = lambda m: m.type is MT.PROPOSE  # the new run's forward is lost for now
+    g.engines[1].tick()  # a heartbeat: the new run learns the leader
+    g.pump()
+    new, done_new = answers()
+    g.engines[2].propose(b"new", done_new, forward=True)  # seq 1 again, of run 2
+    g.pump()
+    g.drop = lambda m: False
+    g.engines[1].step(held[0])  # the old run's write arrives and commits now
+    g.pump()
+    assert all(m.seen == [b"old"] for m in g.machines.values())
+    assert new == [] and old == []  # neither caller hears of it: the old one is gone

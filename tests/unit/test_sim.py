@@ -41,6 +41,8 @@ from ggap.types import Member, Membership
 # ack-before-commit: a write acknowledged at propose time is later dropped.
 # stale-read: a get served from a lagging or deposed node's local state.
 # match-by-index: a write overwritten by a new leader is acknowledged with another's result.
+# forward-match-by-seq: a follower matches a write it forwarded inside Raft by sequence
+# number alone, and answers with the result of another node's write of the same number.
 # install-before-log: a crash between the state machine taking a snapshot and the log
 # recording it leaves a log whose conflicting tail the restarted core treats as committed.
 # learner-quorum: a learner's ack counts toward the commit majority (a core override).
@@ -52,11 +54,12 @@ from ggap.types import Member, Membership
 # All but stale-read are subclasses of the production ReplicaEngine (ggap/sim/bugs.py).
 PLANTED: dict[str, tuple[list[int], int | None, set[str]]] = {
     "skip-persist-before-vote": ([1, 39], None, {"commit-quorum", "leader-completeness", "election-safety"}),
-    "ack-before-commit": ([0], 300, {"acked-write-lost", "linearizability"}),
+    "ack-before-commit": ([1, 2], 300, {"acked-write-lost", "linearizability"}),
     "stale-read": ([2, 3], 300, {"linearizability"}),
-    "match-by-index": ([43, 74], None, {"acked-write-lost"}),
-    "install-before-log": ([178, 36], None, {"leader-completeness", "exception"}),
-    "learner-quorum": ([0, 1], None, {"commit-quorum"}),
+    "match-by-index": ([41, 72], None, {"acked-write-lost"}),
+    "forward-match-by-seq": ([11, 22], 300, {"acked-write-lost", "linearizability"}),
+    "install-before-log": ([178, 25], None, {"leader-completeness", "exception"}),
+    "learner-quorum": ([1, 2], None, {"commit-quorum"}),
     "membership-wrong-index": ([0, 1], None, {"membership-agreement"}),
     "skip-core-conf-change": ([0, 1], None, {"exception"}),
     "bootstrap-core-config": ([1, 6], None, {"membership-agreement"}),
@@ -322,7 +325,7 @@ def test_planted_bug_is_caught(bug: str) -> None:
 
 def test_lost_acked_write_also_fails_the_linearizability_check() -> None:
     """The acked-write check fires first; the history alone must condemn the bug too."""
-    sim = Simulator(SimConfig.from_seed(10, plant_bug="ack-before-commit", ticks=300))
+    sim = Simulator(SimConfig.from_seed(14, plant_bug="ack-before-commit", ticks=300))
     assert sim.run().failure == "acked-write-lost"
     verdict = check(sim.resolve_history(), max_steps=2_000_000)
     assert verdict.violation, verdict.explain()
@@ -344,3 +347,17 @@ def test_short_log_prints_a_trace() -> None:
     lines = buf.getvalue().splitlines()
     assert res.ok and len(lines) > 100
     assert any("LEADER of t" in line for line in lines)
+
+
+def test_forwarded_writes_are_exercised_and_safe() -> None:
+    """Seeds where followers forward every write inside Raft: they pass every check, and
+    forwarded writes were applied, refused by a leader handing over or deposed, and left
+    with an unknown outcome, all three."""
+    totals = {"forwarded_applied": 0, "forwarded_refused": 0, "forwarded_unknown": 0}
+    for seed in range(12):
+        cfg = attrs.evolve(SimConfig.from_seed(seed), forward_percent=100)
+        res = Simulator(cfg).run()
+        assert res.ok, (seed, res.failure, res.detail)
+        for k in totals:
+            totals[k] += res.stats[k]
+    assert all(v > 0 for v in totals.values()), totals

@@ -197,6 +197,11 @@ class RawNode:
         return self._lead
 
     @property
+    def transferring(self) -> bool:
+        """Leader only: a leadership transfer is in progress (proposals are dropped)."""
+        return self._transferee != 0
+
+    @property
     def conf_state(self) -> ConfState:
         return ConfState(voters=self._voters, learners=self._learners)
 
@@ -242,7 +247,9 @@ class RawNode:
             return
         self._hup(transfer=False)
 
-    def propose(self, data: bytes) -> None:
+    def propose(self, data: bytes, context: bytes = b"") -> None:
+        """Append `data` (a leader), or send it to the leader as PROPOSE (a follower or
+        learner; `context` rides on that message, opaque to the core: the driver's)."""
         if self._role is Role.LEADER:
             if self._transferee:
                 raise ProposalDropped("leadership transfer in progress")
@@ -250,7 +257,9 @@ class RawNode:
         elif self._role in (Role.FOLLOWER, Role.LEARNER):
             if not self._lead:
                 raise ProposalDropped("no leader known")
-            self._send(MT.PROPOSE, self._lead, term=0, entries=(Entry(index=0, term=0, data=data),))
+            self._send(
+                MT.PROPOSE, self._lead, term=0, entries=(Entry(index=0, term=0, data=data),), context=context
+            )
         else:
             raise ProposalDropped("election in progress")
 

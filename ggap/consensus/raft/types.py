@@ -90,6 +90,9 @@ class MessageType(enum.IntEnum):
     # Driver-level, never stepped into the core: a node tells its peers how far it has
     # applied (index) and its client address (context), for WRITE_QUORUM_ALL and forwarding.
     APPLIED_REPORT = 14
+    # Driver-level too: a node that will not take forwarded proposals (PROPOSE) tells the
+    # proposer which (context: ggap.codec.encode_refusals), so it fails them at once.
+    PROPOSE_REFUSED = 15
 
 
 @attrs.frozen(slots=True)
