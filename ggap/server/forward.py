@@ -1,6 +1,10 @@
-"""Writes that reach a follower are forwarded to the leader's client port.
+"""Writes that reach a follower and cannot travel inside Raft go to the leader's client port.
 
-The client never has to find the leader (API.md). A forwarded request carries
+The client never has to find the leader (API.md). Most follower writes are handed to the
+leader as a Raft PROPOSE (ggap.replica.engine); this is the path for the rest: TTL writes
+(their expiry comes from the leader's clock), quorum-all writes (only the leader sees every
+voter's applied index), membership requests, and writes the leader refused inside Raft
+(definitely not applied, so safe to send again). A forwarded request carries
 `ggap-forwarded` metadata so a node that is no longer leader refuses it instead of
 forwarding again; the origin then retries against whoever leads now, until the request's
 deadline. Only refusals are retried (NotLeader, or no connection at all): a forward that
