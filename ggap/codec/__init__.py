@@ -42,6 +42,7 @@ from ggap.codec.origin import (
     stamp_origin,
     strip_origin,
 )
+from ggap.codec.results import RESULT_FORMAT_VERSION, SessionOutcome, outcome_from_value, outcome_to_value
 from ggap.types.commands import Command
 from ggap.types.errors import CodecError
 
@@ -80,6 +81,15 @@ def encode_command(cmd: Command) -> bytes:
 def decode_command(data: bytes) -> Command:
     """Inverse of encode_command; CodecError for anything it did not produce."""
     return command_from_value(unpack(data))
+
+
+def encode_outcome(outcome: SessionOutcome) -> bytes:
+    """Serialise what a session keeps of a write's outcome (see ggap.codec.results)."""
+    return pack(outcome_to_value(outcome))
+
+
+def decode_outcome(data: bytes) -> SessionOutcome:
+    return outcome_from_value(unpack(data))
 
 
 def encode_conf_change(change_type: int, node_id: int, context: bytes = b"") -> bytes:
@@ -131,19 +141,23 @@ __all__ = [
     "IMPL",
     "MAX_DEPTH",
     "ORIGIN_HEADER_SIZE",
+    "RESULT_FORMAT_VERSION",
     "CodecError",
     "Origin",
+    "SessionOutcome",
     "decode_command",
     "decode_command_entry",
     "decode_conf_change",
     "decode_entry",
     "decode_member_context",
+    "decode_outcome",
     "decode_refusals",
     "encode_command",
     "encode_command_entry",
     "encode_conf_change",
     "encode_entry",
     "encode_member_context",
+    "encode_outcome",
     "encode_refusals",
     "is_stamped",
     "pack",

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ggap.types.commands import (
+    CloseSession,
     Command,
     Compact,
     Compare,
@@ -25,8 +26,11 @@ from ggap.types.commands import (
     Delete,
     Expire,
     Noop,
+    OpenSession,
     Prune,
     Put,
+    SessionClock,
+    SessionWrite,
     Txn,
     TxnGet,
     TxnOp,
@@ -46,6 +50,12 @@ TAG_NOOP = 6
 TAG_TXN_GET = 7
 TAG_TXN_RANGE = 8
 TAG_PRUNE = 9
+TAG_OPEN_SESSION = 10
+TAG_CLOSE_SESSION = 11
+TAG_SESSION_CLOCK = 12
+TAG_SESSION_WRITE = 13
+# The commands a SessionWrite may carry (a session never wraps another session command).
+_SESSION_OP_TAGS = (TAG_PUT, TAG_DELETE, TAG_TXN, TAG_COMPACT)
 
 _TARGETS = {t.value: t for t in CompareTarget}
 _OPS = {o.value: o for o in CompareOp}
@@ -169,6 +179,34 @@ def command_to_value(cmd: Command) -> tuple[object, ...]:
         return (v, TAG_PRUNE, _int(cmd.depth, "Prune.depth"), keys)
     if isinstance(cmd, Noop):
         return (v, TAG_NOOP)
+    if isinstance(cmd, OpenSession):
+        return (
+            v,
+            TAG_OPEN_SESSION,
+            _int(cmd.max_sessions, "OpenSession.max_sessions"),
+            _int(cmd.max_unacked, "OpenSession.max_unacked"),
+        )
+    if isinstance(cmd, CloseSession):
+        return (v, TAG_CLOSE_SESSION, _int(cmd.session, "CloseSession.session"))
+    if isinstance(cmd, SessionClock):
+        return (
+            v,
+            TAG_SESSION_CLOCK,
+            _int(cmd.now_ms, "SessionClock.now_ms"),
+            _int(cmd.idle_timeout_ms, "SessionClock.idle_timeout_ms"),
+        )
+    if isinstance(cmd, SessionWrite):
+        if not isinstance(cmd.command, (Put, Delete, Txn, Compact)):
+            _fail(f"a SessionWrite cannot carry {type(cmd.command).__name__}")
+        inner = command_to_value(cmd.command)
+        return (
+            v,
+            TAG_SESSION_WRITE,
+            _int(cmd.session, "SessionWrite.session"),
+            _int(cmd.seq, "SessionWrite.seq"),
+            _int(cmd.lowest_unacked, "SessionWrite.lowest_unacked"),
+            inner,
+        )
     _fail(f"not a command: {type(cmd).__name__}")
 
 
@@ -279,4 +317,36 @@ def command_from_value(value: object) -> Command:
         if f:
             _fail(f"Noop must have 0 fields, got {len(f)}")
         return Noop()
+    if tag == TAG_OPEN_SESSION:
+        if len(f) != 2:
+            _fail(f"OpenSession must have 2 fields, got {len(f)}")
+        return OpenSession(
+            max_sessions=_int(f[0], "OpenSession.max_sessions"),
+            max_unacked=_int(f[1], "OpenSession.max_unacked"),
+        )
+    if tag == TAG_CLOSE_SESSION:
+        if len(f) != 1:
+            _fail(f"CloseSession must have 1 field, got {len(f)}")
+        return CloseSession(session=_int(f[0], "CloseSession.session"))
+    if tag == TAG_SESSION_CLOCK:
+        if len(f) != 2:
+            _fail(f"SessionClock must have 2 fields, got {len(f)}")
+        return SessionClock(
+            now_ms=_int(f[0], "SessionClock.now_ms"),
+            idle_timeout_ms=_int(f[1], "SessionClock.idle_timeout_ms"),
+        )
+    if tag == TAG_SESSION_WRITE:
+        if len(f) != 4:
+            _fail(f"SessionWrite must have 4 fields, got {len(f)}")
+        inner_value = _seq(f[3], "SessionWrite.command")
+        if len(inner_value) < 2 or _int(inner_value[1], "SessionWrite command tag") not in _SESSION_OP_TAGS:
+            _fail("a SessionWrite must carry a Put, Delete, Txn or Compact")
+        inner = command_from_value(inner_value)
+        assert isinstance(inner, (Put, Delete, Txn, Compact))
+        return SessionWrite(
+            session=_int(f[0], "SessionWrite.session"),
+            seq=_int(f[1], "SessionWrite.seq"),
+            lowest_unacked=_int(f[2], "SessionWrite.lowest_unacked"),
+            command=inner,
+        )
     _fail(f"unknown command tag {tag}")

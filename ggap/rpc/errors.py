@@ -30,6 +30,7 @@ from ggap.types.errors import (
     NotLeader,
     OutOfRange,
     ResourceExhausted,
+    SessionExpired,
     StatusCode,
     StorageCorrupt,
     Unavailable,
@@ -78,6 +79,7 @@ _GGAP_ERROR_CLASSES: dict[StatusCode, type[GgapError]] = {
 # Metadata naming the error class where the status code alone does not.
 REASON_KEY = "ggap-reason"
 NOT_LEADER_REASON = "NOT_LEADER"
+SESSION_EXPIRED_REASON = "SESSION_EXPIRED"
 
 _KEY_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 _TRAILER_RE = re.compile(r"^(?P<message>.*) \((?P<pairs>[^()]*)\)$", re.DOTALL)
@@ -116,6 +118,10 @@ def _metadata_of(exc: GgapError) -> dict[str, str]:
     if isinstance(exc, NotLeader):
         # "Refused before doing anything": a forwarding node may retry it elsewhere.
         md.setdefault(REASON_KEY, NOT_LEADER_REASON)
+    if isinstance(exc, SessionExpired):
+        md.setdefault(REASON_KEY, SESSION_EXPIRED_REASON)
+        if exc.session:
+            md.setdefault("ggap-session", str(exc.session))
     if isinstance(exc, OutOfRange):
         # Clients need these to resume a watch or pick a readable revision.
         if exc.compact_revision:
@@ -185,6 +191,9 @@ def error_from_status(code: StatusCode, text: str) -> GgapError:
             compact_revision=int(compact) if compact.isdigit() else 0,
             current_revision=int(current) if current.isdigit() else 0,
         )
+    elif code == StatusCode.FAILED_PRECONDITION and metadata.get(REASON_KEY) == SESSION_EXPIRED_REASON:
+        session = metadata.get("ggap-session", "0")
+        err = SessionExpired(message, session=int(session) if session.isdigit() else 0)
     else:
         err = _GGAP_ERROR_CLASSES.get(code, GgapError)(message)
         if type(err) is GgapError:

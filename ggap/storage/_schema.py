@@ -165,10 +165,42 @@ def _kv_0003_live_keys(db: sqlite_utils.Database) -> None:
     )
 
 
+def _kv_0004_sessions(db: sqlite_utils.Database) -> None:
+    # Client sessions (ggap.sessions): replicated state like the keys, written by the apply
+    # transaction and carried by snapshots. A session's saved results live until the
+    # client acknowledges them or the session ends.
+    db.execute(
+        """
+        CREATE TABLE kv_sessions (
+            shard INTEGER NOT NULL,
+            id INTEGER NOT NULL,
+            last_active_ms INTEGER NOT NULL,
+            lowest_unacked INTEGER NOT NULL,
+            max_unacked INTEGER NOT NULL,
+            PRIMARY KEY (shard, id)
+        ) WITHOUT ROWID, STRICT
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE kv_session_results (
+            shard INTEGER NOT NULL,
+            session INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            outcome BLOB NOT NULL,
+            PRIMARY KEY (shard, session, seq)
+        ) WITHOUT ROWID, STRICT
+        """
+    )
+    # Log time: the newest SessionClock applied (0: none yet).
+    db.execute("ALTER TABLE kv_meta ADD COLUMN session_clock_ms INTEGER NOT NULL DEFAULT 0")
+
+
 _KV_STEPS: list[tuple[str, Migration]] = [
     ("0001_initial", _kv_0001_initial),
     ("0002_members", _kv_0002_members),
     ("0003_live_keys", _kv_0003_live_keys),
+    ("0004_sessions", _kv_0004_sessions),
 ]
 _LOG_STEPS: list[tuple[str, Migration]] = [
     ("0001_initial", _log_0001_initial),

@@ -29,7 +29,8 @@ from typing import Any
 import attrs
 
 from ggap.config.model import MvccConfig, StorageConfig
-from ggap.storage import _reads
+from ggap.sessions import Admission
+from ggap.storage import _reads, _sessions
 from ggap.storage._reads import Row, check_int, live_kv, make_event, read_membership, read_state
 from ggap.storage._schema import KV_KNOWN, KV_MIGRATIONS
 from ggap.storage._sqlite import (
@@ -43,6 +44,7 @@ from ggap.storage._sqlite import (
 )
 from ggap.storage.snapshot import install_snapshot
 from ggap.types.commands import (
+    CloseSession,
     Command,
     Compact,
     Compare,
@@ -51,8 +53,11 @@ from ggap.types.commands import (
     Delete,
     Expire,
     Noop,
+    OpenSession,
     Prune,
     Put,
+    SessionClock,
+    SessionWrite,
     Txn,
     TxnGet,
     TxnOp,
@@ -71,6 +76,7 @@ from ggap.types.kv import (
     PruneResult,
     PutResult,
     RangeResult,
+    SessionResult,
     TxnOpResult,
     TxnResult,
     check_key,
@@ -176,6 +182,7 @@ class KvStore:
         self.schema_version = schema_version
         self._state = _read_state(conn, shard)
         self._membership = read_membership(conn, shard)
+        self._sessions = _sessions.load(conn, shard)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, mvcc: MvccConfig, storage: StorageConfig) -> KvStore:
@@ -248,6 +255,12 @@ class KvStore:
         self._conn.execute(_SQL_META_INIT, (self._shard,))
         self._state = _read_state(self._conn, self._shard)
         self._membership = read_membership(self._conn, self._shard)
+        self._sessions = _sessions.load(self._conn, self._shard)
+
+    @property
+    def sessions(self) -> int:
+        """How many client sessions exist as of applied_index."""
+        return len(self._sessions)
 
     @property
     def membership(self) -> Membership | None:
@@ -285,22 +298,31 @@ class KvStore:
         out: list[Applied | None] = []
         conn = self._conn
         membership = self._membership
-        with write_txn(conn):
-            for index, cmd in entries:
-                if index <= st.applied_index:
-                    out.append(None)
-                    continue
-                st.applied_index = index
-                if isinstance(cmd, Membership):
-                    membership = cmd
-                    out.append(Applied(NoopResult(revision=st.revision), []))
-                else:
-                    out.append(self._apply_one(st, cmd))
-            if membership is not self._membership and membership is not None:
-                self._write_membership(membership)
-            if st.applied_index != self._state.applied_index:
-                meta = (st.applied_index, st.revision, st.compact_revision, st.live_keys, self._shard)
-                conn.execute(_SQL_META_SET, meta)
+        try:
+            with write_txn(conn):
+                for index, cmd in entries:
+                    if index <= st.applied_index:
+                        out.append(None)
+                        continue
+                    st.applied_index = index
+                    if isinstance(cmd, Membership):
+                        membership = cmd
+                        out.append(Applied(NoopResult(revision=st.revision), []))
+                    elif isinstance(cmd, SessionWrite):
+                        out.append(self._session_write(st, cmd))
+                    else:
+                        out.append(self._apply_one(st, cmd))
+                if membership is not self._membership and membership is not None:
+                    self._write_membership(membership)
+                if self._sessions.changed:
+                    _sessions.persist(conn, self._shard, self._sessions.changes())
+                if st.applied_index != self._state.applied_index:
+                    meta = (st.applied_index, st.revision, st.compact_revision, st.live_keys, self._shard)
+                    conn.execute(_SQL_META_SET, meta)
+        except BaseException:
+            # The batch rolled back: so must the session table's changes.
+            self._sessions = _sessions.load(conn, self._shard)
+            raise
         self._state = st
         self._membership = membership
         return out
@@ -330,6 +352,25 @@ class KvStore:
         conn.execute("RELEASE cmd")
         return applied
 
+    def _session_write(self, st: _State, write: SessionWrite) -> Applied:
+        """Apply a session's write once: a retry is answered with the first outcome."""
+        table, conn, shard = self._sessions, self._conn, self._shard
+        try:
+            admitted = table.admit(write)
+        except GgapError as exc:
+            return Applied(exc, [])
+        if admitted.forgotten:
+            _sessions.forget(conn, shard, write.session, admitted.forgotten)
+        if admitted.verdict is Admission.DUPLICATE:
+            return Applied(_sessions.saved(conn, shard, write.session, write.seq), [])
+        applied = self._apply_one(st, write.command)
+        result = applied.result
+        if not isinstance(result, (PutResult, DeleteResult, TxnResult, CompactResult, GgapError)):
+            raise InvalidArgument(f"a session write applied as {type(result).__name__}")
+        _sessions.save(conn, shard, write.session, write.seq, result)
+        table.save(write)
+        return applied
+
     def _dispatch(self, st: _State, cmd: Command) -> Applied:
         if isinstance(cmd, Put):
             return self._put(st, cmd)
@@ -345,6 +386,17 @@ class KvStore:
             return self._prune(st, cmd)
         if isinstance(cmd, Noop):
             return Applied(NoopResult(revision=st.revision), [])
+        if isinstance(cmd, OpenSession):
+            session, evicted = self._sessions.open(st.applied_index, cmd)
+            return Applied(SessionResult(revision=st.revision, session=session, evicted=tuple(evicted)), [])
+        if isinstance(cmd, CloseSession):
+            closed = self._sessions.close(cmd.session)
+            return Applied(SessionResult(revision=st.revision, session=cmd.session, closed=closed), [])
+        if isinstance(cmd, SessionClock):
+            expired = self._sessions.advance(cmd)
+            return Applied(SessionResult(revision=st.revision, expired=tuple(expired)), [])
+        if isinstance(cmd, SessionWrite):
+            raise InvalidArgument("a session write cannot be nested")
         raise InvalidArgument(f"unknown command type {type(cmd).__name__}")
 
     def _latest(self, key: str) -> Row | None:

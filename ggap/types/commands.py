@@ -108,4 +108,56 @@ class Noop:
     """Appended by a new leader (Raft §8) and for barriers; changes no revision."""
 
 
-Command = Put | Delete | Txn | Compact | Expire | Prune | Noop
+@attrs.frozen(slots=True)
+class OpenSession:
+    """Start a client session; its id is this entry's log index (unique, and the same on
+    every replica). The bounds travel in the command, not in each replica's config, so
+    every replica evicts and refuses the same way."""
+
+    max_sessions: int  # the table's bound: opening one more evicts the least recently used
+    max_unacked: int  # the session's bound on results kept for writes not yet acknowledged
+
+
+@attrs.frozen(slots=True)
+class CloseSession:
+    session: int
+
+
+@attrs.frozen(slots=True)
+class SessionClock:
+    """The leader's clock, entered into the log: sessions idle for more than
+    `idle_timeout_ms` of log time (the clock values in log order) expire when it applies.
+    No replica ever reads its own clock for this."""
+
+    now_ms: int
+    idle_timeout_ms: int
+
+
+SessionOp = Put | Delete | Txn | Compact
+
+
+@attrs.frozen(slots=True)
+class SessionWrite:
+    """A write of a session: applied once per (session, seq), however often it is retried.
+    `lowest_unacked` is the client's lowest sequence number still without an answer: the
+    results of all lower ones may be forgotten."""
+
+    session: int
+    seq: int
+    lowest_unacked: int
+    command: SessionOp
+
+
+Command = (
+    Put
+    | Delete
+    | Txn
+    | Compact
+    | Expire
+    | Prune
+    | Noop
+    | OpenSession
+    | CloseSession
+    | SessionClock
+    | SessionWrite
+)

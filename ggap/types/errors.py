@@ -90,6 +90,17 @@ class FailedPrecondition(GgapError):
     code = StatusCode.FAILED_PRECONDITION
 
 
+class SessionExpired(FailedPrecondition):
+    """A write names a session the state machine does not hold (expired, evicted, closed,
+    or never opened). Never applied: the client must open a new session, and cannot know
+    whether an earlier unanswered attempt of this write was applied. On the wire it is
+    FAILED_PRECONDITION with `ggap-reason=SESSION_EXPIRED`."""
+
+    def __init__(self, message: str, *, session: int = 0) -> None:
+        super().__init__(message)
+        self.session = session
+
+
 class NotFound(GgapError):
     code = StatusCode.NOT_FOUND
 

@@ -121,4 +121,25 @@ class NoopResult:
     revision: int
 
 
-ApplyResult = PutResult | DeleteResult | TxnResult | CompactResult | ExpireResult | PruneResult | NoopResult
+@attrs.frozen(slots=True)
+class SessionResult:
+    """OpenSession: the new session; CloseSession: whether it existed; SessionClock: the
+    sessions that expired."""
+
+    revision: int
+    session: int = 0
+    closed: bool = False
+    expired: tuple[int, ...] = ()
+    evicted: tuple[int, ...] = ()  # OpenSession: sessions dropped to make room
+
+
+ApplyResult = (
+    PutResult
+    | DeleteResult
+    | TxnResult
+    | CompactResult
+    | ExpireResult
+    | PruneResult
+    | NoopResult
+    | SessionResult
+)

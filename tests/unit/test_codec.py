@@ -31,6 +31,7 @@ from ggap.codec.confchange import (
     conf_change_to_value,
 )
 from ggap.types import (
+    CloseSession,
     CodecError,
     Command,
     Compact,
@@ -40,8 +41,11 @@ from ggap.types import (
     Delete,
     Expire,
     Noop,
+    OpenSession,
     Prune,
     Put,
+    SessionClock,
+    SessionWrite,
     Txn,
     TxnGet,
     TxnRange,
@@ -408,6 +412,10 @@ ONE_OF_EACH: list[Command] = [
     Expire(items=(("a", 3), ("b", 9))),
     Prune(depth=16, keys=("a", "b/c")),
     Noop(),
+    OpenSession(max_sessions=10_000, max_unacked=256),
+    CloseSession(session=17),
+    SessionClock(now_ms=1_700_000_000_000, idle_timeout_ms=600_000),
+    SessionWrite(session=17, seq=9, lowest_unacked=4, command=Txn(success=(Put("a", b"y"),))),
 ]
 
 

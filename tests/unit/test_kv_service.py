@@ -52,7 +52,7 @@ class FakeConsensus:
             raise outcome
         return outcome
 
-    async def propose(self, cmd: Command) -> Any:
+    async def propose(self, cmd: Command, *, forward: bool = False) -> Any:
         return await self._next("majority", cmd)
 
     async def propose_all(self, cmd: Command) -> Any:

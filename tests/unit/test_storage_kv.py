@@ -787,7 +787,15 @@ def test_every_table_has_a_shard_column(h: Harness) -> None:
     try:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         ours = [t for t in tables if not t.startswith("_sqlite")]
-        assert set(ours) == {"kv_versions", "kv_meta", "kv_ttl", "kv_pruned", "kv_members"}
+        assert set(ours) == {
+            "kv_versions",
+            "kv_meta",
+            "kv_ttl",
+            "kv_pruned",
+            "kv_members",
+            "kv_sessions",
+            "kv_session_results",
+        }
         for t in ours:
             cols = {r[1]: r for r in conn.execute(f"PRAGMA table_info({t})")}
             assert "shard" in cols and cols["shard"][3] == 1, t  # NOT NULL
