@@ -236,6 +236,26 @@ class Client:
         req = self._request(kv_pb2.CompactRequest, request, fields)
         return await self._call(self._kv.Compact, req, timeout_s)
 
+    async def open_session(
+        self,
+        request: kv_pb2.OpenSessionRequest | None = None,
+        *,
+        timeout_s: float | None = None,
+        **fields: Any,
+    ) -> kv_pb2.OpenSessionResponse:
+        req = self._request(kv_pb2.OpenSessionRequest, request, fields)
+        return await self._call(self._kv.OpenSession, req, timeout_s)
+
+    async def close_session(
+        self,
+        request: kv_pb2.CloseSessionRequest | None = None,
+        *,
+        timeout_s: float | None = None,
+        **fields: Any,
+    ) -> kv_pb2.CloseSessionResponse:
+        req = self._request(kv_pb2.CloseSessionRequest, request, fields)
+        return await self._call(self._kv.CloseSession, req, timeout_s)
+
     async def status(self, *, timeout_s: float | None = None) -> kv_pb2.StatusResponse:
         return await self._call(self._cluster.Status, kv_pb2.StatusRequest(), timeout_s)
 

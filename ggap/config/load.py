@@ -51,6 +51,7 @@ _RELATIONS = (
     ("transport.reconnect_backoff_initial_ms", "<=", "transport.reconnect_backoff_max_ms"),
     ("transport.max_batch_bytes", "<=", "transport.max_frame_bytes"),
     ("server.answer_margin_ms", "<", "server.default_timeout_ms"),
+    ("sessions.clock_interval_ms", "<", "sessions.idle_timeout_ms"),
 )
 _RELATION_WORDS = {"<": "less than", "<=": "at most"}
 # Normalised before validation: SQLite and users both treat these case-insensitively.

@@ -113,6 +113,21 @@ class TtlConfig:
 
 
 @attrs.frozen(slots=True)
+class SessionsConfig:
+    """Client sessions (exactly-once writes). The bounds go into the commands the node
+    proposes, so a cluster whose nodes disagree on them still applies one rule."""
+
+    # Sessions the state machine keeps; opening one more evicts the least recently active.
+    max: int = 10_000
+    # Results a session keeps for writes its client has not acknowledged yet.
+    max_unacked: int = 1024
+    # A session without writes for this long (leader's log time) expires.
+    idle_timeout_ms: int = 600_000
+    # How often the leader enters its clock into the log while sessions exist.
+    clock_interval_ms: int = 5000
+
+
+@attrs.frozen(slots=True)
 class WatchConfig:
     # Events buffered per watcher; a watcher that falls further behind is cancelled.
     buffer_events: int = 4096
@@ -294,6 +309,7 @@ class Config:
     storage: StorageConfig = StorageConfig()
     reads: ReadsConfig = ReadsConfig()
     ttl: TtlConfig = TtlConfig()
+    sessions: SessionsConfig = SessionsConfig()
     watch: WatchConfig = WatchConfig()
     server: ServerConfig = ServerConfig()
     raft: RaftConfig = RaftConfig()

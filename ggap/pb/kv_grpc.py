@@ -27,6 +27,12 @@ class KvServiceServicer(purerpc.Servicer):
     async def Compact(self, input_message):
         raise NotImplementedError()
 
+    async def OpenSession(self, input_message):
+        raise NotImplementedError()
+
+    async def CloseSession(self, input_message):
+        raise NotImplementedError()
+
     @property
     def service(self) -> purerpc.Service:
         service_obj = purerpc.Service(
@@ -104,6 +110,24 @@ class KvServiceServicer(purerpc.Servicer):
                 ggap_dot_pb_dot_kv__pb2.CompactResponse,
             )
         )
+        service_obj.add_method(
+            "OpenSession",
+            self.OpenSession,
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                ggap_dot_pb_dot_kv__pb2.OpenSessionRequest,
+                ggap_dot_pb_dot_kv__pb2.OpenSessionResponse,
+            )
+        )
+        service_obj.add_method(
+            "CloseSession",
+            self.CloseSession,
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                ggap_dot_pb_dot_kv__pb2.CloseSessionRequest,
+                ggap_dot_pb_dot_kv__pb2.CloseSessionResponse,
+            )
+        )
         return service_obj
 
 
@@ -175,6 +199,22 @@ class KvServiceStub:
                 purerpc.Cardinality.UNARY_UNARY,
                 ggap_dot_pb_dot_kv__pb2.CompactRequest,
                 ggap_dot_pb_dot_kv__pb2.CompactResponse,
+            )
+        )
+        self.OpenSession = self._client.get_method_stub(
+            "OpenSession",
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                ggap_dot_pb_dot_kv__pb2.OpenSessionRequest,
+                ggap_dot_pb_dot_kv__pb2.OpenSessionResponse,
+            )
+        )
+        self.CloseSession = self._client.get_method_stub(
+            "CloseSession",
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                ggap_dot_pb_dot_kv__pb2.CloseSessionRequest,
+                ggap_dot_pb_dot_kv__pb2.CloseSessionResponse,
             )
         )
 

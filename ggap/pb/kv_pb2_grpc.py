@@ -74,6 +74,16 @@ class KvServiceStub:
                 request_serializer=ggap_dot_pb_dot_kv__pb2.CompactRequest.SerializeToString,
                 response_deserializer=ggap_dot_pb_dot_kv__pb2.CompactResponse.FromString,
                 _registered_method=True)
+        self.OpenSession = channel.unary_unary(
+                '/ginnungagap.v1.KvService/OpenSession',
+                request_serializer=ggap_dot_pb_dot_kv__pb2.OpenSessionRequest.SerializeToString,
+                response_deserializer=ggap_dot_pb_dot_kv__pb2.OpenSessionResponse.FromString,
+                _registered_method=True)
+        self.CloseSession = channel.unary_unary(
+                '/ginnungagap.v1.KvService/CloseSession',
+                request_serializer=ggap_dot_pb_dot_kv__pb2.CloseSessionRequest.SerializeToString,
+                response_deserializer=ggap_dot_pb_dot_kv__pb2.CloseSessionResponse.FromString,
+                _registered_method=True)
 
 
 class KvServiceServicer:
@@ -127,6 +137,18 @@ class KvServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KvServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +191,16 @@ def add_KvServiceServicer_to_server(servicer, server):
                     servicer.Compact,
                     request_deserializer=ggap_dot_pb_dot_kv__pb2.CompactRequest.FromString,
                     response_serializer=ggap_dot_pb_dot_kv__pb2.CompactResponse.SerializeToString,
+            ),
+            'OpenSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=ggap_dot_pb_dot_kv__pb2.OpenSessionRequest.FromString,
+                    response_serializer=ggap_dot_pb_dot_kv__pb2.OpenSessionResponse.SerializeToString,
+            ),
+            'CloseSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseSession,
+                    request_deserializer=ggap_dot_pb_dot_kv__pb2.CloseSessionRequest.FromString,
+                    response_serializer=ggap_dot_pb_dot_kv__pb2.CloseSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +419,60 @@ class KvService:
             '/ginnungagap.v1.KvService/Compact',
             ggap_dot_pb_dot_kv__pb2.CompactRequest.SerializeToString,
             ggap_dot_pb_dot_kv__pb2.CompactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ginnungagap.v1.KvService/OpenSession',
+            ggap_dot_pb_dot_kv__pb2.OpenSessionRequest.SerializeToString,
+            ggap_dot_pb_dot_kv__pb2.OpenSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ginnungagap.v1.KvService/CloseSession',
+            ggap_dot_pb_dot_kv__pb2.CloseSessionRequest.SerializeToString,
+            ggap_dot_pb_dot_kv__pb2.CloseSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

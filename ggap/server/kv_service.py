@@ -9,7 +9,7 @@ import attrs
 import trio
 
 from ggap import tracing
-from ggap.client import Client
+from ggap.client import Client, call_metadata
 from ggap.config import Config
 from ggap.pb import kv_grpc
 from ggap.pb import kv_pb2 as pb
@@ -19,9 +19,11 @@ from ggap.server import convert
 from ggap.server.forward import Forwarder, RetryElsewhere, is_forwarded
 from ggap.server.maintenance import SpaceKeeper
 from ggap.server.reads import ReaderPool
+from ggap.server.sessions import SessionStamp, in_session, parse_stamp
 from ggap.server.ttl import Expirer, is_expired
 from ggap.server.watch import Watcher, WatchHub
 from ggap.types import (
+    CloseSession,
     Command,
     Compact,
     CompactResult,
@@ -30,10 +32,13 @@ from ggap.types import (
     InvalidArgument,
     KeyValue,
     NotLeader,
+    OpenSession,
     Put,
     PutResult,
     RangeResult,
     ReadMode,
+    SessionResult,
+    SessionWrite,
     Txn,
     TxnResult,
     Unavailable,
@@ -138,11 +143,25 @@ class NodeState:
 
 
 def _has_ttl(cmd: Command) -> bool:
+    if isinstance(cmd, SessionWrite):
+        cmd = cmd.command
     if isinstance(cmd, Put):
         return cmd.expires_at_ms != 0
     if isinstance(cmd, Txn):
         return any(isinstance(op, Put) and op.expires_at_ms for op in (*cmd.success, *cmd.failure))
     return False
+
+
+def _with_stamp(
+    forward: Callable[[Client, float], Awaitable[_Resp]], stamp: SessionStamp
+) -> Callable[[Client, float], Awaitable[_Resp]]:
+    """A forward to the leader's client port carries the session on."""
+
+    async def call(leader: Client, timeout_s: float) -> _Resp:
+        with call_metadata([stamp.metadata()]):
+            return await forward(leader, timeout_s)
+
+    return call
 
 
 class KvServicer(kv_grpc.KvServiceServicer):
@@ -254,6 +273,8 @@ class KvServicer(kv_grpc.KvServiceServicer):
         it); a WRITE_QUORUM_ALL waiter needs every voter's applied index, which only the
         leader hears at once."""
         consensus = self._node.consensus
+        stamp = parse_stamp(request)
+        cmd = in_session(cmd, stamp)
         in_raft = not all_replicas and not is_forwarded(request) and not _has_ttl(cmd)
 
         async def here() -> _Resp:
@@ -265,6 +286,8 @@ class KvServicer(kv_grpc.KvServiceServicer):
                 raise TypeError(f"{type(cmd).__name__} applied as {type(res).__name__}")
             return answer(res)
 
+        if stamp is not None:
+            forward = _with_stamp(forward, stamp)
         return await self._node.on_leader(request, here, forward)
 
     async def Put(self, msg: pb.PutRequest, request: Any = None) -> pb.PutResponse:
@@ -318,6 +341,39 @@ class KvServicer(kv_grpc.KvServiceServicer):
             result=CompactResult,
             answer=lambda res: pb.CompactResponse(header=self._node.header(res.revision)),
             forward=lambda leader, timeout_s: leader.compact(msg, timeout_s=timeout_s),
+        )
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def OpenSession(self, msg: pb.OpenSessionRequest, request: Any = None) -> pb.OpenSessionResponse:
+        self._node.check_open()
+        cfg = self._node.config.sessions
+        return await self._write(
+            OpenSession(max_sessions=cfg.max, max_unacked=cfg.max_unacked),
+            request,
+            all_replicas=False,
+            result=SessionResult,
+            answer=lambda res: pb.OpenSessionResponse(
+                header=self._node.header(res.revision),
+                session_id=res.session,
+                idle_timeout_ms=cfg.idle_timeout_ms,
+            ),
+            forward=lambda leader, timeout_s: leader.open_session(msg, timeout_s=timeout_s),
+        )
+
+    async def CloseSession(self, msg: pb.CloseSessionRequest, request: Any = None) -> pb.CloseSessionResponse:
+        self._node.check_open()
+        if msg.session_id == 0:
+            raise InvalidArgument("session_id must be given")
+        return await self._write(
+            CloseSession(session=msg.session_id),
+            request,
+            all_replicas=False,
+            result=SessionResult,
+            answer=lambda res: pb.CloseSessionResponse(
+                header=self._node.header(res.revision), closed=res.closed
+            ),
+            forward=lambda leader, timeout_s: leader.close_session(msg, timeout_s=timeout_s),
         )
 
     # -- watch -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@
         transport.run                 peer (Raft) traffic, when there are peers
         consensus.run                 the raft loop (owns the writer thread)
         expirer.run                   leader-side TTL expiry
+        session_clock.run             leader-side log time for session expiry
         history.run                   leader-side replicated pruning and auto compaction
         space.run                     local space measurement and reclaiming (quota)
         members.run                   leader-side auto-promotion of caught-up learners
@@ -47,6 +48,7 @@ from ggap.server.maintenance import HistoryKeeper, SpaceKeeper
 from ggap.server.members import MemberManager
 from ggap.server.metrics import ApplyHealth, MetricsEndpoint, NodeCollector, serve_metrics
 from ggap.server.reads import ReaderPool
+from ggap.server.sessions import SessionClock
 from ggap.server.snapshots import SnapshotStreams
 from ggap.server.ttl import Expirer
 from ggap.server.watch import WatchHub
@@ -253,6 +255,7 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
         hub = WatchHub(published_revision=kv.revision)
         consensus.subscribe(hub.publish)
         expirer = Expirer(consensus, readers, config.ttl)
+        session_clock = SessionClock(consensus, config.sessions, lambda: kv.sessions, expirer.now_ms)
         forwarder = Forwarder(
             connect_timeout_s=config.server.forward_connect_timeout_ms / 1000,
             retry_pause_s=config.server.forward_retry_ms / 1000,
@@ -325,6 +328,7 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[int] = trio
             await nursery.start(consensus.run)
             await nursery.start(state.forwarder.run)
             nursery.start_soon(expirer.run)
+            nursery.start_soon(session_clock.run)
             nursery.start_soon(history.run)
             nursery.start_soon(space.run)
             if config.node.auto_promote:

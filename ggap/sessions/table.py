@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from ggap.types.commands import OpenSession, SessionClock, SessionWrite
+from ggap.types.commands import OpenSession, SessionClock
 from ggap.types.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SessionExpired
 
 
@@ -117,36 +117,36 @@ class SessionTable:
             self._remove(session)
         return expired
 
-    def admit(self, write: SessionWrite) -> Admitted:
-        """Decide a session write before it is applied. Raises (nothing applied, nothing
-        saved) for a session that does not exist, numbers that make no sense, a sequence
-        number the client already acknowledged, or a full session."""
-        s = self._sessions.get(write.session)
+    def admit(self, session: int, seq: int, lowest_unacked: int) -> Admitted:
+        """Decide write `seq` of `session` before it is applied. Raises (nothing applied,
+        nothing saved) for a session that does not exist, numbers that make no sense, a
+        sequence number the client already acknowledged, or a full session."""
+        s = self._sessions.get(session)
         if s is None:
             raise SessionExpired(
-                f"session {write.session} does not exist (expired, evicted, closed or never opened); "
+                f"session {session} does not exist (expired, evicted, closed or never opened); "
                 "open a new one. The write was not applied",
-                session=write.session,
+                session=session,
             )
-        if write.seq < 1 or not 1 <= write.lowest_unacked <= write.seq:
+        if seq < 1 or not 1 <= lowest_unacked <= seq:
             raise InvalidArgument(
                 f"session sequence numbers must satisfy 1 <= lowest_unacked <= seq, got "
-                f"seq={write.seq} lowest_unacked={write.lowest_unacked}"
+                f"seq={seq} lowest_unacked={lowest_unacked}"
             )
         s.last_active_ms = self.clock_ms
         self._dirty.add(s.id)
-        if write.seq < s.lowest_unacked:
+        if seq < s.lowest_unacked:
             raise FailedPrecondition(
-                f"session {s.id}: write {write.seq} was acknowledged already (lowest unacknowledged "
+                f"session {s.id}: write {seq} was acknowledged already (lowest unacknowledged "
                 f"is {s.lowest_unacked}); its result is no longer kept"
             )
         forgotten: tuple[int, ...] = ()
-        if write.lowest_unacked > s.lowest_unacked:
-            s.lowest_unacked = write.lowest_unacked
+        if lowest_unacked > s.lowest_unacked:
+            s.lowest_unacked = lowest_unacked
             gone = sorted(q for q in s.saved if q < s.lowest_unacked)
             s.saved.difference_update(gone)
             forgotten = tuple(gone)
-        if write.seq in s.saved:
+        if seq in s.saved:
             return Admitted(Admission.DUPLICATE, forgotten)
         if len(s.saved) >= s.max_unacked:
             raise ResourceExhausted(
@@ -155,9 +155,9 @@ class SessionTable:
             )
         return Admitted(Admission.APPLY, forgotten)
 
-    def save(self, write: SessionWrite) -> None:
+    def save(self, session: int, seq: int) -> None:
         """The outcome of an admitted write is kept (by the owner) from now on."""
-        self._sessions[write.session].saved.add(write.seq)
+        self._sessions[session].saved.add(seq)
 
     # -- persistence ------------------------------------------------------------------
 

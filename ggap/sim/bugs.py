@@ -44,7 +44,7 @@ class AckBeforeCommit(ReplicaEngine):
             return  # a membership change: only writes are acknowledged early
         machine = self.state_machine
         assert isinstance(machine, SimMachine)
-        proposal.done(proposal.index, machine.preview(proposal.data), None)
+        proposal.done(proposal.index, machine.preview(proposal.data, proposal.index), None)
 
 
 class MatchByIndex(ReplicaEngine):

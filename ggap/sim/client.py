@@ -1,11 +1,13 @@
 """Simulated clients: one request at a time, to a random node, with timeouts and retries.
 
 Writes are proposed (a follower forwards to the leader) and acknowledged when the entry is
-applied on the node they were sent to. A write that times out is retried on another node
-with the same request id (the state machine's sessions make the retry idempotent); when
-every attempt has timed out the write is recorded with an unknown outcome, since it may
-still commit later. Reads use ReadIndex on the chosen node, then read its local state once
-it has applied up to the read index.
+applied on the node they were sent to. A client first opens a session (an "open" write,
+not part of the history); a write that times out is retried on another node with the same
+session and sequence number, which the state machine applies once. When every attempt has
+timed out, or the session was gone (expired or evicted) after an attempt that may have
+been applied, the write is recorded with an unknown outcome, since it may still commit
+later or have committed; the client then opens a new session. Reads use ReadIndex on the
+chosen node, then read its local state once it has applied up to the read index.
 
 Every completed operation goes into the history for the linearizability check, stamped with
 simulated call/return times.
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ggap.sim.kv import Command
+from ggap.sim.kv import Command, Opened, Refused
 from ggap.testing.lincheck import Operation, OpKind
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ class _Op:
     attempts: int = 0
     maybe_applied: bool = False  # some attempt timed out: it may still commit
     last_node: int = 0
+    recorded: bool = True  # False for a session's "open" (not a key-value operation)
 
 
 class SimClient:
@@ -50,6 +53,10 @@ class SimClient:
         self.completed = 0
         self.unknown = 0
         self.queue: list[str] = []  # persistent mode: keys still to read
+        self.session = 0  # 0: none open
+        self.first_seq = 0  # the session's first sequence number (lowest_unacked >= it)
+        self.pending: tuple[str, str] | None = None  # the write waiting for a session
+        self.reopened = 0
         kinds, weights = zip(*sim.cfg.op_mix, strict=True)
         self._kinds: tuple[str, ...] = kinds
         self._weights: tuple[float, ...] = weights
@@ -78,17 +85,34 @@ class SimClient:
 
     def issue(self, kind: str, key: str) -> None:
         sim = self.sim
+        if kind != "get" and self.session == 0:
+            # A write needs a session: open one first (retried like a write; a retry may
+            # open a second one, which then idles out or is evicted).
+            self.pending = (kind, key)
+            self.req += 1
+            cfg = sim.cfg
+            limits = f"{cfg.session_max}.{cfg.session_max_unacked}"
+            self.op = _Op(
+                "open", "", (), Command(self.id, self.req, "open", "", limits), sim.now, recorded=False
+            )
+            sim.trace(None, f"c{self.id} call open")
+            self._attempt()
+            return
         self.req += 1
         value = f"c{self.id}.{self.req}"
+        # Results of writes before this one were all answered (one op at a time); keep a
+        # few anyway now and then, so forgetting is exercised both ways.
+        low = max(self.first_seq, self.req - self.rng.randint(0, 2))
+        sid = self.session
         cmd: Command | None
         args: tuple[object, ...]
         if kind == "put":
-            cmd, args = Command(self.id, self.req, "put", key, value), (value,)
+            cmd, args = Command(self.id, self.req, "put", key, value, session=sid, low=low), (value,)
         elif kind == "cas":
             expected = self.rng.choice((None, self.seen.get(key), sim.last_acked.get(key)))
-            cmd, args = Command(self.id, self.req, "cas", key, value, expected), (expected, value)
+            cmd, args = Command(self.id, self.req, "cas", key, value, expected, sid, low), (expected, value)
         elif kind == "delete":
-            cmd, args = Command(self.id, self.req, "delete", key), ()
+            cmd, args = Command(self.id, self.req, "delete", key, session=sid, low=low), ()
         else:
             cmd, args = None, ()
         self.op = _Op(kind, key, args, cmd, sim.now)
@@ -117,6 +141,24 @@ class SimClient:
             return
         sim, op = self.sim, self.op
         self._token += 1
+        if isinstance(result, Opened):
+            self.session = result.session
+            self.first_seq = self.req + 1
+            sim.trace(None, f"c{self.id} opened session {result.session}")
+            self.op = None
+            pending, self.pending = self.pending, None
+            if pending is not None:
+                self.issue(*pending)
+            return
+        if isinstance(result, Refused):
+            if not result.expired:
+                sim.session_protocol_error(f"c{self.id} write {self.req}: {result.error}")
+            # The session is gone: this attempt applied nothing, an earlier one may have.
+            sim.trace(None, f"c{self.id} {op.kind} {op.key}: session {self.session} gone ({result.error})")
+            self.session = 0
+            self.reopened += 1
+            self._give_up(op)
+            return
         sim.record(
             Operation(self.id, op.key, OpKind(op.kind), op.args, float(op.call), float(sim.now), result),
             self.req,
@@ -162,8 +204,12 @@ class SimClient:
             self._attempt()
             return
         self._token += 1
-        if op.cmd is not None and op.maybe_applied:
-            # May still commit at any later time: its outcome is unknown.
+        self._give_up(op)
+
+    def _give_up(self, op: _Op) -> None:
+        sim = self.sim
+        if op.cmd is not None and op.maybe_applied and op.recorded:
+            # May still commit at any later time, or did: its outcome is unknown.
             sim.record(
                 Operation(self.id, op.key, OpKind(op.kind), op.args, float(op.call), None, timed_out=True),
                 self.req,
@@ -171,4 +217,5 @@ class SimClient:
             self.unknown += 1
         sim.trace(None, f"c{self.id} gave up {op.kind} {op.key} after {op.attempts} attempts")
         self.op = None
+        self.pending = None
         self._schedule_next()

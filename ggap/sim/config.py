@@ -81,6 +81,13 @@ class SimConfig:
     # Percent of writes a follower forwards to the leader inside Raft (the rest it refuses
     # with NotLeader, and the client tries another node); drawn after the membership seed.
     forward_percent: int = 0
+    # Client sessions (drawn after forward_percent): the table's bound (small ones evict
+    # sessions in use) and the idle timeout in log time (short ones expire sessions whose
+    # client is between retries); the leader enters its clock every session_clock_ms.
+    session_max: int = 1000
+    session_max_unacked: int = 4
+    session_idle_ms: int = 1_000_000_000
+    session_clock_ms: int = 100
     # Seed of the membership schedule's own RNG stream (drawn last of all).
     members_seed: int = attrs.field(default=0, repr=False)
     # Seeds of the per-component RNG streams (network, disk, nodes, faults, clients), drawn
@@ -145,6 +152,8 @@ class SimConfig:
         member_p = r.choice((0.0, r.uniform(0.005, 0.02), r.uniform(0.02, 0.06), r.uniform(0.02, 0.06)))
         members_seed = r.getrandbits(64)
         forward_percent = r.choice((0, 50, 100))
+        session_max = r.choice((max(1, clients - 1), clients + 1, 1000))
+        session_idle = r.choice((timeout * 2, timeout * 10, 1_000_000_000))
         return cls(
             seed=seed,
             nodes=nodes if nodes is not None else n,
@@ -191,6 +200,9 @@ class SimConfig:
             members_seed=members_seed,
             streams=streams,
             forward_percent=forward_percent,
+            session_max=session_max,
+            session_idle_ms=session_idle,
+            session_clock_ms=5 * tick_ms,
         )
 
     @property

@@ -47,7 +47,8 @@ from ggap.replica.engine import (
     TakenSnapshot,
     Work,
 )
-from ggap.sim.kv import Command, KVStateMachine, evaluate
+from ggap.sim.invariants import InvariantViolation
+from ggap.sim.kv import Command, KVStateMachine, Opened, Refused, evaluate
 from ggap.sim.storage import SimStorage
 from ggap.types import Member, MemberChange, Membership
 
@@ -111,10 +112,17 @@ class SimMachine:
                 outcomes.append(decided)
                 continue
             out = kv.apply(e)
+            if kv.double_applied is not None:
+                client, req = kv.double_applied
+                raise InvariantViolation(
+                    "exactly-once",
+                    f"n{node.id} applied write {req} of client {client} a second time at {e.index}",
+                )
             if out is None:
                 outcomes.append(None)
                 continue
-            sim.first_applied.setdefault((out[0], out[1]), (sim.now, out[2]))
+            if not isinstance(out[2], (Refused, Opened)):
+                sim.first_applied.setdefault((out[0], out[1]), (sim.now, out[2]))
             outcomes.append(Reply(out[2]))
         return ApplyOutput(outcomes=outcomes, revision=kv.applied)
 
@@ -137,9 +145,14 @@ class SimMachine:
         node.sim.trace(node, f"installed snapshot {meta.index}@t{meta.term}")
         node.sim.inv.membership(node.id, meta.index, self.membership, "installing a snapshot")
 
-    def preview(self, data: bytes) -> Reply:
+    def preview(self, data: bytes, index: int) -> Reply:
         """What applying `data` now would answer (for the ack-before-commit planted bug)."""
-        return Reply(evaluate(dict(self._node.kv.data), Command.decode(data)))
+        cmd = Command.decode(data)
+        if cmd.kind == "open":
+            return Reply(Opened(index))  # its id will be its index, if it ever commits
+        if cmd.kind == "clock":
+            return Reply(None)
+        return Reply(evaluate(dict(self._node.kv.data), cmd))
 
 
 class SimTransport:

@@ -35,7 +35,7 @@ from ggap.sim.bugs import ENGINE_BUGS
 from ggap.sim.client import SimClient
 from ggap.sim.config import SimConfig
 from ggap.sim.invariants import Invariants, InvariantViolation
-from ggap.sim.kv import KVStateMachine
+from ggap.sim.kv import Command, KVStateMachine
 from ggap.sim.members import MemberSchedule
 from ggap.sim.network import SimNetwork
 from ggap.sim.node import SimNode
@@ -159,6 +159,20 @@ class Simulator:
         if not node.up and node.incarnation == incarnation and not node.retired:
             node.start()
 
+    def _session_clock(self) -> None:
+        """The leader enters its clock (simulated time) into the log while sessions exist,
+        as ggap.server.sessions does with the wall clock."""
+        cfg = self.cfg
+        clock = Command(0, 0, "clock", "", f"{self.now}.{cfg.session_idle_ms}")
+        for node in self.nodes.values():
+            if node.up and node.role == Role.LEADER and len(node.kv.sessions):
+                node.submit_write(clock, lambda _r: None, lambda _why: None)
+        self.schedule(self.now + cfg.session_clock_ms, self._session_clock)
+
+    def session_protocol_error(self, detail: str) -> None:
+        """A correct client never sees its session refuse for a reason other than "gone"."""
+        raise InvariantViolation("session-protocol", detail)
+
     def _fault_tick(self) -> None:
         if not self.faulty:
             return
@@ -248,6 +262,7 @@ class Simulator:
                 c.start()
             self.members.start()
             self.schedule(self.cfg.tick_ms, self._fault_tick)
+            self.schedule(self.cfg.session_clock_ms, self._session_clock)
             self.run_until(self.cfg.safety_ticks * self.cfg.tick_ms)
             self.check_durable_logs()
             self._liveness()
@@ -416,6 +431,7 @@ class Simulator:
             "forwarded_applied": sum(n.forwarded.applied for n in self.nodes.values()),
             "forwarded_refused": sum(n.forwarded.refused for n in self.nodes.values()),
             "forwarded_unknown": sum(n.forwarded.unknown for n in self.nodes.values()),
+            "sessions_reopened": sum(c.reopened for c in self.clients),
         }
         s.update({f"members_{k}": v for k, v in self.members.stats.items()})
         s.update({f"net_{k}": v for k, v in sorted(self.net.stats.items())})

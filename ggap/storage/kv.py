@@ -356,7 +356,7 @@ class KvStore:
         """Apply a session's write once: a retry is answered with the first outcome."""
         table, conn, shard = self._sessions, self._conn, self._shard
         try:
-            admitted = table.admit(write)
+            admitted = table.admit(write.session, write.seq, write.lowest_unacked)
         except GgapError as exc:
             return Applied(exc, [])
         if admitted.forgotten:
@@ -368,7 +368,7 @@ class KvStore:
         if not isinstance(result, (PutResult, DeleteResult, TxnResult, CompactResult, GgapError)):
             raise InvalidArgument(f"a session write applied as {type(result).__name__}")
         _sessions.save(conn, shard, write.session, write.seq, result)
-        table.save(write)
+        table.save(write.session, write.seq)
         return applied
 
     def _dispatch(self, st: _State, cmd: Command) -> Applied:

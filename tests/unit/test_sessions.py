@@ -57,45 +57,45 @@ def test_first_write_applies_and_a_retry_is_a_duplicate() -> None:
     t = SessionTable()
     sid, evicted = t.open(7, OPEN)
     assert (sid, evicted) == (7, [])
-    assert t.admit(w(7, 1)).verdict is Admission.APPLY
-    t.save(w(7, 1))
-    assert t.admit(w(7, 1)).verdict is Admission.DUPLICATE
+    assert t.admit(7, 1, 1).verdict is Admission.APPLY
+    t.save(7, 1)
+    assert t.admit(7, 1, 1).verdict is Admission.DUPLICATE
     # Writes may apply out of order (many in flight): each is decided on its own.
-    assert t.admit(w(7, 3)).verdict is Admission.APPLY
-    t.save(w(7, 3))
-    assert t.admit(w(7, 2)).verdict is Admission.APPLY
+    assert t.admit(7, 3, 1).verdict is Admission.APPLY
+    t.save(7, 3)
+    assert t.admit(7, 2, 1).verdict is Admission.APPLY
 
 
 def test_lowest_unacked_forgets_results_and_refuses_acknowledged_numbers() -> None:
     t = SessionTable()
     t.open(1, OPEN)
     for q in (1, 2, 3):
-        t.admit(w(1, q))
-        t.save(w(1, q))
-    admitted = t.admit(w(1, 4, low=3))
+        t.admit(1, q, 1)
+        t.save(1, q)
+    admitted = t.admit(1, 4, 3)
     assert admitted.forgotten == (1, 2)
     assert admitted.verdict is Admission.APPLY
     with pytest.raises(FailedPrecondition, match="acknowledged already"):
-        t.admit(w(1, 2, low=2))
-    assert t.admit(w(1, 3, low=3)).verdict is Admission.DUPLICATE
+        t.admit(1, 2, 2)
+    assert t.admit(1, 3, 3).verdict is Admission.DUPLICATE
 
 
 def test_bad_numbers_unknown_session_and_a_full_session_are_refused() -> None:
     t = SessionTable()
     with pytest.raises(SessionExpired) as exc:
-        t.admit(w(9, 1))
+        t.admit(9, 1, 1)
     assert exc.value.session == 9
     t.open(1, OPEN)
     for bad in (w(1, 0, 0), w(1, 2, 3), w(1, 5, 0)):
         with pytest.raises(InvalidArgument):
-            t.admit(bad)
+            t.admit(bad.session, bad.seq, bad.lowest_unacked)
     for q in range(1, 5):
-        t.admit(w(1, q))
-        t.save(w(1, q))
+        t.admit(1, q, 1)
+        t.save(1, q)
     with pytest.raises(ResourceExhausted, match="without acknowledgement"):
-        t.admit(w(1, 5))
+        t.admit(1, 5, 1)
     # Acknowledging makes room again.
-    assert t.admit(w(1, 5, low=2)).verdict is Admission.APPLY
+    assert t.admit(1, 5, 2).verdict is Admission.APPLY
 
 
 def test_eviction_takes_the_least_recently_active_then_the_oldest_id() -> None:
@@ -104,7 +104,7 @@ def test_eviction_takes_the_least_recently_active_then_the_oldest_id() -> None:
     for index in (10, 11, 12):
         t.open(index, OPEN)
     t.advance(SessionClock(now_ms=2000, idle_timeout_ms=10_000))
-    t.admit(w(10, 1))  # 10 is now the most recently active
+    t.admit(10, 1, 1)  # 10 is now the most recently active
     _, evicted = t.open(13, OPEN)
     assert evicted == [11]
     _, evicted = t.open(14, OpenSession(max_sessions=2, max_unacked=4))
@@ -119,14 +119,14 @@ def test_expiry_follows_log_time_only() -> None:
     # The first clock starts log time: sessions opened before it count as active now.
     assert t.advance(SessionClock(now_ms=50_000, idle_timeout_ms=1000)) == []
     t.advance(SessionClock(now_ms=50_600, idle_timeout_ms=1000))
-    t.admit(w(2, 1))
+    t.admit(2, 1, 1)
     assert t.advance(SessionClock(now_ms=51_200, idle_timeout_ms=1000)) == [1]
     # A clock behind log time (a new leader's) does not move it back.
     assert t.advance(SessionClock(now_ms=10, idle_timeout_ms=1000)) == []
     assert t.clock_ms == 51_200
     assert t.advance(SessionClock(now_ms=51_700, idle_timeout_ms=1000)) == [2]
     with pytest.raises(SessionExpired):
-        t.admit(w(2, 2))
+        t.admit(2, 2, 1)
 
 
 def test_changes_report_what_to_persist_once() -> None:
@@ -138,7 +138,7 @@ def test_changes_report_what_to_persist_once() -> None:
     assert [s.id for s in ch.upserted] == [2] and ch.removed == (1,)
     assert not t.changed
     copy = t.copy()
-    copy.admit(w(2, 1))
+    copy.admit(2, 1, 1)
     assert copy.changed and not t.changed
 
 

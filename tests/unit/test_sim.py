@@ -28,7 +28,7 @@ from ggap.consensus.raft.types import MessageType as MT
 from ggap.sim import SimConfig, Simulator, run_seed
 from ggap.sim.__main__ import main
 from ggap.sim.invariants import Invariants, InvariantViolation
-from ggap.sim.kv import Command, KVStateMachine
+from ggap.sim.kv import Command, KVStateMachine, Opened, Refused
 from ggap.sim.network import SimNetwork
 from ggap.sim.storage import SimStorage
 from ggap.testing.lincheck import check
@@ -53,12 +53,12 @@ from ggap.types import Member, Membership
 # from the bootstrap voters.
 # All but stale-read are subclasses of the production ReplicaEngine (ggap/sim/bugs.py).
 PLANTED: dict[str, tuple[list[int], int | None, set[str]]] = {
-    "skip-persist-before-vote": ([1, 39], None, {"commit-quorum", "leader-completeness", "election-safety"}),
-    "ack-before-commit": ([1, 2], 300, {"acked-write-lost", "linearizability"}),
-    "stale-read": ([2, 3], 300, {"linearizability"}),
-    "match-by-index": ([41, 72], None, {"acked-write-lost"}),
-    "forward-match-by-seq": ([11, 22], 300, {"acked-write-lost", "linearizability"}),
-    "install-before-log": ([178, 25], None, {"leader-completeness", "exception"}),
+    "skip-persist-before-vote": ([0, 1], None, {"commit-quorum", "leader-completeness", "election-safety"}),
+    "ack-before-commit": ([0, 1], 300, {"acked-write-lost", "linearizability"}),
+    "stale-read": ([0, 1], 300, {"linearizability"}),
+    "match-by-index": ([97, 107], None, {"acked-write-lost"}),
+    "forward-match-by-seq": ([3, 7], 300, {"acked-write-lost", "linearizability"}),
+    "install-before-log": ([6, 13], None, {"leader-completeness", "exception"}),
     "learner-quorum": ([1, 2], None, {"commit-quorum"}),
     "membership-wrong-index": ([0, 1], None, {"membership-agreement"}),
     "skip-core-conf-change": ([0, 1], None, {"exception"}),
@@ -126,14 +126,26 @@ def test_storage_truncates_on_conflicting_append_and_reports_errors() -> None:
 
 def test_kv_sessions_apply_a_retried_write_once() -> None:
     kv = KVStateMachine()
-    put = Command(1, 1, "put", "k", "a").encode()
-    cas = Command(1, 2, "cas", "k", "b", "a").encode()
-    assert kv.apply(Entry(1, 1, data=put)) == (1, 1, None)
-    assert kv.apply(Entry(2, 1, data=cas)) == (1, 2, True)
-    assert kv.apply(Entry(3, 1, data=cas)) == (1, 2, True)  # the retry: cached result
-    assert kv.apply(Entry(4, 1, data=put)) is None  # older than the session: no effect
-    assert kv.data == {"k": "b"} and kv.applied == 4
-    assert kv.apply(Entry(5, 2, kind=EntryKind.NOOP)) is None
+    opened = kv.apply(Entry(1, 1, data=Command(1, 1, "open", "", "10.4").encode()))
+    assert opened == (1, 1, Opened(1))
+    put = Command(1, 2, "put", "k", "a", session=1, low=2).encode()
+    cas = Command(1, 3, "cas", "k", "b", "a", session=1, low=3).encode()
+    assert kv.apply(Entry(2, 1, data=put)) == (1, 2, None)
+    assert kv.apply(Entry(3, 1, data=cas)) == (1, 3, True)
+    assert kv.apply(Entry(4, 1, data=cas)) == (1, 3, True)  # the retry: the kept result
+    late = kv.apply(Entry(5, 1, data=put))  # acknowledged already (low=3): refused, no effect
+    assert late is not None and isinstance(late[2], Refused) and not late[2].expired
+    assert kv.data == {"k": "b"} and kv.applied == 5
+    assert kv.apply(Entry(6, 2, kind=EntryKind.NOOP)) is None
+    # Log time: the first clock starts it, a later one expires the idle session.
+    kv.apply(Entry(7, 2, data=Command(0, 0, "clock", "", "1000.50").encode()))
+    kv.apply(Entry(8, 2, data=Command(0, 0, "clock", "", "1100.50").encode()))
+    gone = kv.apply(Entry(9, 2, data=Command(1, 4, "put", "k", "c", session=1, low=4).encode()))
+    assert gone is not None and isinstance(gone[2], Refused) and gone[2].expired
+    assert kv.data == {"k": "b"} and kv.double_applied is None
+    # Snapshots (copies) carry the table.
+    copy = kv.copy()
+    assert len(copy.sessions) == len(kv.sessions) == 0
     assert Command.decode(Command(3, 9, "cas", "x", None, None).encode()) == Command(3, 9, "cas", "x")
 
 
@@ -325,7 +337,7 @@ def test_planted_bug_is_caught(bug: str) -> None:
 
 def test_lost_acked_write_also_fails_the_linearizability_check() -> None:
     """The acked-write check fires first; the history alone must condemn the bug too."""
-    sim = Simulator(SimConfig.from_seed(14, plant_bug="ack-before-commit", ticks=300))
+    sim = Simulator(SimConfig.from_seed(1, plant_bug="ack-before-commit", ticks=300))
     assert sim.run().failure == "acked-write-lost"
     verdict = check(sim.resolve_history(), max_steps=2_000_000)
     assert verdict.violation, verdict.explain()
@@ -361,3 +373,27 @@ def test_forwarded_writes_are_exercised_and_safe() -> None:
         for k in totals:
             totals[k] += res.stats[k]
     assert all(v > 0 for v in totals.values()), totals
+
+
+def test_sessions_apply_each_client_write_once_and_a_broken_table_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sessions are exercised (clients reopen after evictions and expiries) and pass; a
+    table that never recognises a retry is caught as exactly-once."""
+    reopened = 0
+    for seed in range(1000, 1006):
+        result = Simulator(SimConfig.from_seed(seed)).run()
+        assert result.ok, (seed, result.failure)
+        reopened += result.stats["sessions_reopened"]
+    assert reopened > 0
+
+    from ggap.sessions import table
+
+    admit = table.SessionTable.admit
+
+    def never_duplicate(self: table.SessionTable, session: int, seq: int, low: int) -> table.Admitted:
+        return table.Admitted(table.Admission.APPLY, admit(self, session, seq, low).forgotten)
+
+    monkeypatch.setattr(table.SessionTable, "admit", never_duplicate)
+    failures = {Simulator(SimConfig.from_seed(seed)).run().failure for seed in range(1000, 1006)}
+    assert "exactly-once" in failures
