@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -139,13 +140,16 @@ def test_idle_sessions_expire_and_closed_ones_are_gone(healthy: Cluster) -> None
     c.kv(leader).Put(pb.PutRequest(key=key, value=b"v"), metadata=stamp(idle, 1), timeout=T)
     busy_seq = itertools.count(1)
 
-    def idle_gone() -> bool:
-        # The busy session writes all along (so it stays), the idle one only retries.
+    def busy_write() -> None:
         c.kv(leader).Put(pb.PutRequest(key=key, value=b"w"), metadata=stamp(busy, next(busy_seq)), timeout=T)
-        return _expired(c, leader, idle, key)
 
-    wait_until(idle_gone, 15.0, "the idle session to expire", interval=0.3)
-    c.kv(leader).Put(pb.PutRequest(key=key, value=b"w"), metadata=stamp(busy, next(busy_seq)), timeout=T)
+    # Any write of a session, a retry included, counts as activity: leave the idle one alone
+    # for longer than the idle timeout (4 s of log time) while the busy one keeps writing.
+    for _ in range(6):
+        time.sleep(1.0)
+        busy_write()
+    assert _expired(c, leader, idle, key)
+    busy_write()  # the busy one lived through it
     closed = c.kv(leader).CloseSession(pb.CloseSessionRequest(session_id=busy), timeout=T)
     assert closed.closed
     assert not c.kv(leader).CloseSession(pb.CloseSessionRequest(session_id=busy), timeout=T).closed
@@ -212,10 +216,12 @@ def test_cas_counter_is_exact_across_a_leader_kill(healthy: Cluster) -> None:
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
     for t in threads:
         t.start()
+    killed = 0
     try:
         wait_until(lambda: succeeded[0] >= 20, 30.0, "some increments")
-        c.kill(c.leader())
-        wait_until(lambda: c.wait_leader(timeout=10.0), 20.0, "a new leader")
+        killed = c.leader()
+        c.kill(killed)
+        c.wait_leader(ids=[i for i in c.ids if i != killed], timeout=20.0)
         before = succeeded[0]
         wait_until(lambda: succeeded[0] >= before + 20, 30.0, "increments after the kill")
     finally:
@@ -223,7 +229,8 @@ def test_cas_counter_is_exact_across_a_leader_kill(healthy: Cluster) -> None:
         for t in threads:
             t.join(timeout=60)
     assert not errors, errors
-    final = wait_until(lambda: _try_value(c, c.leader(), key), 20.0, "the final value")[0]
+    survivors = [i for i in c.ids if i != killed]
+    final = wait_until(lambda: _try_value(c, c.wait_leader(ids=survivors), key), 20.0, "the final value")[0]
     assert final is not None and int(final) == succeeded[0]
 
 

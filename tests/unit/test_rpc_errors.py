@@ -40,8 +40,20 @@ def test_every_ggap_error_keeps_its_code_and_message(cls: type[E.GgapError]) -> 
     assert code == expected
     # Only a class that shares its code with another names itself in the metadata.
     message, metadata = parse_status_message(text)
-    assert metadata == ({"ggap-reason": "NOT_LEADER"} if cls is E.NotLeader else {})
+    named = {E.NotLeader: "NOT_LEADER", E.SessionExpired: "SESSION_EXPIRED"}
+    assert metadata == ({"ggap-reason": named[cls]} if cls in named else {})
     assert message == original.message and message.endswith("went wrong")
+    if cls in named:
+        assert type(error_from_status(code, text)) is cls
+
+
+def test_session_expired_is_rebuilt_with_its_session() -> None:
+    code, text = status_from_rpc_error(to_rpc_error(E.SessionExpired("gone", session=42)))
+    back = error_from_status(code, text)
+    assert isinstance(back, E.SessionExpired) and back.session == 42 and back.message == "gone"
+    # A plain FailedPrecondition stays one.
+    code, text = status_from_rpc_error(to_rpc_error(E.FailedPrecondition("busy")))
+    assert type(error_from_status(code, text)) is E.FailedPrecondition
 
 
 def test_specific_purerpc_subclasses_are_used() -> None:

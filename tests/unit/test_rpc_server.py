@@ -187,6 +187,8 @@ async def test_every_ggap_error_maps_to_its_status(served: Served) -> None:
             expected = cls(f"boom {cls.__name__}").message
             if cls is E.NotLeader:  # names itself: UNAVAILABLE alone could be any Unavailable
                 expected += " (ggap-reason=NOT_LEADER)"
+            if cls is E.SessionExpired:  # likewise among FAILED_PRECONDITIONs
+                expected += " (ggap-reason=SESSION_EXPIRED)"
             assert err.details() == expected
 
 
