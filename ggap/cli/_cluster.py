@@ -47,7 +47,7 @@ import trio
 from ggap.cli import _output as out
 from ggap.cli._certs import ClusterCerts, ensure_cluster_certs
 from ggap.cli._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, fail, run_async
-from ggap.client import ClientError, open_client
+from ggap.client import ClientError, open_connection
 from ggap.pb import health_pb2
 
 DEFAULT_BASE_PORT = 17000
@@ -395,7 +395,7 @@ async def check_serving(
     """grpc.health.v1 Check of the whole server (service ""): SERVING means the node knows a
     leader. Returns (serving, what was seen)."""
     try:
-        async with open_client(endpoint, timeout_s=timeout_s, ssl_context=ssl_context) as client:
+        async with open_connection(endpoint, timeout_s=timeout_s, ssl_context=ssl_context) as client:
             resp = await client.health("", timeout_s=timeout_s)
     except ClientError as e:
         return False, f"{e.code.name}: {e.message}"

@@ -23,7 +23,7 @@ from ggap.cli._common import (
     run_async,
     write_quorum,
 )
-from ggap.client import ClientError, open_client, parse_endpoints
+from ggap.client import ClientError, open_connection, parse_endpoints
 from ggap.pb import kv_pb2
 
 _REVISION = click.IntRange(min=0)
@@ -60,7 +60,7 @@ def put_cmd(
     )
 
     async def body() -> None:
-        async with open_client(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
+        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
             resp = await client.put(req)
         click.echo(out.to_json(resp) if opts.json else out.format_put(resp))
 
@@ -81,7 +81,7 @@ def get_cmd(key: str, mode: str | None, revision: int, min_revision: int, opts: 
     req = kv_pb2.GetRequest(key=key, read_mode=read_mode(mode), revision=revision, min_revision=min_revision)
 
     async def body() -> int:
-        async with open_client(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
+        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
             resp = await client.get(req)
         if opts.json:
             click.echo(out.to_json(resp))
@@ -105,7 +105,7 @@ def delete_cmd(key: str, quorum: str | None, prev_kv: bool, opts: ClientOptions)
     req = kv_pb2.DeleteRequest(key=key, quorum=write_quorum(quorum), prev_kv=prev_kv)
 
     async def body() -> None:
-        async with open_client(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
+        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
             resp = await client.delete(req)
         click.echo(out.to_json(resp) if opts.json else out.format_delete(resp))
 
@@ -146,7 +146,7 @@ def range_cmd(
     )
 
     async def body() -> None:
-        async with open_client(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
+        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
             resp = await client.range(req)
         click.echo(out.to_json(resp) if opts.json else out.format_range(resp, keys_only=keys_only))
 
@@ -163,7 +163,7 @@ def history_cmd(key: str, limit: int, mode: str | None, opts: ClientOptions) -> 
     req = kv_pb2.HistoryRequest(key=key, limit=limit, read_mode=read_mode(mode))
 
     async def body() -> None:
-        async with open_client(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
+        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
             resp = await client.history(req)
         click.echo(out.to_json(resp) if opts.json else out.format_history(resp))
 
@@ -199,7 +199,7 @@ def watch_cmd(
 
     async def body() -> None:
         seen = 0
-        async with open_client(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
+        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
             async with aclosing(client.watch(req)) as responses:
                 async for resp in responses:
                     for event in resp.events:  # progress responses carry none
@@ -247,7 +247,7 @@ def txn_cmd(file: IO[str], opts: ClientOptions) -> None:
         raise click.BadParameter(f"not a TxnRequest: {e}", param_hint="--file") from None
 
     async def body() -> None:
-        async with open_client(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
+        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
             resp = await client.txn(req)
         click.echo(out.to_json(resp) if opts.json else out.format_txn(resp))
 
@@ -261,7 +261,7 @@ def compact_cmd(revision: int, opts: ClientOptions) -> None:
     """Drop history below REVISION (each key still keeps its newest version)."""
 
     async def body() -> None:
-        async with open_client(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
+        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
             resp = await client.compact(revision=revision)
         click.echo(out.to_json(resp) if opts.json else out.format_compact(resp, revision))
 
@@ -282,7 +282,7 @@ def status_cmd(opts: ClientOptions) -> None:
 
         async def ask(i: int, name: str) -> None:
             try:
-                async with open_client(name, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
+                async with open_connection(name, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
                     answers[i] = await client.status()
             except ClientError as e:
                 answers[i] = e

@@ -12,7 +12,7 @@ import click
 
 from ggap.cli import _output as out
 from ggap.cli._common import READ_MODES, ClientOptions, client_command, read_mode, run_async
-from ggap.client import open_client
+from ggap.client import open_connection
 from ggap.pb import kv_pb2
 from ggap.types import MAX_MEMBER_ID
 
@@ -59,7 +59,7 @@ def list_cmd(mode: str | None, opts: ClientOptions) -> None:
     req = kv_pb2.MemberListRequest(read_mode=read_mode(mode))
 
     async def body() -> None:
-        async with open_client(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
+        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
             resp = await client.member_list(req)
         _show(opts, resp, "")
 
@@ -85,7 +85,7 @@ def add_cmd(member_id: int, client_addr: str, cluster_addr: str, learner: bool, 
     )
 
     async def body() -> None:
-        async with open_client(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
+        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
             resp = await client.member_add(req)
         if resp.auto_promote:
             line = f"member {member_id} added as a learner; the leader promotes it to voter once it caught up"
@@ -106,7 +106,7 @@ def promote_cmd(member_id: int, opts: ClientOptions) -> None:
     server.promote_max_lag_entries behind the leader; the message says how far."""
 
     async def body() -> None:
-        async with open_client(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
+        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
             resp = await client.member_promote(id=member_id)
         _show(opts, resp, f"member {member_id} promoted to voter")
 
@@ -127,7 +127,7 @@ def remove_cmd(member_id: int, force: bool, opts: ClientOptions) -> None:
     unless --force."""
 
     async def body() -> None:
-        async with open_client(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
+        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
             resp = await client.member_remove(id=member_id, force=force)
         _show(opts, resp, f"member {member_id} removed")
 
@@ -146,7 +146,7 @@ def transfer_cmd(member_id: int, opts: ClientOptions) -> None:
     """Hand leadership to voter ID (nothing happens if it already leads)."""
 
     async def body() -> None:
-        async with open_client(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
+        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
             resp = await client.transfer_leader(target_id=member_id)
         if opts.json:
             click.echo(out.to_json(resp))

@@ -39,7 +39,7 @@ from ggap.cli._common import (
     output_option,
     run_async,
 )
-from ggap.client import Client, ClientError, open_client
+from ggap.client import ClientError, Connection, open_connection
 from ggap.config.peers import parse_peers
 from ggap.types.errors import GgapError, StatusCode
 
@@ -89,7 +89,7 @@ def _bad_stream(why: str) -> ClientError:
     return ClientError(StatusCode.DATA_LOSS, f"the snapshot stream is inconsistent: {why}")
 
 
-async def _receive(client: Client, writer: BackupWriter, copy_timeout_s: float) -> BackupMeta:
+async def _receive(client: Connection, writer: BackupWriter, copy_timeout_s: float) -> BackupMeta:
     """Write the stream into `writer`, checking it message by message; the metadata for
     the footer once the last byte is in (the writer checks length and hash on seal)."""
     from ggap.storage.backup import BackupMeta, new_backup_id, utc_now_text
@@ -199,7 +199,9 @@ def save_cmd(file: Path, force: bool, copy_timeout_s: float, opts: ClientOptions
 
     async def body() -> int:
         try:
-            async with open_client(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
+            async with open_connection(
+                opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls
+            ) as client:
                 meta = await _receive(client, writer, copy_timeout_s)
                 saved["endpoint"] = client.endpoint
             saved["meta"] = await trio.to_thread.run_sync(writer.seal, meta)

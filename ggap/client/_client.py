@@ -1,9 +1,11 @@
-"""A small purerpc client that never hangs.
+"""One connection to one node that never hangs: the layer under AsyncClient and Client, also
+used by the server (forwarding) and the CLI.
 
 purerpc 0.8.0 sends no grpc-timeout, never notices a dead connection and wraps errors in
 exception groups (PITFALLS.md 1.3), so this module owns three things for every caller:
-a `trio.fail_after` around every call, one error type (`ClientError` with a gRPC code), and
-unwrapping of the groups purerpc's task groups produce when a `open_client` block ends.
+an `anyio.fail_after` around every call, one error type (`ClientError` with a gRPC code),
+and unwrapping of the groups purerpc's task groups produce when an `open_connection`
+block ends. It is written on anyio, so it runs under trio and asyncio alike.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from typing import Any, TypeVar
 import anyio
 import h2.exceptions
 import purerpc
-import trio
 from google.protobuf.message import Message
 from purerpc.grpclib.events import ResponseEnded
 from purerpc.grpclib.exceptions import GRPCError, RpcFailedError, raise_status
@@ -103,7 +104,8 @@ def _collapse(
     the single real error (the caller's own unchanged; a purerpc transport error becomes
     UNAVAILABLE), or the group unchanged when several things really failed at once."""
     leaves = _leaves(group)
-    real = [e for e in leaves if not isinstance(e, trio.Cancelled)] or leaves
+    cancelled = anyio.get_cancelled_exc_class()
+    real = [e for e in leaves if not isinstance(e, cancelled)] or leaves
     if len(real) != 1:
         return group
     (exc,) = real
@@ -126,7 +128,7 @@ def call_metadata(items: Sequence[tuple[str, str]]) -> Iterator[None]:
         _call_metadata.reset(token)
 
 
-class Client:
+class Connection:
     """Calls on one connection. Each method takes a request message, or its fields as keyword
     arguments, and returns the response message. `timeout_s` overrides the default per call."""
 
@@ -161,14 +163,14 @@ class Client:
         extra = _call_metadata.get()
         metadata = [*self._metadata, *extra] if extra else self._metadata
         try:
-            with trio.fail_after(limit):
+            with anyio.fail_after(limit):
                 if metadata:
                     result = await method(request, metadata=metadata)  # type: ignore[call-arg]
                 else:
                     result = await method(request)
             self._calls_answered += 1
             return result
-        except trio.TooSlowError:
+        except TimeoutError:
             hint = ""
             if self.tls and self._calls_answered == 0:
                 # TLS 1.3 ends the client's handshake before the server checks our
@@ -354,9 +356,9 @@ class Client:
         """The next message of a server stream within `limit` seconds; None once the server
         ended it with OK; ClientError for an error status, a broken connection or silence."""
         try:
-            with trio.fail_after(limit):
+            with anyio.fail_after(limit):
                 msg = await stream.receive_message()
-        except trio.TooSlowError:
+        except TimeoutError:
             raise ClientError(
                 StatusCode.DEADLINE_EXCEEDED, f"no {what} response from {self.endpoint} within {limit:g}s"
             ) from None
@@ -421,20 +423,20 @@ async def _close_socket(channel: Any) -> None:
 
 
 @asynccontextmanager
-async def open_client(
+async def open_connection(
     endpoint: str,
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     metadata: Sequence[tuple[str, str]] = (),
     ssl_context: ssl.SSLContext | None = None,
-) -> AsyncIterator[Client]:
+) -> AsyncIterator[Connection]:
     """Connect to the first endpoint of a comma-separated list that accepts a connection.
 
     With `ssl_context` (see `ggap.tls.client_context`: it sets ALPN h2 and verifies the
     server's chain and host name) the connection is TLS; a failed handshake counts as that
     endpoint not connecting, and the reason is in the UNAVAILABLE message.
 
-    Every call on the yielded Client is bounded by `timeout_s`, and so is each connect.
+    Every call on the yielded Connection is bounded by `timeout_s`, and so is each connect.
     Raises ClientError: UNAVAILABLE when no endpoint connects, INVALID_ARGUMENT for a
     malformed endpoint list. Errors leaving the block come out as the single exception
     that caused them, not wrapped in purerpc's exception groups.
@@ -455,18 +457,18 @@ async def open_client(
         )
         # One scope around the whole channel lifetime (cancel scopes must nest): its deadline
         # bounds the connect, is lifted while the caller works, then bounds the close.
-        with trio.CancelScope(deadline=trio.current_time() + timeout_s) as scope:
+        with anyio.CancelScope(deadline=anyio.current_time() + timeout_s) as scope:
             try:
                 async with channel:
                     connected = True
                     scope.deadline = math.inf
                     try:
-                        yield Client(channel, name, timeout_s, metadata, tls=ssl_context is not None)
+                        yield Connection(channel, name, timeout_s, metadata, tls=ssl_context is not None)
                     except BaseException as e:
                         body_exc = e
                         raise
                     finally:
-                        scope.deadline = trio.current_time() + _CLOSE_TIMEOUT_S
+                        scope.deadline = anyio.current_time() + _CLOSE_TIMEOUT_S
             except OSError as e:
                 if connected:
                     if e is body_exc:
@@ -477,7 +479,7 @@ async def open_client(
             except BaseExceptionGroup as group:
                 raise _collapse(group, name, body_exc) from None
             finally:
-                with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_TIMEOUT_S):
+                with anyio.CancelScope(shield=True, deadline=anyio.current_time() + _CLOSE_TIMEOUT_S):
                     await _close_socket(channel)
         if connected:
             return

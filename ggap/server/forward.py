@@ -31,7 +31,7 @@ import attrs
 import trio
 
 from ggap import tracing
-from ggap.client import Client, ClientError, call_metadata, open_client
+from ggap.client import ClientError, Connection, call_metadata, open_connection
 from ggap.rpc import current_deadline
 from ggap.rpc.errors import error_from_status
 from ggap.types import NotLeader, StatusCode, Unavailable
@@ -55,7 +55,7 @@ class RetryElsewhere(Exception):
 
 @attrs.define(eq=False)
 class _Conn:
-    client: Client
+    client: Connection
     epoch: tuple[int, int]
     closed: trio.Event = attrs.field(factory=trio.Event)
 
@@ -104,7 +104,7 @@ class Forwarder:
             self._conns.clear()
 
     async def forward(
-        self, addr: str, epoch: tuple[int, int], call: Callable[[Client, float], Awaitable[_T]]
+        self, addr: str, epoch: tuple[int, int], call: Callable[[Connection, float], Awaitable[_T]]
     ) -> _T:
         """`call(client, timeout_s)` on a connection to the leader at `addr`: the request, sent
         on, and the leader's response. Raises `RetryElsewhere` for a refusal that is safe to
@@ -127,7 +127,7 @@ class Forwarder:
         return await self._call(addr, conn, call, remaining)
 
     async def _traced_call(
-        self, addr: str, conn: _Conn, call: Callable[[Client, float], Awaitable[_T]], remaining: float
+        self, addr: str, conn: _Conn, call: Callable[[Connection, float], Awaitable[_T]], remaining: float
     ) -> _T:
         """`_call` in a CLIENT span whose traceparent rides along to the leader."""
         span = tracing.start_span(
@@ -144,7 +144,7 @@ class Forwarder:
             span.end()
 
     async def _call(
-        self, addr: str, conn: _Conn, call: Callable[[Client, float], Awaitable[_T]], remaining: float
+        self, addr: str, conn: _Conn, call: Callable[[Connection, float], Awaitable[_T]], remaining: float
     ) -> _T:
         try:
             return await call(conn.client, remaining)
@@ -180,7 +180,7 @@ class Forwarder:
         dialler; errors after it are logged, never allowed to take the node down."""
         started = False
         try:
-            async with open_client(
+            async with open_connection(
                 addr,
                 timeout_s=self.connect_timeout_s,
                 metadata=[(FORWARDED, "1")],

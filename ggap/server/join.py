@@ -27,7 +27,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from ggap.client import Client, ClientError, open_client
+from ggap.client import ClientError, Connection, open_connection
 from ggap.config.model import Config
 from ggap.storage.restore import seed_joiner
 from ggap.types import FailedPrecondition, Membership, StatusCode, Unavailable
@@ -77,7 +77,7 @@ async def join_cluster(config: Config, *, ssl_context: ssl.SSLContext | None = N
 
 async def _join_once(config: Config, ssl_context: ssl.SSLContext | None) -> Membership:
     node = config.node
-    async with open_client(
+    async with open_connection(
         node.join, timeout_s=config.server.default_timeout_ms / 1000, ssl_context=ssl_context
     ) as client:
         listed = await client.member_list()
@@ -95,7 +95,7 @@ async def _join_once(config: Config, ssl_context: ssl.SSLContext | None) -> Memb
         return await _seed_from_snapshot(client, config)
 
 
-async def _seed_from_snapshot(client: Client, config: Config) -> Membership:
+async def _seed_from_snapshot(client: Connection, config: Config) -> Membership:
     data_dir = Path(config.node.data_dir)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     part = data_dir.parent / f".{data_dir.name}.join.db.part"
@@ -128,7 +128,7 @@ async def _seed_from_snapshot(client: Client, config: Config) -> Membership:
     return membership
 
 
-async def _download(client: Client, dest: Path) -> _Info:
+async def _download(client: Connection, dest: Path) -> _Info:
     """The snapshot's bytes into `dest`, checked against its announced size and sha256."""
     digest = hashlib.sha256()
     info: _Info | None = None
@@ -185,7 +185,7 @@ async def auto_promote(
         if current is None or not current.learner:
             return
         try:
-            async with open_client(
+            async with open_connection(
                 endpoints, timeout_s=config.server.default_timeout_ms / 1000, ssl_context=ssl_context
             ) as client:
                 await client.member_promote(id=me)

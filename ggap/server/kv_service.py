@@ -9,7 +9,7 @@ import attrs
 import trio
 
 from ggap import tracing
-from ggap.client import Client, call_metadata
+from ggap.client import Connection, call_metadata
 from ggap.config import Config
 from ggap.pb import kv_grpc
 from ggap.pb import kv_pb2 as pb
@@ -113,7 +113,7 @@ class NodeState:
         self,
         request: Any,
         here: Callable[[], Awaitable[_Resp]],
-        forward: Callable[[Client, float], Awaitable[_Resp]],
+        forward: Callable[[Connection, float], Awaitable[_Resp]],
     ) -> _Resp:
         """The one forwarding path, for writes and membership requests alike: run `here`
         (which raises NotLeader unless this node leads) and return its answer; on NotLeader
@@ -153,11 +153,11 @@ def _has_ttl(cmd: Command) -> bool:
 
 
 def _with_stamp(
-    forward: Callable[[Client, float], Awaitable[_Resp]], stamp: SessionStamp
-) -> Callable[[Client, float], Awaitable[_Resp]]:
+    forward: Callable[[Connection, float], Awaitable[_Resp]], stamp: SessionStamp
+) -> Callable[[Connection, float], Awaitable[_Resp]]:
     """A forward to the leader's client port carries the session on."""
 
-    async def call(leader: Client, timeout_s: float) -> _Resp:
+    async def call(leader: Connection, timeout_s: float) -> _Resp:
         with call_metadata([stamp.metadata()]):
             return await forward(leader, timeout_s)
 
@@ -259,7 +259,7 @@ class KvServicer(kv_grpc.KvServiceServicer):
         all_replicas: bool,
         result: type[_R],
         answer: Callable[[_R], _Resp],
-        forward: Callable[[Client, float], Awaitable[_Resp]],
+        forward: Callable[[Connection, float], Awaitable[_Resp]],
     ) -> _Resp:
         """The one write path: propose `cmd` here when leader and `answer` its `result`.
         On a follower, a majority write without a TTL goes to the leader inside Raft (a

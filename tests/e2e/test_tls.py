@@ -27,7 +27,7 @@ import grpc
 import pytest
 import trio
 
-from ggap.client import open_client
+from ggap.client import open_connection
 from ggap.consensus.raft.types import Message, MessageType
 from ggap.pb import kv_pb2, kv_pb2_grpc
 from ggap.server.node import cluster_id
@@ -256,7 +256,7 @@ def test_grpcurl_over_tls(tls_node: NodeProcess, creds: Creds) -> None:
 def test_purerpc_client_over_tls(tls_node: NodeProcess, creds: Creds) -> None:
     async def main() -> bytes:
         ctx = client_context(creds.ca, creds.client_cert, creds.client_key)
-        async with open_client(tls_node.client_addr, timeout_s=T, ssl_context=ctx) as client:
+        async with open_connection(tls_node.client_addr, timeout_s=T, ssl_context=ctx) as client:
             await client.put(key="purerpc", value=b"over-tls")
             got = await client.get(key="purerpc")
             events = client.watch(key="purerpc", start_revision=got.kv.mod_revision, idle_timeout_s=T)

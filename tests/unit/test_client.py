@@ -23,7 +23,7 @@ import purerpc.server
 import pytest
 import trio
 
-from ggap.client import ClientError, open_client, parse_endpoint, parse_endpoints
+from ggap.client import ClientError, open_connection, parse_endpoint, parse_endpoints
 from ggap.pb import kv_grpc, kv_pb2
 from ggap.types.errors import StatusCode
 
@@ -232,7 +232,7 @@ async def server(nursery: trio.Nursery) -> tuple[str, FakeKv]:
 async def test_roundtrip_with_messages_and_kwargs(server: tuple[str, FakeKv]) -> None:
     endpoint, fake = server
     with trio.fail_after(10):
-        async with open_client(endpoint, timeout_s=2) as client:
+        async with open_connection(endpoint, timeout_s=2) as client:
             assert client.endpoint == endpoint
             put = await client.put(key="a", value=b"1", quorum="WRITE_QUORUM_ALL")
             assert put.header.revision == 1
@@ -261,7 +261,7 @@ async def test_roundtrip_with_messages_and_kwargs(server: tuple[str, FakeKv]) ->
 async def test_request_and_fields_together_is_a_type_error(server: tuple[str, FakeKv]) -> None:
     endpoint, _ = server
     with trio.fail_after(10):
-        async with open_client(endpoint) as client:
+        async with open_connection(endpoint) as client:
             with pytest.raises(TypeError):
                 await client.get(kv_pb2.GetRequest(key="a"), key="b")
             with pytest.raises(ClientError) as info:
@@ -272,7 +272,7 @@ async def test_request_and_fields_together_is_a_type_error(server: tuple[str, Fa
 async def test_server_error_code_and_message_preserved(server: tuple[str, FakeKv]) -> None:
     endpoint, _ = server
     with trio.fail_after(10):
-        async with open_client(endpoint) as client:
+        async with open_connection(endpoint) as client:
             with pytest.raises(ClientError) as info:
                 await client.put(key="", value=b"x")
             assert info.value.code == StatusCode.INVALID_ARGUMENT
@@ -289,12 +289,12 @@ async def test_error_escaping_the_block_is_not_wrapped(server: tuple[str, FakeKv
     endpoint, _ = server
     with trio.fail_after(10):
         with pytest.raises(ClientError) as info:
-            async with open_client(endpoint) as client:
+            async with open_connection(endpoint) as client:
                 await client.get(key="", timeout_s=2)
         assert info.value.code == StatusCode.INVALID_ARGUMENT
         # The caller's own exceptions pass through untouched, even OSError.
         with pytest.raises(FileNotFoundError):
-            async with open_client(endpoint):
+            async with open_connection(endpoint):
                 raise FileNotFoundError("mine")
 
 
@@ -302,7 +302,7 @@ async def test_timeout_on_a_server_that_never_answers(server: tuple[str, FakeKv]
     endpoint, _ = server
     with trio.fail_after(10):
         start = trio.current_time()
-        async with open_client(endpoint, timeout_s=0.3) as client:
+        async with open_connection(endpoint, timeout_s=0.3) as client:
             with pytest.raises(ClientError) as info:
                 await client.get(key=HANG_KEY)
             elapsed = trio.current_time() - start
@@ -323,7 +323,7 @@ async def test_timeout_on_a_peer_that_accepts_tcp_but_never_speaks(nursery: trio
     with trio.fail_after(10):
         start = trio.current_time()
         with pytest.raises(ClientError) as info:
-            async with open_client(f"127.0.0.1:{port}", timeout_s=0.3) as client:
+            async with open_connection(f"127.0.0.1:{port}", timeout_s=0.3) as client:
                 await client.status()
         assert info.value.code == StatusCode.DEADLINE_EXCEEDED
         assert trio.current_time() - start < 3
@@ -337,7 +337,7 @@ async def test_connection_refused_is_unavailable() -> None:
     endpoint = refused_endpoint()
     with trio.fail_after(10):
         with pytest.raises(ClientError) as info:
-            async with open_client(endpoint, timeout_s=2):
+            async with open_connection(endpoint, timeout_s=2):
                 pytest.fail("connected to a closed port")
     assert info.value.code == StatusCode.UNAVAILABLE
     assert endpoint in info.value.message and "cannot connect" in info.value.message
@@ -347,14 +347,14 @@ async def test_endpoints_are_tried_in_order(server: tuple[str, FakeKv]) -> None:
     endpoint, _ = server
     dead = refused_endpoint()
     with trio.fail_after(10):
-        async with open_client(f"{dead}, {endpoint}") as client:
+        async with open_connection(f"{dead}, {endpoint}") as client:
             assert client.endpoint == endpoint
             assert (await client.put(key="x", value=b"y")).header.revision == 1
 
 
 async def test_malformed_endpoint_is_invalid_argument() -> None:
     with pytest.raises(ClientError) as info:
-        async with open_client("localhost"):
+        async with open_connection("localhost"):
             pass
     assert info.value.code == StatusCode.INVALID_ARGUMENT
 
@@ -370,7 +370,7 @@ def test_parse_endpoints() -> None:
 async def test_watch_streams_events_then_ends(server: tuple[str, FakeKv]) -> None:
     endpoint, _ = server
     with trio.fail_after(10):
-        async with open_client(endpoint) as client:
+        async with open_connection(endpoint) as client:
             for i in range(3):
                 await client.put(key=f"w/{i}", value=str(i).encode())
             await client.put(key="other", value=b"")
@@ -382,7 +382,7 @@ async def test_watch_idle_timeout(server: tuple[str, FakeKv]) -> None:
     endpoint, fake = server
     fake.watch_ends = False
     with trio.fail_after(10):
-        async with open_client(endpoint) as client:
+        async with open_connection(endpoint) as client:
             await client.put(key="k", value=b"v")
             seen = []
             with pytest.raises(ClientError) as info:
@@ -396,7 +396,7 @@ async def test_watch_server_error(server: tuple[str, FakeKv]) -> None:
     endpoint, fake = server
     fake.compact_rev = 5
     with trio.fail_after(10):
-        async with open_client(endpoint) as client:
+        async with open_connection(endpoint) as client:
             with pytest.raises(ClientError) as info:
                 async for _ in client.watch(key="k", start_revision=1):
                     pass
@@ -414,7 +414,7 @@ async def _serve_cancellable(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> 
 async def test_server_gone_mid_session_never_hangs(nursery: trio.Nursery) -> None:
     endpoint, server_scope = await nursery.start(_serve_cancellable)
     with trio.fail_after(10):
-        async with open_client(endpoint, timeout_s=0.5) as client:
+        async with open_connection(endpoint, timeout_s=0.5) as client:
             await client.put(key="a", value=b"1")
             server_scope.cancel()
             await trio.sleep(0.1)

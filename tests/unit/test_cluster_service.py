@@ -17,7 +17,7 @@ import attrs
 import pytest
 import trio
 
-from ggap.client import ClientError, open_client
+from ggap.client import ClientError, open_connection
 from ggap.config import Config
 from ggap.pb import kv_pb2 as pb
 from ggap.replica.api import RoleInfo
@@ -228,7 +228,7 @@ class Cluster:
 
     async def call(self, node: int, method: str, **fields: Any) -> Any:
         with trio.fail_after(10):
-            async with open_client(self.nodes[node].endpoint, timeout_s=5) as client:
+            async with open_connection(self.nodes[node].endpoint, timeout_s=5) as client:
                 return await getattr(client, method)(**fields)
 
     async def refused(self, node: int, method: str, **fields: Any) -> ClientError:
@@ -281,7 +281,7 @@ async def test_member_list_without_a_quorum_is_unavailable(nursery: trio.Nursery
     shared = Shared(Membership((member(1),)), read_blocks=True)
     node = await serve(nursery, shared, 1, default_timeout_s=0.5)
     with pytest.raises(ClientError) as info, trio.fail_after(5):
-        async with open_client(node.endpoint) as client:
+        async with open_connection(node.endpoint) as client:
             await client.member_list()
     assert info.value.code == StatusCode.UNAVAILABLE
     assert "no leader confirmed the read" in info.value.message

@@ -9,7 +9,7 @@ import attrs
 import pytest
 import trio
 
-from ggap.client import open_client
+from ggap.client import open_connection
 from ggap.config import Config
 from ggap.server import node as node_mod
 from ggap.server import serve_node
@@ -36,12 +36,12 @@ async def test_serves_then_cancels_cleanly_and_closes_storage(tmp_path: Path) ->
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(serve_node, cfg)
-            async with open_client(f"127.0.0.1:{port}") as client:
+            async with open_connection(f"127.0.0.1:{port}") as client:
                 put = await client.put(key="a", value=b"1")
                 got = await client.get(key="a")
             assert got.found and got.kv.value == b"1"
             assert got.header.revision == put.header.revision == 1
-            async with open_client(f"127.0.0.1:{port}") as client:
+            async with open_connection(f"127.0.0.1:{port}") as client:
                 listed = await client.member_list()
             # A node started without --peers is its own bootstrap voter.
             assert [(m.id, m.client_addr, m.cluster_addr, m.learner) for m in listed.members] == [

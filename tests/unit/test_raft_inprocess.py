@@ -8,7 +8,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from ggap.client import open_client
+from ggap.client import open_connection
 from ggap.config import Config
 from ggap.pb import kv_pb2 as pb
 from ggap.server import serve_node
@@ -56,7 +56,7 @@ async def test_three_nodes_replicate_forward_and_read_linearizably(tmp_path: Pat
             while True:
                 leaders = set()
                 for ep in endpoints:
-                    async with open_client(ep) as c:
+                    async with open_connection(ep) as c:
                         leaders.add((await c.status()).leader_id)
                 if len(leaders) == 1 and 0 not in leaders:
                     break
@@ -64,12 +64,12 @@ async def test_three_nodes_replicate_forward_and_read_linearizably(tmp_path: Pat
             leader = leaders.pop()
             follower_ep = next(ep for i, ep in enumerate(endpoints) if i + 1 != leader)
             # A write sent to a follower is forwarded; quorum ALL waits for every voter.
-            async with open_client(follower_ep) as c:
+            async with open_connection(follower_ep) as c:
                 put = await c.put(key="k", value=b"v1")
                 put_all = await c.put(key="k", value=b"v2", quorum=pb.WRITE_QUORUM_ALL)
             assert put_all.header.revision == put.header.revision + 1
             for ep in endpoints:
-                async with open_client(ep) as c:
+                async with open_connection(ep) as c:
                     got = await c.get(key="k")  # linearizable: ReadIndex through the leader
                     assert got.found and got.kv.value == b"v2" and got.kv.version == 2
                     assert got.header.revision == put_all.header.revision
@@ -117,7 +117,7 @@ async def test_snapshots_are_taken_and_logs_compacted_behind_them(tmp_path: Path
         async with trio.open_nursery() as nursery:
             for cfg in configs:
                 await nursery.start(serve_node, cfg)
-            async with open_client(configs[0].node.client_addr, timeout_s=10) as c:
+            async with open_connection(configs[0].node.client_addr, timeout_s=10) as c:
                 for i in range(60):
                     await c.put(key=f"k{i % 5}", value=str(i).encode(), quorum=pb.WRITE_QUORUM_ALL)
             nursery.cancel_scope.cancel()
@@ -157,23 +157,23 @@ async def test_bootstrap_members_list_the_same_everywhere_and_their_client_addre
                 await nursery.start(serve_node, cfg)
             leader = 0
             while not leader:  # the leader has heard every follower's applied report
-                async with open_client(endpoints[0]) as c:
+                async with open_connection(endpoints[0]) as c:
                     leader = (await c.status()).leader_id
                 if leader:
-                    async with open_client(endpoints[leader - 1]) as c:
+                    async with open_connection(endpoints[leader - 1]) as c:
                         progress = (await c.status()).progress
                     if len(progress) < 3 or not all(p.applied_index for p in progress):
                         leader = 0
                 await trio.sleep(0.05)
             lists = []
             for ep in endpoints:
-                async with open_client(ep) as c:
+                async with open_connection(ep) as c:
                     listed = await c.member_list()
                 lists.append([(m.id, m.client_addr, m.cluster_addr, m.learner) for m in listed.members])
             assert lists[0] == [(c.node.id, "", c.node.cluster_addr, False) for c in configs]
             assert lists[1] == lists[0] and lists[2] == lists[0]
             follower = next(c for c in configs if c.node.id != leader)
-            async with open_client(endpoints[0]) as c:
+            async with open_connection(endpoints[0]) as c:
                 with pytest.raises(ClientError) as info:
                     await c.member_add(
                         id=9, client_addr=follower.node.client_addr, cluster_addr="127.0.0.1:1"

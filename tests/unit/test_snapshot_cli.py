@@ -20,7 +20,7 @@ import trio
 from click.testing import CliRunner, Result
 
 from ggap.cli import cli
-from ggap.client import Client, ClientError, open_client
+from ggap.client import ClientError, Connection, open_connection
 from ggap.config import Config
 from ggap.pb import kv_pb2
 from ggap.server import serve_node
@@ -60,7 +60,7 @@ def node_config(data_dir: Path, node_id: int = 1) -> Config:
     )
 
 
-async def _fill(client: Client) -> None:
+async def _fill(client: Connection) -> None:
     """Overwrites, deletes, a transaction and a compaction: revisions 1..13, compacted at 5."""
     for i in range(8):
         await client.put(key=f"k{i % 3}", value=f"v{i}".encode())
@@ -77,7 +77,7 @@ async def _fill(client: Client) -> None:
     await client.compact(revision=5)
 
 
-async def _observe(client: Client) -> dict[str, Any]:
+async def _observe(client: Connection) -> dict[str, Any]:
     """What a client can see of the store: ranges at several revisions, histories, Status."""
     seen: dict[str, Any] = {}
     status = await client.status()
@@ -101,7 +101,7 @@ async def source(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[tuple[s
     """An in-process node holding _fill's data: (endpoint, what it shows)."""
     port = await nursery.start(serve_node, node_config(tmp_path / "source"))
     endpoint = f"127.0.0.1:{port}"
-    async with open_client(endpoint) as client:
+    async with open_connection(endpoint) as client:
         await _fill(client)
         seen = await _observe(client)
     assert seen["below-compact"] == StatusCode.OUT_OF_RANGE
@@ -146,7 +146,7 @@ async def test_save_status_restore_and_serve_the_same_data(
 
     async with trio.open_nursery() as nursery:
         port = await nursery.start(serve_node, node_config(restored))
-        async with open_client(f"127.0.0.1:{port}") as client:
+        async with open_connection(f"127.0.0.1:{port}") as client:
             assert await _observe(client) == seen
             after = await client.put(key="new", value=b"x")
             assert after.header.revision == 14
@@ -189,7 +189,7 @@ def good_backup(tmp_path_factory: pytest.TempPathFactory) -> Path:
     async def make() -> None:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(serve_node, node_config(d / "node"))
-            async with open_client(f"127.0.0.1:{port}") as client:
+            async with open_connection(f"127.0.0.1:{port}") as client:
                 await _fill(client)
             result = await arun("snapshot", "save", str(path), "--endpoints", f"127.0.0.1:{port}")
             assert result.exit_code == 0, result.stderr

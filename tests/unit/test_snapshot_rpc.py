@@ -18,7 +18,7 @@ import grpc
 import pytest
 import trio
 
-from ggap.client import ClientError, open_client
+from ggap.client import ClientError, open_connection
 from ggap.config import Config
 from ggap.pb import kv_pb2, kv_pb2_grpc
 from ggap.server import node as node_mod
@@ -65,7 +65,7 @@ async def start(
     )
     port = await nursery.start(serve_node, cfg)
     endpoint = f"127.0.0.1:{port}"
-    async with open_client(endpoint, timeout_s=30) as client:
+    async with open_connection(endpoint, timeout_s=30) as client:
         per_txn, value = 40, 1000  # 40 kB per request: under any limit a test sets
         for t in range(fill_bytes // (per_txn * value) + 1):
             ops = [
@@ -107,7 +107,7 @@ def assert_nothing_left(node: Node) -> None:
 
 async def read_all(endpoint: str) -> tuple[list[kv_pb2.SnapshotResponse], bytes]:
     msgs: list[kv_pb2.SnapshotResponse] = []
-    async with open_client(endpoint, timeout_s=30) as client:
+    async with open_connection(endpoint, timeout_s=30) as client:
         async for msg in client.snapshot():
             msgs.append(msg)
     return msgs, b"".join(m.blob for m in msgs)

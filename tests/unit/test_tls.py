@@ -16,7 +16,7 @@ import pytest
 import trio
 import trustme
 
-from ggap.client import ClientError, open_client
+from ggap.client import ClientError, open_connection
 from ggap.config import ConfigError, load_config
 from ggap.config.model import PeerTlsConfig, TlsConfig
 from ggap.rpc import HealthService, ServerTls, serve_grpc
@@ -238,9 +238,9 @@ async def test_grpc_tls_refusals_are_logged_and_others_keep_being_served(
         caplog.set_level(logging.DEBUG, "ggap.rpc.server")
         for ctx in (client_context(pki.ca_file), client_context(pki.ca_file, f_cert, f_key), None):
             with pytest.raises(ClientError):
-                async with open_client(addr, timeout_s=1.0, ssl_context=ctx) as client:
+                async with open_connection(addr, timeout_s=1.0, ssl_context=ctx) as client:
                     await client.health()
-        async with open_client(addr, timeout_s=2.0, ssl_context=good) as client:
+        async with open_connection(addr, timeout_s=2.0, ssl_context=good) as client:
             assert (await client.health()).status == 1  # SERVING, while `silent` still hangs
         await wait_until(lambda: "handshake timed out" in caplog.text)  # ...for 0.5 s
         await silent.aclose()
