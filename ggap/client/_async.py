@@ -27,7 +27,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
-from ggap.client._client import ClientError, Connection, call_metadata, open_connection
+from ggap.client._client import ClientError, Connection, call_metadata, open_connection, parse_endpoint
 from ggap.client._ops import (
     TxnResult,
     Value,
@@ -89,10 +89,23 @@ def _typed(exc: ClientError) -> GgapError:
     return err
 
 
+# purerpc never notices that the server went away: calls on a dead connection hang until
+# their timeout (PITFALLS.md 1.3). The task holding a connection therefore checks, when a
+# call has waited this long, whether the endpoint still accepts TCP connections; a refusal
+# (the process is gone) fails the waiting calls at once as UNAVAILABLE. A node that is
+# alive but stuck (SIGSTOP) still costs the attempt timeout.
+_PROBE_EVERY_S = 0.2
+_STUCK_AFTER_S = 0.2
+_PROBE_TIMEOUT_S = 0.5
+
+
 @attrs.define(eq=False)
 class _Held:
     conn: Connection
     closed: anyio.Event = attrs.field(factory=anyio.Event)
+    # Calls waiting on this connection: their cancel scope and when they started.
+    waiting: dict[anyio.CancelScope, float] = attrs.field(factory=dict)
+    dead: bool = False
 
 
 class AsyncClient:
@@ -166,20 +179,23 @@ class AsyncClient:
     # -- connections --------------------------------------------------------------------
 
     async def _connection(self, endpoint: str, limit: float) -> Connection:
+        return (await self._held_connection(endpoint, limit)).conn
+
+    async def _held_connection(self, endpoint: str, limit: float) -> _Held:
         held = self._held.get(endpoint)
         if held is not None and not held.closed.is_set():
-            return held.conn
+            return held
         lock = self._dialling.setdefault(endpoint, anyio.Lock())
         async with lock:
             held = self._held.get(endpoint)
             if held is not None and not held.closed.is_set():
-                return held.conn
+                return held
             if self._tg is None:
                 raise RuntimeError("use the client inside `async with`")
             with anyio.fail_after(limit):
                 held = await self._tg.start(self._hold, endpoint, limit)
             self._held[endpoint] = held
-            return held.conn
+            return held
 
     async def _hold(self, endpoint: str, limit: float, *, task_status: TaskStatus[_Held]) -> None:
         """Owns one connection: purerpc channels must be entered and left by one task. A
@@ -189,13 +205,29 @@ class AsyncClient:
             async with open_connection(endpoint, timeout_s=limit, ssl_context=self._ssl) as conn:
                 held = _Held(conn)
                 task_status.started(held)
-                await held.closed.wait()
+                await self._watch_over(endpoint, held)
         except Exception:
             if held is None:
                 raise  # the dial failed: the caller of start() sees it
         finally:
             if held is not None and self._held.get(endpoint) is held:
                 del self._held[endpoint]
+
+    async def _watch_over(self, endpoint: str, held: _Held) -> None:
+        """Until the connection is dropped: fail its calls at once if its server is gone."""
+        host, port = parse_endpoint(endpoint)
+        while not held.closed.is_set():
+            with anyio.move_on_after(_PROBE_EVERY_S):
+                await held.closed.wait()
+                return
+            now = anyio.current_time()
+            if any(now - started > _STUCK_AFTER_S for started in held.waiting.values()):
+                if not await _accepts_connections(host, port):
+                    held.dead = True
+                    for scope in list(held.waiting):
+                        scope.cancel()
+                    held.closed.set()
+                    return
 
     def _drop(self, endpoint: str) -> None:
         held = self._held.pop(endpoint, None)
@@ -228,7 +260,7 @@ class AsyncClient:
                 limit = min(remaining, self.attempt_timeout)
                 attempt += 1
                 try:
-                    conn = await self._connection(endpoint, limit)
+                    held = await self._held_connection(endpoint, limit)
                 except (ClientError, TimeoutError) as exc:
                     msg = (
                         exc.message if isinstance(exc, ClientError) else f"connect timed out after {limit:g}s"
@@ -236,9 +268,15 @@ class AsyncClient:
                     last = Unavailable(f"cannot connect to {endpoint}: {msg}")
                     self._endpoints.failed(endpoint, anyio.current_time(), last)
                     continue  # nothing was sent: always safe to go on
+                scope = anyio.CancelScope()
+                held.waiting[scope] = anyio.current_time()
                 try:
-                    with call_metadata(metadata):
-                        result = await call(conn, limit)
+                    with scope, call_metadata(metadata):
+                        result = await call(held.conn, limit)
+                    if scope.cancelled_caught:  # only the connection's holder cancels it
+                        raise ClientError(
+                            StatusCode.UNAVAILABLE, f"connection to {endpoint} lost: server gone"
+                        )
                 except ClientError as exc:
                     err = _typed(exc)
                     if exc.code not in RETRYABLE:
@@ -253,6 +291,8 @@ class AsyncClient:
                         min(self._backoff.delay(attempt, self._rng), max(0.0, remaining - limit))
                     )
                     continue
+                finally:
+                    held.waiting.pop(scope, None)
                 return result, endpoint
             else:
                 continue
@@ -515,6 +555,19 @@ class AsyncClient:
 
 async def _range_call(req: pb.RangeRequest, conn: Connection, limit: float) -> pb.RangeResponse:
     return await conn.range(req, timeout_s=limit)
+
+
+async def _accepts_connections(host: str, port: int) -> bool:
+    """False only when the endpoint refuses TCP connections (no process listens there)."""
+    try:
+        with anyio.fail_after(_PROBE_TIMEOUT_S):
+            stream = await anyio.connect_tcp(host, port)
+    except TimeoutError:
+        return True  # unknown: leave it to the call's own timeout
+    except OSError:
+        return False
+    await anyio.aclose_forcefully(stream)
+    return True
 
 
 def _quorum(quorum: str) -> pb.WriteQuorum:
