@@ -16,7 +16,14 @@ import click
 import ggap
 from ggap.cli import _output as out
 from ggap.cli._cluster import CLUSTER_COMMANDS
-from ggap.cli._common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, fail, output_option
+from ggap.cli._common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    fail,
+    global_client_options,
+    output_option,
+)
 from ggap.cli._kv import KV_COMMANDS
 from ggap.cli._members import MEMBER_COMMANDS
 from ggap.cli._snapshot import SNAPSHOT_COMMANDS
@@ -26,14 +33,20 @@ from ggap.types.errors import GgapError, StatusCode
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(ggap.__version__, "--version", prog_name="ggap")
-def cli() -> None:
+@global_client_options
+def cli(**global_options: Any) -> None:
     """Ginnungagap: a Raft-replicated MVCC key-value store.
+
+    The client options (--endpoints, --timeout, -o, --cacert, --cert, --key) may also come
+    before the command, as etcdctl users type them: `ggap --endpoints h:2379 get k`. Given
+    in both places, the one after the command wins.
 
     Exit codes: 0 ok; 2 bad usage or a request the server refused as it stands
     (INVALID_ARGUMENT, OUT_OF_RANGE, FAILED_PRECONDITION); 1 any other failure, e.g.
     UNAVAILABLE, DEADLINE_EXCEEDED or a missing key. Errors go to stderr as
     `Error: CODE: message`.
     """
+    click.get_current_context().obj = {k: v for k, v in global_options.items() if v is not None}
 
 
 for _command in (*KV_COMMANDS, *MEMBER_COMMANDS, *CLUSTER_COMMANDS, *SNAPSHOT_COMMANDS):

@@ -22,9 +22,10 @@ import attrs
 import click
 import trio
 
-from ggap.client import DEFAULT_TIMEOUT_S, ClientError, parse_endpoints
+from ggap.client import DEFAULT_TIMEOUT_S, AsyncClient, ClientError, parse_endpoints
 from ggap.pb import kv_pb2
-from ggap.types.errors import StatusCode
+from ggap.rpc.errors import format_status_message
+from ggap.types.errors import GgapError, StatusCode
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -106,6 +107,8 @@ def run_async(fn: Callable[[], Awaitable[int | None]], *, interrupt_exit: int = 
         rc = trio.run(_interruptible, fn)
     except ClientError as e:
         fail(e.code.name, e.message, exit_code_for(e.code))
+    except GgapError as e:
+        fail(e.code.name, format_status_message(e.message, e.metadata), exit_code_for(e.code))
     except (click.exceptions.Exit, click.ClickException):
         raise
     except BaseException as e:  # the edge of the program: report, do not crash
@@ -157,6 +160,18 @@ class ClientOptions:
     @property
     def json(self) -> bool:
         return self.output == "json"
+
+
+def cli_client(opts: ClientOptions) -> AsyncClient:
+    """The client library with the command's options: failover across --endpoints within
+    --timeout. A write opens a session (and closes it at the end), so a write whose first
+    attempt met a failing node is retried elsewhere and still applied once."""
+    return AsyncClient(
+        opts.endpoints,
+        timeout=opts.timeout_s,
+        attempt_timeout=min(opts.timeout_s, 2.0),
+        ssl_context=opts.tls,
+    )
 
 
 def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -215,22 +230,67 @@ def tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+_CLIENT_PARAMS = ("endpoints", "timeout_s", "output", "tls_cacert", "tls_cert", "tls_key")
+
+
+def global_client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The client options on the `ggap` group itself (given before the command). No
+    defaults or environment here: the command's own options supply those, and a value
+    given before the command only replaces a default or an environment value."""
+    fn = click.option("--key", "tls_key", default=None, help="As for client commands.")(fn)
+    fn = click.option("--cert", "tls_cert", default=None, help="As for client commands.")(fn)
+    fn = click.option("--cacert", "tls_cacert", default=None, help="As for client commands.")(fn)
+    fn = click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["table", "json"], case_sensitive=False),
+        default=None,
+        help="As for client commands.",
+    )(fn)
+    fn = click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="As for client commands.",
+    )(fn)
+    return click.option(
+        "--endpoints", default=None, callback=_check_optional_endpoints, help="As for client commands."
+    )(fn)
+
+
+def _check_optional_endpoints(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else _check_endpoints(ctx, param, value)
+
+
+def _with_global_options(values: dict[str, Any]) -> dict[str, Any]:
+    """Replace defaults and environment values by those given before the command."""
+    ctx = click.get_current_context()
+    given = ctx.find_root().obj or {}
+    out = dict(values)
+    for name in _CLIENT_PARAMS:
+        source = ctx.get_parameter_source(name)
+        if name in given and source in (
+            click.core.ParameterSource.DEFAULT,
+            click.core.ParameterSource.ENVIRONMENT,
+        ):
+            out[name] = given[name]
+    return out
+
+
 def client_command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add --endpoints/--timeout/--output and the TLS options to a command and pass them
-    as `opts`."""
+    as `opts` (values given before the command fill in what the command did not get)."""
 
     @functools.wraps(fn)
-    def wrapper(
-        *args: Any,
-        endpoints: str,
-        timeout_s: float,
-        output: str,
-        tls_cacert: str | None,
-        tls_cert: str | None,
-        tls_key: str | None,
-        **kwargs: Any,
-    ) -> Any:
-        opts = ClientOptions(endpoints, timeout_s, output.lower(), client_tls(tls_cacert, tls_cert, tls_key))
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = _with_global_options({name: kwargs.pop(name) for name in _CLIENT_PARAMS})
+        opts = ClientOptions(
+            values["endpoints"],
+            values["timeout_s"],
+            values["output"].lower(),
+            client_tls(values["tls_cacert"], values["tls_cert"], values["tls_key"]),
+        )
         return fn(*args, opts=opts, **kwargs)
 
     decorated = tls_options(output_option(wrapper))

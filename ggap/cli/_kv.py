@@ -15,6 +15,7 @@ from ggap.cli._common import (
     EXIT_OK,
     ClientOptions,
     DurationMs,
+    cli_client,
     client_command,
     exit_code_for,
     mode_option,
@@ -60,8 +61,8 @@ def put_cmd(
     )
 
     async def body() -> None:
-        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
-            resp = await client.put(req)
+        async with cli_client(opts) as client:
+            resp = await client.call("Put", req, write=True)
         click.echo(out.to_json(resp) if opts.json else out.format_put(resp))
 
     run_async(body)
@@ -81,8 +82,8 @@ def get_cmd(key: str, mode: str | None, revision: int, min_revision: int, opts: 
     req = kv_pb2.GetRequest(key=key, read_mode=read_mode(mode), revision=revision, min_revision=min_revision)
 
     async def body() -> int:
-        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
-            resp = await client.get(req)
+        async with cli_client(opts) as client:
+            resp = await client.call("Get", req, write=False)
         if opts.json:
             click.echo(out.to_json(resp))
         elif resp.found:
@@ -105,8 +106,8 @@ def delete_cmd(key: str, quorum: str | None, prev_kv: bool, opts: ClientOptions)
     req = kv_pb2.DeleteRequest(key=key, quorum=write_quorum(quorum), prev_kv=prev_kv)
 
     async def body() -> None:
-        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
-            resp = await client.delete(req)
+        async with cli_client(opts) as client:
+            resp = await client.call("Delete", req, write=True)
         click.echo(out.to_json(resp) if opts.json else out.format_delete(resp))
 
     run_async(body)
@@ -146,8 +147,8 @@ def range_cmd(
     )
 
     async def body() -> None:
-        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
-            resp = await client.range(req)
+        async with cli_client(opts) as client:
+            resp = await client.call("Range", req, write=False)
         click.echo(out.to_json(resp) if opts.json else out.format_range(resp, keys_only=keys_only))
 
     run_async(body)
@@ -163,8 +164,8 @@ def history_cmd(key: str, limit: int, mode: str | None, opts: ClientOptions) -> 
     req = kv_pb2.HistoryRequest(key=key, limit=limit, read_mode=read_mode(mode))
 
     async def body() -> None:
-        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
-            resp = await client.history(req)
+        async with cli_client(opts) as client:
+            resp = await client.call("History", req, write=False)
         click.echo(out.to_json(resp) if opts.json else out.format_history(resp))
 
     run_async(body)
@@ -247,8 +248,8 @@ def txn_cmd(file: IO[str], opts: ClientOptions) -> None:
         raise click.BadParameter(f"not a TxnRequest: {e}", param_hint="--file") from None
 
     async def body() -> None:
-        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
-            resp = await client.txn(req)
+        async with cli_client(opts) as client:
+            resp = await client.call("Txn", req, write=True)
         click.echo(out.to_json(resp) if opts.json else out.format_txn(resp))
 
     run_async(body)
@@ -261,8 +262,8 @@ def compact_cmd(revision: int, opts: ClientOptions) -> None:
     """Drop history below REVISION (each key still keeps its newest version)."""
 
     async def body() -> None:
-        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
-            resp = await client.compact(revision=revision)
+        async with cli_client(opts) as client:
+            resp = await client.call("Compact", kv_pb2.CompactRequest(revision=revision), write=True)
         click.echo(out.to_json(resp) if opts.json else out.format_compact(resp, revision))
 
     run_async(body)

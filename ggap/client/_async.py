@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import anyio
 import attrs
 from anyio.abc import TaskGroup, TaskStatus
+from google.protobuf.message import Message
 
 from ggap.client._client import ClientError, Connection, call_metadata, open_connection, parse_endpoint
 from ggap.client._ops import (
@@ -70,6 +71,18 @@ _MODES: dict[str, pb.ReadMode] = {
 _QUORUMS: dict[str, pb.WriteQuorum] = {
     "majority": pb.WRITE_QUORUM_MAJORITY,
     "all": pb.WRITE_QUORUM_ALL,
+}
+
+
+_RAW_METHODS = {
+    "Put": "put",
+    "Get": "get",
+    "Delete": "delete",
+    "Range": "range",
+    "Txn": "txn",
+    "History": "history",
+    "Compact": "compact",
+    "MemberList": "member_list",
 }
 
 
@@ -127,7 +140,10 @@ class AsyncClient:
         key: str | None = None,
         backoff: Backoff = Backoff(),
         rng: random.Random | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`cacert`/`cert`/`key`: PEM files as for the CLI (any of them turns TLS on);
+        `ssl_context` instead, a ready one (ggap.tls.client_context)."""
         if not timeout > 0 or not attempt_timeout > 0 or retries < 0:
             raise ValueError("timeout and attempt_timeout must be positive, retries >= 0")
         self._endpoints = Endpoints(normalise_endpoints(endpoints))
@@ -137,7 +153,7 @@ class AsyncClient:
         self._use_sessions = sessions
         self._backoff = backoff
         self._rng = rng or random.Random()
-        self._ssl = _ssl_context(cacert, cert, key)
+        self._ssl = ssl_context if ssl_context is not None else _ssl_context(cacert, cert, key)
         self._held: dict[str, _Held] = {}
         self._dialling: dict[str, anyio.Lock] = {}
         self._tg: TaskGroup | None = None
@@ -153,12 +169,18 @@ class AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> bool | None:
-        tg, self._tg = self._tg, None
+        tg = self._tg
         try:
             if self._session is not None and exc[0] is None:
+                # Best effort: the server expires an idle session anyway; a cluster that
+                # is down must not turn a clean exit into an error.
                 with anyio.move_on_after(min(self.timeout, 2.0)):
-                    await self.close_session()
+                    try:
+                        await self.close_session()
+                    except (GgapError, OSError):
+                        pass
         finally:
+            self._tg = None
             for held in list(self._held.values()):
                 held.closed.set()
             self._held.clear()
@@ -251,6 +273,8 @@ class AsyncClient:
         unknown (reads, session writes)."""
         deadline = anyio.current_time() + (self.timeout if total_s is None else total_s)
         last: GgapError | None = None
+        unreachable: dict[str, str] = {}  # endpoints that did not connect, and why
+        sent = False
         attempt = 0
         while attempt <= self.retries:
             for endpoint in self._endpoints.order(anyio.current_time(), prefer_leader=prefer_leader):
@@ -262,12 +286,15 @@ class AsyncClient:
                 try:
                     held = await self._held_connection(endpoint, limit)
                 except (ClientError, TimeoutError) as exc:
-                    msg = (
-                        exc.message if isinstance(exc, ClientError) else f"connect timed out after {limit:g}s"
-                    )
-                    last = Unavailable(f"cannot connect to {endpoint}: {msg}")
+                    if isinstance(exc, ClientError):
+                        msg = exc.message.removeprefix("cannot connect: ").removeprefix(f"{endpoint}: ")
+                    else:
+                        msg = f"connect timed out after {limit:g}s"
+                    unreachable[endpoint] = msg
+                    last = Unavailable(f"cannot connect: {endpoint}: {msg}")
                     self._endpoints.failed(endpoint, anyio.current_time(), last)
                     continue  # nothing was sent: always safe to go on
+                sent = True
                 scope = anyio.CancelScope()
                 held.waiting[scope] = anyio.current_time()
                 try:
@@ -297,13 +324,15 @@ class AsyncClient:
             else:
                 continue
             break
+        if not sent and unreachable:
+            raise Unavailable("cannot connect: " + "; ".join(f"{e}: {why}" for e, why in unreachable.items()))
         if last is None:
             last = DeadlineExceeded("no endpoint answered within the deadline")
         if isinstance(last, Unavailable) or last.code == StatusCode.DEADLINE_EXCEEDED:
-            raise Unavailable(
-                f"no endpoint of {','.join(self.endpoints)} answered within {self.timeout:g}s "
-                f"and {self.retries} retries; last error: {last.message}"
-            ) from None
+            bound = f"{self.retries} retries" if attempt > self.retries else f"{self.timeout:g}s"
+            what = f"no endpoint of {','.join(self.endpoints)} answered within {bound}"
+            cls = Unavailable if isinstance(last, Unavailable) else DeadlineExceeded
+            raise cls(f"{what}; last error: {last.message}") from None
         raise last
 
     def _saw(self, endpoint: str, header: pb.ResponseHeader) -> None:
@@ -480,6 +509,19 @@ class AsyncClient:
         req = pb.MemberListRequest(read_mode=pb.READ_MODE_LINEARIZABLE)
         resp = await self._read(lambda c, t: c.member_list(req, timeout_s=t), "linearizable")
         return list(resp.members)
+
+    async def call(self, method: str, request: Message, *, write: bool, mode: str = "linearizable") -> Any:
+        """One unary call as protobuf in and out (`method` as in the proto: "Put", "Range",
+        ...), with this client's failover and, for writes, its session: for tools that
+        want the whole response (the CLI)."""
+        name = _RAW_METHODS.get(method)
+        if name is None:
+            raise InvalidArgument(f"no such call {method!r}; one of {', '.join(_RAW_METHODS)}")
+
+        async def run(conn: Connection, limit: float) -> Any:
+            return await getattr(conn, name)(request, timeout_s=limit)
+
+        return await (self._write(run) if write else self._read(run, mode))
 
     async def close_session(self) -> None:
         """End this client's session now (the next write opens a new one)."""

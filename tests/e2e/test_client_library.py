@@ -246,3 +246,22 @@ def test_a_watch_below_the_compaction_point_raises_compacted(healthy: Cluster) -
         with pytest.raises(Compacted) as exc:
             next(client.watch(k, start_revision=first))
         assert exc.value.compact_revision >= last - 1
+
+
+def test_the_cli_fails_over_across_endpoints(healthy: Cluster) -> None:
+    """With the first endpoint dead (kill -9), `ggap --endpoints dead,alive,alive put`
+    goes on to the next; the global flags come before the command."""
+    from click.testing import CliRunner
+
+    from ggap.cli import cli
+
+    c = healthy
+    dead = c.leader()
+    c.kill(dead)
+    order = [dead, *(i for i in c.ids if i != dead)]
+    eps = ",".join(c.nodes[i].client_addr for i in order)
+    k = fresh("cli")
+    put = CliRunner().invoke(cli, ["--endpoints", eps, "--timeout", "10", "put", k, "v"])
+    assert put.exit_code == 0, put.output
+    got = CliRunner().invoke(cli, ["--endpoints", eps, "-o", "json", "get", k])
+    assert got.exit_code == 0 and '"found": true' in got.output, got.output

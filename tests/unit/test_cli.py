@@ -111,6 +111,20 @@ def test_connection_refused_exits_1() -> None:
     assert endpoint in result.stderr and "refused" in result.stderr
 
 
+def test_client_options_may_come_before_the_command() -> None:
+    """`ggap --endpoints X get k` as etcdctl users type it; after the command wins, and a
+    value before the command beats the environment."""
+    before, after = refused_endpoint(), refused_endpoint()
+    result = run("--endpoints", before, "--timeout", "2", "get", "k")
+    assert result.exit_code == 1 and before in result.stderr
+    result = run("--endpoints", before, "get", "k", "--endpoints", after, "--timeout", "2")
+    assert result.exit_code == 1 and after in result.stderr and before not in result.stderr
+    result = run("--endpoints", before, "members", "list", "--timeout", "2", env={"GGAP_ENDPOINTS": after})
+    assert result.exit_code == 1 and before in result.stderr and after not in result.stderr
+    result = run("--endpoints", "nonsense", "get", "k")
+    assert result.exit_code == 2
+
+
 def test_duration_parsing() -> None:
     d = DurationMs()
     assert [d.convert(v, None, None) for v in ("500", "500ms", "10s", "1.5s", "5m", "1h", " 2 s ")] == [
@@ -244,6 +258,8 @@ async def test_put_get_table_and_json(server: tuple[str, FakeKv]) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "OK (revision 1)"
     assert fake.requests[-1].ttl_ms == 10_000 and fake.requests[-1].quorum == kv_pb2.WRITE_QUORUM_ALL
+    # A write goes in a session (a retry across endpoints is applied once), closed on exit.
+    assert fake.sessions_opened == 1 and fake.sessions_closed == [1]
 
     result = await arun("get", "greeting", "--mode", "sequential", "--min-revision", "1", *ep)
     assert result.exit_code == 0, result.output

@@ -42,6 +42,8 @@ class FakeKv(kv_grpc.KvServiceServicer):
         # Watch: after replaying history, end the stream (True) or stay idle forever (False).
         self.watch_ends = True
         self.watch_started = trio.Event()
+        self.sessions_opened = 0
+        self.sessions_closed: list[int] = []
 
     def _live(self, key: str) -> kv_pb2.KeyValue | None:
         versions = self.versions.get(key)
@@ -151,6 +153,18 @@ class FakeKv(kv_grpc.KvServiceServicer):
             elif which == "delete":
                 responses.append(kv_pb2.TxnOpResponse(delete=await self.Delete(op.delete)))
         return kv_pb2.TxnResponse(header=self._header(), succeeded=ok, responses=responses)
+
+    async def OpenSession(self, input_message: kv_pb2.OpenSessionRequest) -> kv_pb2.OpenSessionResponse:
+        # Not in `requests`: the CLI opens one before its first write, and tests look at
+        # the write itself.
+        self.sessions_opened += 1
+        return kv_pb2.OpenSessionResponse(
+            header=self._header(), session_id=self.sessions_opened, idle_timeout_ms=600_000
+        )
+
+    async def CloseSession(self, input_message: kv_pb2.CloseSessionRequest) -> kv_pb2.CloseSessionResponse:
+        self.sessions_closed.append(input_message.session_id)
+        return kv_pb2.CloseSessionResponse(header=self._header(), closed=True)
 
     async def Compact(self, input_message: kv_pb2.CompactRequest) -> kv_pb2.CompactResponse:
         self.requests.append(input_message)

@@ -89,3 +89,26 @@ def test_txn_builder() -> None:
     assert req.success[0].put.ttl_ms == 1500 and req.failure[0].get.key == "k"
     with pytest.raises(TypeError):
         txn_request([("k", "v")], [], [], pb.WRITE_QUORUM_MAJORITY)  # type: ignore[list-item]
+
+
+def test_leaving_a_client_with_a_session_while_the_cluster_is_down_is_clean() -> None:
+    """Closing the session is best effort: with no endpoint reachable the exit still
+    returns promptly and raises nothing (a regression: the exit once dropped its task
+    group before closing the session and raised RuntimeError)."""
+    import socket
+
+    import trio
+
+    from ggap.client import AsyncClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens here
+
+    async def main() -> None:
+        with trio.fail_after(10):
+            async with AsyncClient(f"127.0.0.1:{port}", timeout=1.0, attempt_timeout=0.2) as client:
+                client._session = SessionNumbers(session_id=7)
+                client._session.begin()
+
+    trio.run(main)
