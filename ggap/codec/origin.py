@@ -25,6 +25,7 @@ ORIGIN_MARK = 0xF0
 _HEADER = struct.Struct(">BQQQ")
 ORIGIN_HEADER_SIZE = _HEADER.size
 _U64 = (1 << 64) - 1
+_I64_MAX = (1 << 63) - 1
 
 
 @attrs.frozen(slots=True)
@@ -66,9 +67,15 @@ def strip_origin(data: bytes) -> bytes:
     return data[ORIGIN_HEADER_SIZE:]
 
 
+def _signed(v: int) -> int:
+    # The tagged codec carries signed 64-bit ints; incarnations use all 64 bits.
+    return v - (1 << 64) if v > _I64_MAX else v
+
+
 def encode_refusals(origins: list[Origin]) -> bytes:
-    """The forwarded writes a leader refused (all from one node)."""
-    return pack(tuple((o.incarnation, o.seq) for o in origins))
+    """The forwarded writes a leader refused (all from one node). Numbers at or above 2^63
+    travel as their two's complement (a random incarnation is one half the time)."""
+    return pack(tuple((_signed(o.incarnation), _signed(o.seq)) for o in origins))
 
 
 def decode_refusals(node: int, data: bytes) -> list[Origin]:
@@ -81,8 +88,9 @@ def decode_refusals(node: int, data: bytes) -> list[Origin]:
         if (
             type(item) is not tuple
             or len(item) != 2
-            or not all(type(v) is int and 0 <= v <= _U64 for v in item)
+            or not all(type(v) is int and -(1 << 63) <= v <= _I64_MAX for v in item)
         ):
             raise CodecError(f"bad refusal {item!r}")
-        out.append(Origin(node=node, incarnation=item[0], seq=item[1]))
+        incarnation, seq = (v & _U64 for v in item)
+        out.append(Origin(node=node, incarnation=incarnation, seq=seq))
     return out

@@ -174,6 +174,8 @@ class _Forwarded:
 
     done: ProposalCallback
     tick: int  # the engine's tick count when it was forwarded
+    term: int  # this node's term then (the leader it went to led in it)
+    refused_by: int = 0  # a node that answered PROPOSE_REFUSED for it (0: none)
 
 
 @attrs.define(slots=True)
@@ -266,6 +268,7 @@ class ReplicaEngine:
         self._subscribers: list[Callable[[AppliedBatch], None]] = []
         self._peer_applied_listeners: list[Callable[[], None]] = []
         self._forwarded_append_listeners: list[Callable[[int, int, bytes], None]] = []
+        self._forward_refused_listeners: list[Callable[[codec.Origin], None]] = []
         self._membership_listeners: list[Callable[[Membership], None]] = []
         self._snapshotting = False
         self.closed = False
@@ -305,7 +308,11 @@ class ReplicaEngine:
                 listener()
         elif msg.type is MessageType.PROPOSE:
             node = self.node
-            if node.role is Role.LEADER and not node.transferring and not self.closed:
+            # A PROPOSE names the term it was sent in (0: a node before that rule); taken in
+            # another term it could commit after its proposer was told it never will
+            # (_refuse_superseded), so it is refused instead.
+            in_term = msg.term in (0, node.term)
+            if node.role is Role.LEADER and not node.transferring and not self.closed and in_term:
                 if msg.context and self._forwarded_append_listeners:
                     before = node.log.last_index()
                     node.step(msg)
@@ -432,6 +439,11 @@ class ReplicaEngine:
         """`listener(index, from_node, context)` runs when this leader appends a write a
         follower forwarded with a `context` (the trio node: a traceparent)."""
         self._forwarded_append_listeners.append(listener)
+
+    def on_forward_refused(self, listener: Callable[[codec.Origin], None]) -> None:
+        """`listener(origin)` runs when this node answers a write it forwarded as definitely
+        not applied (the simulator checks that such a write is never applied anywhere)."""
+        self._forward_refused_listeners.append(listener)
 
     def on_peer_applied(self, listener: Callable[[], None]) -> None:
         self._peer_applied_listeners.append(listener)
@@ -734,7 +746,7 @@ class ReplicaEngine:
         except ProposalDropped as exc:
             done(0, None, NotLeader(f"proposal dropped: {exc}", leader_id=self.node.leader or None))
             return
-        self._forwarded[seq] = _Forwarded(done=done, tick=self._ticks)
+        self._forwarded[seq] = _Forwarded(done=done, tick=self._ticks, term=self.node.term)
 
     def _answer_forwarded(self, committed: Sequence[Entry], outcomes: Sequence[Outcome]) -> None:
         for entry, outcome in zip(committed, outcomes, strict=True):
@@ -753,6 +765,37 @@ class ReplicaEngine:
                 waiting.done(entry.index, None, outcome)
             else:
                 waiting.done(entry.index, outcome, None)
+        if committed and self._forwarded:
+            self._refuse_superseded(committed[-1].term)
+
+    def _refuse_superseded(self, applied_term: int) -> None:
+        """Forwards sent in a term below `applied_term` were definitely not applied, and
+        never will be: a leader of a later term committed an entry, and its log at that
+        point holds every older entry that can still commit, all of which are applied here
+        by now (in log order, answered above). So refuse them at once, as not applied (the
+        server then sends them to the new leader), instead of waiting out the expiry: after
+        a leader crash this is what bounds a forwarded write's failover by the election."""
+        superseded = []
+        for seq, waiting in self._forwarded.items():
+            if waiting.term >= applied_term:
+                break  # forwarding order is term order
+            superseded.append(seq)
+        self.forward_counts.refused += len(superseded)
+        leader = self.node.leader or None
+        for seq in superseded:
+            for listener in self._forward_refused_listeners:
+                listener(codec.Origin(self.id, self._incarnation, seq))
+            waiting = self._forwarded.pop(seq)
+            refused = f"node {waiting.refused_by} refused it, and " if waiting.refused_by else ""
+            waiting.done(
+                0,
+                None,
+                NotLeader(
+                    f"{refused}the leader of term {applied_term} committed without this forwarded "
+                    "write; it was not applied",
+                    leader_id=leader,
+                ),
+            )
 
     def _refuse_forwarded(self, msg: Message) -> None:
         """A PROPOSE this node will not append (it does not lead, or is handing leadership
@@ -789,18 +832,13 @@ class ReplicaEngine:
         for origin in origins:
             if origin.incarnation != self._incarnation:
                 continue
-            waiting = self._forwarded.pop(origin.seq, None)
+            waiting = self._forwarded.get(origin.seq)
             if waiting is not None:
-                self.forward_counts.refused += 1
-                waiting.done(
-                    0,
-                    None,
-                    NotLeader(
-                        f"node {msg.frm} refused the forwarded write: it does not lead, or is "
-                        "handing leadership over; it was not applied",
-                        leader_id=self.node.leader if self.node.leader not in (0, msg.frm) else None,
-                    ),
-                )
+                # Not an answer yet: another copy of the same PROPOSE (a network may
+                # duplicate) may have been appended in that term before, or may be after.
+                # Once a later term commits, _refuse_superseded answers it as not applied,
+                # unless it was applied first.
+                waiting.refused_by = msg.frm
 
     def _expire_forwarded(self) -> None:
         cutoff = self._ticks - self._forward_expiry_ticks

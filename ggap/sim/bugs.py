@@ -64,6 +64,15 @@ class ForwardMatchBySeq(ReplicaEngine):
         return True
 
 
+class RefuseForwardsOfThisTerm(ReplicaEngine):
+    """Writes forwarded in the current term are answered "not applied" as soon as an entry
+    of that term applies (an off-by-one of the superseded rule), although the leader of
+    this term may still commit them."""
+
+    def _refuse_superseded(self, applied_term: int) -> None:
+        super()._refuse_superseded(applied_term + 1)
+
+
 class InstallBeforeLog(ReplicaEngine):
     """A received snapshot goes into the state machine before the log records it: a crash
     in between leaves the state machine ahead of a log whose uncommitted tail conflicts
@@ -152,4 +161,5 @@ ENGINE_BUGS: dict[str, type[ReplicaEngine]] = {
     "ack-before-commit": AckBeforeCommit,
     "match-by-index": MatchByIndex,
     "forward-match-by-seq": ForwardMatchBySeq,
+    "refuse-forwards-of-this-term": RefuseForwardsOfThisTerm,
 }

@@ -18,6 +18,7 @@ PLANTED_BUGS = (
     "stale-read",
     "match-by-index",
     "forward-match-by-seq",
+    "refuse-forwards-of-this-term",
     "install-before-log",
     "learner-quorum",
     "membership-wrong-index",

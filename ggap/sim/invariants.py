@@ -28,6 +28,13 @@ Membership (the configurations C0, C1, ... that committed CONF_CHANGE entries ma
   counts the wrong nodes (a learner, a removed node) is caught even when no entry is lost.
 - leader-not-voter: a leader is a voter of the configuration its node applied (so a node
   that is not a voter never leads, and a leader that applied its own removal steps down).
+
+Forwarded writes:
+
+- forward-refused-applied: a write a follower forwarded and then answered as definitely
+  not applied (the leader refused it, or a later term's leader committed without it) is
+  never applied at any index, before or after. Sessions would hide such a lie from the
+  linearizability check (the retry is deduplicated), so it is checked on its own.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Collection, Iterable
 
+from ggap.codec import Origin
 from ggap.consensus.raft.membership import changed_conf, conf_change_error, decode_conf_change
 from ggap.consensus.raft.quorum import majority
 from ggap.consensus.raft.types import ConfChange, ConfState, Entry, EntryKind
@@ -68,6 +76,10 @@ class Invariants:
         self.checks = 0
         # The reference membership model: conf_index[k] is the log index at which the
         # configuration confs[k] took effect (0: the bootstrap one).
+        # Forwarded writes (their origin stamps) answered "definitely not applied", and
+        # those applied: the two sets must never meet.
+        self.refused_forwards: dict[Origin, int] = {}  # origin -> the node that said so
+        self.applied_forwards: dict[Origin, int] = {}  # origin -> its index
         self.conf_index: list[int] = [0]
         self.confs: list[ConfState] = [ConfState(voters=tuple(sorted(bootstrap)))]
         self._on_change = on_change
@@ -213,6 +225,7 @@ class Invariants:
             applied.append(entry)
             if entry.kind is EntryKind.CONF_CHANGE:
                 self._model_change(entry)
+
         else:  # pragma: no cover - impossible given the contiguity check above
             raise InvariantViolation("state-machine-safety", f"n{node} applied {entry.index} out of order")
         committed = self.committed
@@ -222,6 +235,28 @@ class Invariants:
                 f"n{node} applied {entry.index}@t{entry.term} but {entry.index}@t{committed[entry.index]} "
                 "was committed",
             )
+
+    # --- forwarded writes: "not applied" is a promise ---
+
+    def forward_refused(self, node: int, origin: Origin) -> None:
+        self.checks += 1
+        if origin in self.applied_forwards:
+            raise InvariantViolation(
+                "forward-refused-applied",
+                f"n{node} answered forward {origin} as not applied, but it was applied at "
+                f"{self.applied_forwards[origin]}",
+            )
+        self.refused_forwards[origin] = node
+
+    def forward_applied(self, origin: Origin, index: int) -> None:
+        self.checks += 1
+        if origin in self.refused_forwards:
+            raise InvariantViolation(
+                "forward-refused-applied",
+                f"forward {origin} was applied at {index} after n{self.refused_forwards[origin]} "
+                "answered it as not applied",
+            )
+        self.applied_forwards.setdefault(origin, index)
 
     # --- membership ---
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ggap.codec import read_origin
 from ggap.consensus.raft import (
     ConfState,
     CoreConfig,
@@ -271,6 +272,7 @@ class SimNode:
             incarnation=self.incarnation,
         )
         self.engine.forward_counts = self.forwarded
+        self.engine.on_forward_refused(lambda origin: sim.inv.forward_refused(self.id, origin))
         self._may_have_ready = True
         self.prev_conf = None
         sim.trace(
@@ -516,6 +518,11 @@ class SimNode:
             # The log now records the snapshot; the state machine has not installed it.
             sim.crash_node(self.id, self.incarnation, "between recording and installing a snapshot")
             return
+        for e in work.ready.committed:
+            # The state machine sees entries without their origin stamp: check forwards here.
+            origin = read_origin(e.data) if e.kind is EntryKind.NORMAL else None
+            if origin is not None and e.index > self.kv.applied:
+                sim.inv.forward_applied(origin, e.index)
         output = engine.apply(work)
         before = engine.node.conf_state
         engine.finish(work, output)

@@ -816,3 +816,18 @@ def test_no_extensions_env_forces_pure_python() -> None:
         check=True,
     )
     assert out.stdout.split() == ["py", "False", "ggap.codec._pure"]
+
+
+def test_origin_stamps_and_refusals_carry_every_64_bit_number() -> None:
+    """A node's incarnation is a random 64-bit number: at or above 2^63 one half of the
+    time. A refusal naming such a write once crashed the refusing leader (the tagged
+    codec's ints are signed)."""
+    from ggap.codec import Origin, decode_refusals, encode_refusals, read_origin, stamp_origin
+
+    big = (1 << 64) - 1
+    origins = [Origin(7, big, 1), Origin(7, 1 << 63, big), Origin(7, (1 << 63) - 1, 0)]
+    assert decode_refusals(7, encode_refusals(origins)) == origins
+    for o in origins:
+        assert read_origin(stamp_origin(o, b"data")) == o
+    with pytest.raises(CodecError):
+        decode_refusals(7, ggap.codec.pack(((1, 2, 3),)))

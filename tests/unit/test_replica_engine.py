@@ -217,6 +217,8 @@ def test_a_forwarded_write_is_answered_by_the_follower_once_applied_there() -> N
 
 
 def test_a_leader_handing_over_refuses_forwarded_writes_by_name() -> None:
+    """The refusal is remembered, and answered "not applied" once the next leader's term
+    commits (until then a duplicate of the PROPOSE could still be appended in this term)."""
     g = Group()
     g.drop = lambda m: m.type is MT.TIMEOUT_NOW  # the transfer stays in progress
     g.engines[1].transfer_leader(3)
@@ -225,14 +227,38 @@ def test_a_leader_handing_over_refuses_forwarded_writes_by_name() -> None:
     got, done = answers()
     g.engines[2].propose(b"put x", done, forward=True)
     g.pump()
+    assert got == [] and g.engines[2]._forwarded[1].refused_by == 1
+    g.drop = lambda m: False
+    for _ in range(30):  # the stalled transfer times out
+        g.engines[1].tick()
+        g.pump()
+    assert not g.engines[1].node.transferring and got == []
+    _transfer(g, 1, 3)  # again, and this time it goes through
     [(_, result, error)] = got
     assert type(error).__name__ == "NotLeader" and "was not applied" in str(error) and result is None
+    assert "node 1 refused it" in str(error)
     assert all(m.seen == [] for m in g.machines.values())
     assert g.engines[2].forward_counts.refused == 1 and not g.engines[2]._forwarded
 
 
+def test_a_refused_duplicate_does_not_hide_the_copy_that_was_appended() -> None:
+    """A network that duplicates: one copy of the PROPOSE is appended, the other reaches a
+    node that does not lead and is refused. The write was applied, and is answered so."""
+    g = Group()
+    got, done = answers()
+    g.engines[2].propose(b"put x", done, forward=True)
+    handle(g.engines[2])
+    [propose] = [m for m in g.transports[2].sent if m.type is MT.PROPOSE]
+    g.engines[3].step(propose)  # the duplicate, at a follower: PROPOSE_REFUSED
+    g.pump()
+    [(index, result, error)] = got
+    assert error is None and result == ("done", b"put x") and index > 0
+    assert g.engines[2].forward_counts.refused == 0
+
+
 def test_a_deposed_leader_refuses_a_forward_that_reaches_it_late() -> None:
-    """A PROPOSE that reaches a node which no longer leads is refused, never dropped silently."""
+    """A PROPOSE that reaches a node which no longer leads is refused, never dropped silently:
+    the write is answered "not applied" once a later term commits."""
     g = Group()
     got, done = answers()
     g.engines[3].propose(b"put x", done, forward=True)
@@ -241,6 +267,8 @@ def test_a_deposed_leader_refuses_a_forward_that_reaches_it_late() -> None:
     g.transports[3].sent.clear()
     g.engines[2].step(propose)  # as if it were sent to node 2, a follower
     g.pump()
+    assert got == []
+    _transfer(g, 1, 2)
     [(_, _, error)] = got
     assert type(error).__name__ == "NotLeader"
     assert all(m.seen == [] for m in g.machines.values())
@@ -284,3 +312,75 @@ def test_an_entry_forwarded_before_a_restart_never_answers_a_write_after_it() ->
     g.pump()
     assert all(m.seen == [b"old"] for m in g.machines.values())
     assert new == [] and old == []  # neither caller hears of it: the old one is gone
+
+
+def _lose_leader(g: Group, dead: int) -> int:
+    """Node `dead` goes silent; the others time out and elect one of them."""
+    g.drop = lambda m: m.frm == dead or m.to == dead
+    for _ in range(100):
+        for i in g.ids:
+            if i != dead:
+                g.engines[i].tick()
+        g.pump()
+        leaders = [i for i in g.ids if i != dead and g.engines[i].role.value == "leader"]
+        if leaders:
+            return leaders[0]
+    raise AssertionError("no new leader")
+
+
+def _transfer(g: Group, frm: int, to: int) -> None:
+    g.engines[frm].transfer_leader(to)
+    g.pump()
+    assert g.engines[to].role.value == "leader"
+
+
+def test_a_forward_lost_with_its_leader_is_refused_once_a_later_term_commits() -> None:
+    """The PROPOSE never reaches the leader (it died): as soon as a leader of a later term
+    commits (its first entry applies here), the write is answered "not applied" — it can
+    never commit now — instead of waiting for the expiry."""
+    g = Group()
+    g.drop = lambda m: m.type is MT.PROPOSE
+    got, done = answers()
+    g.engines[2].propose(b"put x", done, forward=True)
+    g.pump()
+    assert not got
+    _lose_leader(g, 1)  # a new term; its leader's first entry commits and applies on node 2
+    [(_, result, error)] = got
+    assert type(error).__name__ == "NotLeader" and "was not applied" in str(error) and result is None
+    assert g.engines[2].forward_counts.refused == 1 and not g.engines[2]._forwarded
+    assert all(m.seen == [] for m in g.machines.values())
+
+
+def test_a_forward_the_old_leader_replicated_is_answered_with_its_result_after_the_election() -> None:
+    """The other side of that rule: a write the old leader appended and replicated, but did
+    not commit before the term ended, commits under the new leader (before its first
+    entry) and the follower answers it with its result, not "not applied"."""
+    g = Group()
+    # Node 1 appends and replicates the forwarded write to node 3, but no ack comes back.
+    g.drop = lambda m: m.type is MT.APPEND_RESP or (m.type is MT.APPEND and m.to == 2)
+    got, done = answers()
+    g.engines[2].propose(b"put x", done, forward=True)
+    g.pump()
+    assert not got
+    _lose_leader(g, 1)  # node 3 has the entry, so only it can win
+    [(index, result, error)] = got
+    assert error is None and result == ("done", b"put x") and index > 0
+
+
+def test_a_leader_refuses_a_propose_sent_in_another_term() -> None:
+    """A PROPOSE names the term it was sent in; a node that leads in another term (it
+    was elected again meanwhile) refuses it, so the rule above stays true."""
+    g = Group()
+    got, done = answers()
+    g.engines[2].propose(b"put x", done, forward=True)
+    handle(g.engines[2])
+    [propose] = [m for m in g.transports[2].sent if m.type is MT.PROPOSE]
+    g.transports[2].sent.clear()
+    assert propose.term == g.engines[1].node.term
+    _transfer(g, 1, 3)
+    _transfer(g, 3, 1)  # node 1 leads again, in a later term; the old PROPOSE arrives only now
+    g.engines[1].step(propose)
+    g.pump()
+    [(_, _, error)] = got
+    assert type(error).__name__ == "NotLeader"
+    assert all(m.seen == [] for m in g.machines.values())

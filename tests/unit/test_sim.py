@@ -43,6 +43,8 @@ from ggap.types import Member, Membership
 # match-by-index: a write overwritten by a new leader is acknowledged with another's result.
 # forward-match-by-seq: a follower matches a write it forwarded inside Raft by sequence
 # number alone, and answers with the result of another node's write of the same number.
+# refuse-forwards-of-this-term: a follower answers writes it forwarded in the current term
+# as "not applied" once an entry of that term applies, though that term's leader commits them.
 # install-before-log: a crash between the state machine taking a snapshot and the log
 # recording it leaves a log whose conflicting tail the restarted core treats as committed.
 # learner-quorum: a learner's ack counts toward the commit majority (a core override).
@@ -54,10 +56,11 @@ from ggap.types import Member, Membership
 # All but stale-read are subclasses of the production ReplicaEngine (ggap/sim/bugs.py).
 PLANTED: dict[str, tuple[list[int], int | None, set[str]]] = {
     "skip-persist-before-vote": ([0, 1], None, {"commit-quorum", "leader-completeness", "election-safety"}),
-    "ack-before-commit": ([0, 1], 300, {"acked-write-lost", "linearizability"}),
+    "ack-before-commit": ([1, 2], 300, {"acked-write-lost", "linearizability"}),
     "stale-read": ([0, 1], 300, {"linearizability"}),
     "match-by-index": ([97, 107], None, {"acked-write-lost"}),
     "forward-match-by-seq": ([3, 7], 300, {"acked-write-lost", "linearizability"}),
+    "refuse-forwards-of-this-term": ([0, 2], 300, {"forward-refused-applied"}),
     "install-before-log": ([6, 13], None, {"leader-completeness", "exception"}),
     "learner-quorum": ([1, 2], None, {"commit-quorum"}),
     "membership-wrong-index": ([0, 1], None, {"membership-agreement"}),

@@ -257,8 +257,15 @@ class RawNode:
         elif self._role in (Role.FOLLOWER, Role.LEARNER):
             if not self._lead:
                 raise ProposalDropped("no leader known")
+            # The term it is meant for: a leader appends it only in that term (the engine
+            # refuses it otherwise), so the proposer knows it can never commit once an entry
+            # of a later term has.
             self._send(
-                MT.PROPOSE, self._lead, term=0, entries=(Entry(index=0, term=0, data=data),), context=context
+                MT.PROPOSE,
+                self._lead,
+                term=self._term,
+                entries=(Entry(index=0, term=0, data=data),),
+                context=context,
             )
         else:
             raise ProposalDropped("election in progress")
