@@ -297,6 +297,7 @@ class NodeGroup:
         self.ports = ports
         self.procs: list[subprocess.Popen[bytes]] = []
         self.client_addrs: list[str] = []
+        self._argvs: list[list[str]] = []
 
     @property
     def pids(self) -> list[int]:
@@ -326,6 +327,7 @@ class NodeGroup:
         peers = ",".join(f"{i}=127.0.0.1:{cluster[i]}" for i in ids)
         self.client_addrs = [f"127.0.0.1:{client[i]}" for i in ids]
         self.procs = []
+        self._argvs = []
         for i in ids:
             data_dir = self.run_dir / f"node{i}"
             shutil.rmtree(data_dir, ignore_errors=True)  # fresh, also after a re-launch
@@ -339,19 +341,35 @@ class NodeGroup:
             ]  # fmt: skip
             if self.n > 1:
                 argv += ["--peers", peers]
-            with self.log_path(i).open("ab") as log:
-                log.write(f"=== bench.ab launch: {' '.join(argv)}\n".encode())
-                log.flush()
-                self.procs.append(
-                    subprocess.Popen(
-                        argv,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        cwd=self.tree.path,
-                        env=self.env,
-                    )
-                )
+            self._argvs.append(argv)
+            self.procs.append(self._popen(i, argv))
+
+    def _popen(self, node_id: int, argv: list[str]) -> subprocess.Popen[bytes]:
+        with self.log_path(node_id).open("ab") as log:
+            log.write(f"=== bench.ab launch: {' '.join(argv)}\n".encode())
+            log.flush()
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.tree.path,
+                env=self.env,
+            )
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node (a crash) and reap it."""
+        proc = self.procs[node_id - 1]
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+    def restart(self, node_id: int) -> None:
+        """Start a killed node again: same ports, same data dir; wait until every node serves."""
+        if self.procs[node_id - 1].poll() is None:
+            raise ABError(f"node {node_id} is still running")
+        self.procs[node_id - 1] = self._popen(node_id, self._argvs[node_id - 1])
+        self._wait_ready()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + NODE_START_TIMEOUT_S

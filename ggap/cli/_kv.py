@@ -189,25 +189,24 @@ def watch_cmd(
     opts: ClientOptions,
 ) -> None:
     """Print changes to KEY (or under --prefix) as they happen, one line per event
-    (-o json: one JSON Event per line). Runs until --count events or Ctrl-C (exit 0)."""
+    (-o json: one JSON Event per line). Runs until --count events or Ctrl-C (exit 0); when
+    a node goes away it resumes on another endpoint, no event lost or repeated."""
     if (key is None) == (prefix is None):
         raise click.UsageError("give exactly one of KEY or --prefix")
     if key == "" or prefix == "":
         raise click.UsageError("the key or prefix must not be empty")
-    req = kv_pb2.WatchRequest(
-        key=key or "", prefix=prefix or "", start_revision=start_revision, prev_kv=prev_kv
-    )
 
     async def body() -> None:
         seen = 0
-        async with open_connection(opts.endpoints, timeout_s=opts.timeout_s, ssl_context=opts.tls) as client:
-            async with aclosing(client.watch(req)) as responses:
-                async for resp in responses:
-                    for event in resp.events:  # progress responses carry none
-                        click.echo(out.to_json(event) if opts.json else out.format_event(event))
-                        seen += 1
-                        if count is not None and seen >= count:
-                            return
+        # Resumes on another endpoint from the next revision when a stream breaks.
+        async with cli_client(opts) as client:
+            events = client.watch_raw(key, prefix=prefix, start_revision=start_revision, prev_kv=prev_kv)
+            async with aclosing(events):
+                async for event in events:
+                    click.echo(out.to_json(event) if opts.json else out.format_event(event))
+                    seen += 1
+                    if count is not None and seen >= count:
+                        return
 
     run_async(body, interrupt_exit=EXIT_OK)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import random
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -188,6 +188,14 @@ class AsyncClient:
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
         return None
+
+    async def _start_background(self, fn: Callable[..., Coroutine[Any, Any, None]]) -> anyio.CancelScope:
+        """Start `fn(task_status=...)` in the client's task group (the recipes' refresh
+        tasks): it ends when it cancels the scope it reports as started, or with the client."""
+        if self._tg is None:
+            raise RuntimeError("use the client inside `async with`")
+        scope: anyio.CancelScope = await self._tg.start(fn)
+        return scope
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -547,6 +555,25 @@ class AsyncClient:
         `idle_timeout` (the server sends a progress notice every few seconds), the watch
         resumes on another endpoint from the last delivered revision + 1. A start below
         the compaction point raises Compacted (with `.compact_revision`)."""
+        events = self.watch_raw(
+            key, prefix=prefix, start_revision=start_revision, prev_kv=prev_kv, idle_timeout=idle_timeout
+        )
+        try:
+            async for ev in events:
+                yield event_from_pb(ev)
+        finally:
+            await events.aclose()
+
+    async def watch_raw(
+        self,
+        key: str | None = None,
+        *,
+        prefix: str | None = None,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        idle_timeout: float = 30.0,
+    ) -> AsyncGenerator[pb.Event, None]:
+        """`watch`, with the events as protobuf (for tools that print them: the CLI)."""
         if (key is None) == (prefix is None):
             raise InvalidArgument("watch takes a key or a prefix")
         next_rev = start_revision
@@ -574,12 +601,11 @@ class AsyncClient:
                         self._saw(endpoint, resp.header)
                         failures = 0
                         for ev in resp.events:
-                            event = event_from_pb(ev)
-                            if event.kv.mod_revision < next_rev:
+                            if ev.kv.mod_revision < next_rev:
                                 continue  # already delivered before a resume
-                            next_rev = event.kv.mod_revision + 1
+                            next_rev = ev.kv.mod_revision + 1
                             delivered = True
-                            yield event
+                            yield ev
                     # The server ended the stream (it is stopping): resume elsewhere.
                 except ClientError as exc:
                     err = _typed(exc)

@@ -1,9 +1,11 @@
-"""ggap.client.Client and AsyncClient against a real 3-node cluster, with kill -9.
+"""ggap.client.Client and AsyncClient against a real 3-node cluster, with faults.
 
 Each face (sync; async under asyncio; async under trio) keeps working while the node it
-talks to is killed; retried writes apply once (a CAS counter ends equal to the increments
-the clients saw succeed); sequential reads never go back across failovers; a watch across
-node kills delivers every revision once. Failover times are printed (never asserted).
+talks to is killed (kill -9) or stopped (SIGSTOP); retried writes apply once (a CAS
+counter ends equal to the increments the clients saw succeed), also when the fault proxy
+cuts the connection mid-call, and without a session that same cut makes the counter move
+twice; sequential reads never go back across failovers; a watch across node kills
+delivers every revision once. Failover times are printed (never asserted).
 """
 
 from __future__ import annotations
@@ -12,13 +14,23 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import trio
 
-from ggap.client import AsyncClient, Client, Compacted, Compare, InvalidArgument, Op
-from tests.cluster import FAST_RAFT_ENV, Cluster
+from ggap.client import (
+    AsyncClient,
+    Client,
+    Compacted,
+    Compare,
+    DeadlineExceeded,
+    InvalidArgument,
+    Op,
+    Unavailable,
+)
+from tests.cluster import FAST_RAFT_ENV, Cluster, wait_until
+from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.slow
 
@@ -108,9 +120,11 @@ def _kill_talked_to(c: Cluster, endpoint: str | None) -> int:
     return victim
 
 
-def test_sync_client_keeps_writing_through_a_kill_and_counts_exactly(healthy: Cluster) -> None:
+@pytest.mark.parametrize("fault", ["kill -9", "SIGSTOP"])
+def test_sync_client_keeps_writing_through_a_fault_and_counts_exactly(healthy: Cluster, fault: str) -> None:
     """Four threads share one Client and increment one counter by CAS; the leader (where
-    writes go) is killed meanwhile. Retries are automatic and exactly-once."""
+    writes go) is killed, or stopped (it still accepts TCP connections but never answers),
+    meanwhile. Retries are automatic and exactly-once."""
     c = healthy
     key = fresh("counter")
     ok = [0]
@@ -139,11 +153,15 @@ def test_sync_client_keeps_writing_through_a_kill_and_counts_exactly(healthy: Cl
             t.start()
         try:
             _wait(lambda: ok[0] >= 20, 30)
-            victim = _kill_talked_to(c, client.leader_endpoint)
+            if fault == "kill -9":
+                victim = _kill_talked_to(c, client.leader_endpoint)
+            else:
+                victim = node_of(c, client.leader_endpoint) if client.leader_endpoint else c.leader()
+                c.pause(victim)
             killed_at, before = time.monotonic(), ok[0]
             _wait(lambda: ok[0] > before, 30)
             took_ms = 1000 * (time.monotonic() - killed_at)
-            print(f"sync client: first increment {took_ms:.0f} ms after kill -9 of n{victim}")
+            print(f"sync client: first increment {took_ms:.0f} ms after {fault} of n{victim}")
             _wait(lambda: ok[0] >= before + 20, 30)
         finally:
             stop.set()
@@ -265,3 +283,65 @@ def test_the_cli_fails_over_across_endpoints(healthy: Cluster) -> None:
     assert put.exit_code == 0, put.output
     got = CliRunner().invoke(cli, ["--endpoints", eps, "-o", "json", "get", k])
     assert got.exit_code == 0 and '"found": true' in got.output, got.output
+
+
+def _increment(client: Client, key: str, before_first_swap: Callable[[], None]) -> bool:
+    """One CAS increment as an application writes it: read, swap, and on an error whose
+    outcome is unknown read again and retry. True when the client saw it succeed."""
+    first = True
+    while True:
+        cur = client.get(key)
+        assert cur is not None
+        if first:
+            before_first_swap()
+            first = False
+        try:
+            res = client.txn([Compare.value(key) == cur.value], [Op.put(key, str(int(cur.value) + 1))])
+        except (Unavailable, DeadlineExceeded):
+            continue  # "outcome unknown": try again from a fresh read
+        if res.succeeded:
+            return True
+
+
+@pytest.mark.parametrize("sessions", [True, False])
+def test_a_write_cut_off_mid_call_applies_once_only_with_a_session(healthy: Cluster, sessions: bool) -> None:
+    """The fault proxy in front of the leader lets the request through, blackholes the
+    answer, and once the write is applied cuts the connection. With a session the client
+    retries on another node and gets the first attempt's result: the counter moved once.
+    Without one (what the session table prevents) the application cannot tell, retries,
+    and the counter moves twice for one increment."""
+    c = healthy
+    leader = c.leader()
+    host, port = c.nodes[leader].client_addr.rsplit(":", 1)
+    other = next(i for i in c.ids if i != leader)
+    key = fresh("cut")
+    with FaultProxy((host, int(port))) as proxy:
+        eps = [f"127.0.0.1:{proxy.port}", *(c.nodes[i].client_addr for i in c.ids if i != leader)]
+        with Client(eps, sessions=sessions, timeout=15.0, attempt_timeout=3.0) as client:
+            client.put(key, "0")  # learns that the proxy's endpoint leads (and opens the session)
+            assert client.leader_endpoint == eps[0]
+            done: list[bool] = []
+            errors: list[BaseException] = []
+
+            def drop_answers() -> None:  # after the read, before the swap goes out
+                proxy.set_one_way(drop_client_to_target=False, drop_target_to_client=True)
+
+            def run() -> None:
+                try:
+                    done.append(_increment(client, key, drop_answers))
+                except BaseException as exc:
+                    errors.append(exc)
+
+            t = threading.Thread(target=run)
+            t.start()
+            try:
+                wait_until(lambda: c.get(other, key).kv.value == b"1", 20.0, "the first attempt applied")
+                proxy.block()  # the answer never came; now the connection is cut mid-call
+            finally:
+                t.join(30)
+                proxy.heal()
+            assert not errors, errors
+            assert done == [True]
+    final = c.get(other, key).kv.value
+    # The client saw one increment succeed.
+    assert final == (b"1" if sessions else b"2")
