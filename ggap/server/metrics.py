@@ -165,9 +165,10 @@ class NodeCollector(Collector):
         kv_path: str,
         live_keys: Callable[[], int],
         health: ApplyHealth,
+        sessions: Callable[[], int] = lambda: 0,
     ) -> None:
         """`live_keys`: how many keys exist now (KvStore.live_keys, kept by the apply
-        transaction: reading it costs nothing)."""
+        transaction: reading it costs nothing); `sessions`: client sessions in the table."""
         self._consensus = consensus
         self._transport = transport
         self._rpc = rpc
@@ -177,6 +178,7 @@ class NodeCollector(Collector):
         self._kv_path = kv_path
         self._live_keys = live_keys
         self._health = health
+        self._sessions = sessions
 
     def collect(self) -> Iterator[Metric]:
         yield from self._server()
@@ -288,6 +290,11 @@ class NodeCollector(Collector):
             "ggap_mvcc_watcher_total", "Watch streams open now (replaying or live).", self._hub.streams
         )
         yield CounterMetricFamily("ggap_mvcc_events", "Events sent to watchers.", self._hub.events_sent)
+        yield GaugeMetricFamily(
+            "ggap_sessions_total",
+            "Client sessions (exactly-once writes) in the replicated table as of the applied index.",
+            self._sessions(),
+        )
 
     def _network(self) -> Iterator[Metric]:
         sent = CounterMetricFamily(

@@ -427,6 +427,7 @@ def _metrics_endpoint(
         kv_path=kv.path,
         live_keys=lambda: kv.live_keys,
         health=health,
+        sessions=lambda: kv.sessions,
     )
     return MetricsEndpoint(collector, health, cfg)
 

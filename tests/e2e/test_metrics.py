@@ -41,6 +41,7 @@ EXPECTED_FAMILIES = {
     "ggap_mvcc_db_total_size_in_bytes": "gauge",
     "ggap_mvcc_keys_total": "gauge",
     "ggap_mvcc_watcher_total": "gauge",
+    "ggap_sessions_total": "gauge",
     "ggap_mvcc_events": "counter",
     "ggap_network_peer_sent_bytes": "counter",
     "ggap_network_peer_received_bytes": "counter",
@@ -184,6 +185,14 @@ def test_cluster_metrics(cluster: tuple[Cluster, dict[int, str]]) -> None:
 
     wait_until(proposals_applied, 10, "every node applied the puts")
     wait_until(lambda: value(scrape(addrs[leader]), "ggap_mvcc_keys_total") == N_PUTS + 1, 10, "keys_total")
+    # A session opened on one node is counted on every node once applied there.
+    before = {i: value(scrape(a), "ggap_sessions_total") for i, a in addrs.items()}
+    c.kv(leader).OpenSession(pb.OpenSessionRequest(), timeout=5)
+    wait_until(
+        lambda: all(value(scrape(a), "ggap_sessions_total") == before[i] + 1 for i, a in addrs.items()),
+        10,
+        "the session counted everywhere",
+    )
     # RTT samples need a few heartbeat rounds (20 ms ticks).
     wait_until(
         lambda: all(
