@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import threading
@@ -40,7 +39,7 @@ import click
 import grpc
 import grpc.aio
 
-from bench.ab import NodeGroup, Tree, _env, cpu_seconds
+from bench.ab import NodeGroup, Tree, _env, cpu_seconds, median
 from bench.compare import ggap_leader_addr
 from bench.stats import LatencySamples
 from ggap.client import AsyncClient, Client
@@ -204,26 +203,21 @@ def measure_failovers(group: NodeGroup, n: int, say: Callable[[str], None]) -> d
             times.append(1000 * (time.monotonic() - killed))
         say(f"failover {round_no}/{n}: first Put {times[-1]:.0f} ms after kill -9 of node {victim}")
         group.restart(victim)
-    ordered = sorted(times)
+    samples = LatencySamples(int(t * 1e6) for t in times)  # ns, for its nearest-rank percentiles
     return {
         "failovers": n,
-        "p50_ms": statistics.median(ordered),
-        "p99_ms": ordered[min(len(ordered) - 1, max(0, int(0.99 * len(ordered) + 0.999) - 1))],
-        "max_ms": ordered[-1],
+        "p50_ms": samples.percentile(50) / 1e6,
+        "p99_ms": samples.percentile(99) / 1e6,
+        "max_ms": samples.max() / 1e6,
         "all_ms": [round(t, 1) for t in times],
     }
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    got = [v for v in values if v is not None]
-    return statistics.median(got) if got else None
 
 
 def summarize(runs: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     rows = []
     for face, rs in runs.items():
         rows.append(
-            {"face": face, "rounds": len(rs)} | {k: _median([r[k] for r in rs]) for k in rs[0] if k != "ops"}
+            {"face": face, "rounds": len(rs)} | {k: median(r[k] for r in rs) for k in rs[0] if k != "ops"}
         )
     return rows
 

@@ -161,6 +161,22 @@ class _Claim:
                 raise LockLost(f"{self.key} expired or was deleted")
             self.value = new
 
+    async def take(self) -> int:
+        """Join the queue and wait for this claim's turn; its create revision. Failing or
+        cancelled, it leaves the queue."""
+        queue, revision = await self.create()
+        try:
+            await self.wait_turn(queue, revision)
+        except BaseException:
+            await self.release()
+            raise
+        return self.revision
+
+    @property
+    def holding(self) -> bool:
+        """Its turn came and no refresh has found it gone since."""
+        return self.held and not self.lost.is_set()
+
     async def release(self) -> None:
         """Stop refreshing and delete the key (if it is still this claim's). Idempotent."""
         if self._refresher is not None:
@@ -204,7 +220,7 @@ class AsyncLock:
     def is_held(self) -> bool:
         """Held, as far as this process knows (a failed refresh is noticed within ttl/3
         of the TTL running out; see the module's note on leases)."""
-        return self._claim.held and not self._claim.lost.is_set()
+        return self._claim.holding
 
     async def wait_lost(self) -> None:
         """Return when the lock is found lost (for a task that should stop then)."""
@@ -217,14 +233,7 @@ class AsyncLock:
     async def acquire(self) -> int:
         """Wait for the lock; its fencing revision. Cancelled (e.g. by `anyio.fail_after`),
         it leaves the queue."""
-        claim = self._claim
-        queue, revision = await claim.create()
-        try:
-            await claim.wait_turn(queue, revision)
-        except BaseException:
-            await claim.release()
-            raise
-        return claim.revision
+        return await self._claim.take()
 
     async def release(self) -> None:
         await self._claim.release()
@@ -252,7 +261,7 @@ class AsyncElection:
 
     def is_leader(self) -> bool:
         """Elected and not found lost since (see the module's note on leases)."""
-        return self._claim.held and not self._claim.lost.is_set()
+        return self._claim.holding
 
     async def wait_lost(self) -> None:
         await self._claim.lost.wait()
@@ -264,15 +273,8 @@ class AsyncElection:
     async def campaign(self, value: Value) -> int:
         """Stand with `value` and wait to be elected; the fencing revision. Cancelled, it
         withdraws."""
-        claim = self._claim
-        claim.value = as_bytes(value)
-        queue, revision = await claim.create()
-        try:
-            await claim.wait_turn(queue, revision)
-        except BaseException:
-            await claim.release()
-            raise
-        return claim.revision
+        self._claim.value = as_bytes(value)
+        return await self._claim.take()
 
     async def proclaim(self, value: Value) -> None:
         """As leader, change the announced value without a new election (LockLost if no
