@@ -1,4 +1,4 @@
-"""The client port's HTTP/2 layer, hardened where purerpc 0.8.0 is not (see DESIGN.md).
+"""The client port's gRPC connection, hardened where purerpc 0.8.0 is not (see DESIGN.md).
 
 purerpc turns every per-stream fault into a connection fault: a message over its limit, a
 body that does not decompress, an unsupported `grpc-encoding`, request headers it cannot
@@ -8,7 +8,7 @@ holds its slot; it never times out a connection that sends nothing or stops mid-
 decompresses without bound and lets a client open 65536 streams.
 
 This module subclasses purerpc's connection and socket classes (no copy of its code, no
-monkeypatching) so that:
+monkeypatching), puts them on our own HTTP/2 (http2.py, in place of h2), and so that:
 
 - a stream whose message declares (or decompresses to) more than `max_message_bytes` is
   answered RESOURCE_EXHAUSTED and reset (RST_STREAM NO_ERROR) from the 5-byte gRPC prefix
@@ -41,25 +41,18 @@ from typing import Any
 import anyio
 import anyio.abc
 import attrs
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-import hpack
 import trio
-from h2.settings import SettingCodes
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpc_socket import GRPCStreamState, SocketWrapper
 from purerpc.grpclib.buffers import MessageReadBuffer
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.connection import GRPCConnection
 from purerpc.grpclib.events import RequestEnded, RequestReceived, WindowUpdated
-from purerpc.grpclib.exceptions import MessageTooLargeError
+from purerpc.grpclib.exceptions import MessageTooLargeError, StreamClosedError
 from purerpc.grpclib.headers import HeaderDict
 from purerpc.grpclib.status import Status
 
+from ggap.rpc import http2
 from ggap.rpc.errors import rpc_error
 from ggap.types.errors import StatusCode
 from ggap.types.helpers import positive as _positive
@@ -125,89 +118,6 @@ def _status(code: StatusCode, message: str) -> Status:
     return rpc_error(code, message).status
 
 
-class _ConstantBlockEncoder(hpack.Encoder):
-    """HPACK encoder that sends the header blocks of every successful unary answer
-    (`:status 200` + content-type, then the `grpc-status 0` trailers) as bytes encoded
-    once. They use only the static table and never-indexed literals, so they are valid
-    whatever this connection's dynamic table holds and leave it unchanged. Encoding them
-    anew was a third of the cost of answering a call in h2. Any other block, and the
-    first block after a table size change (which must carry the size update), goes
-    through hpack as before."""
-
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        if not isinstance(headers, list):
-            headers = list(headers)
-        if len(headers) <= 2 and not self.header_table.resized:
-            constant = _CONSTANT_BLOCKS.get(tuple(tuple(h) for h in headers))
-            if constant is not None:
-                return constant
-        block: bytes = super().encode(headers, huffman)
-        return block
-
-
-def _constant_block(headers: tuple[tuple[str, str], ...]) -> bytes:
-    block: bytes = hpack.Encoder().encode([hpack.NeverIndexedHeaderTuple(n, v) for n, v in headers])
-    return block
-
-
-_CONSTANT_BLOCKS: dict[tuple[tuple[Any, ...], ...], bytes] = {
-    headers: _constant_block(headers)
-    for headers in (
-        ((":status", "200"), ("content-type", "application/grpc+proto")),
-        (("grpc-status", "0"),),
-    )
-}
-
-# Streams h2 may hold (closed ones not yet dropped) before it is made to count exactly.
-_STREAM_SCAN_MIN = 128
-
-
-class _GuardedH2(h2.connection.H2Connection):
-    """h2 treats a stream over SETTINGS_MAX_CONCURRENT_STREAMS as a connection error
-    (TooManyStreamsError); RFC 9113 §5.1.2 asks for a stream error. So h2's own check is
-    switched off while it processes such a HEADERS frame (its header block must still be
-    decoded, for HPACK), and the stream is refused with REFUSED_STREAM afterwards."""
-
-    def __init__(self, config: h2.config.H2Configuration) -> None:
-        super().__init__(config)
-        self.refused_streams: set[int] = set()
-        self._bypass = False
-        self.encoder = _ConstantBlockEncoder()
-        self._next_scan = _STREAM_SCAN_MIN
-
-    @property
-    def open_inbound_streams(self) -> int:
-        """At least the streams the client has open; exact when it matters.
-
-        h2 counts them by walking every stream it still holds (and drops the closed ones
-        as it goes), once per new stream: at 64 calls in flight that walk was a tenth of
-        the leader's CPU. While the streams held, open or not, are fewer than the limit
-        they bound the open count from above, which is all the limit check needs; the
-        exact walk runs once that many have piled up, so closed streams are still
-        dropped, after at most twice as many as were live at the last walk."""
-        if self._bypass:
-            return 0
-        held = len(self.streams)
-        if held < self._next_scan and held < self.local_settings.max_concurrent_streams:
-            return held
-        count: int = super().open_inbound_streams
-        self._next_scan = max(2 * len(self.streams), _STREAM_SCAN_MIN)
-        return count
-
-    def _receive_headers_frame(self, frame: Any) -> Any:
-        limit = self.local_settings.max_concurrent_streams
-        if frame.stream_id in self.streams or self.open_inbound_streams < limit:
-            return super()._receive_headers_frame(frame)
-        self._bypass = True
-        try:
-            frames, events = super()._receive_headers_frame(frame)
-        finally:
-            self._bypass = False
-        self.reset_stream(frame.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-        self.refused_streams.add(frame.stream_id)
-        return frames, [e for e in events if getattr(e, "stream_id", None) != frame.stream_id]
-
-
 class _BoundedReadBuffer(MessageReadBuffer):
     """purerpc's message parser with decompression bounded by the same limit."""
 
@@ -249,43 +159,30 @@ class _Ledger:
 
 
 class GuardedConnection(GRPCConnection):
-    """purerpc's sans-I/O gRPC connection, with every per-stream fault kept per stream."""
+    """purerpc's sans-I/O gRPC connection on our HTTP/2 (http2.py), with every per-stream
+    fault kept per stream."""
 
     def __init__(self, config: GRPCConfiguration, limits: ConnectionLimits) -> None:
+        # Not GRPCConnection.__init__: it builds an h2 connection, which we do not use.
+        self.config = config
         self.limits = limits
+        self.message_read_buffers: dict[int, MessageReadBuffer] = {}
         self._ledgers: dict[int, _Ledger] = {}
         self._started: set[int] = set()
         # Sum over streams of received - acked: what handlers have not read yet.
         self.buffered = 0
-        self.settled = False  # the client's preface and SETTINGS arrived
-        super().__init__(config)
-        # What we send is purerpc's fixed headers and a percent-quoted grpc-message (its
-        # handlers cannot add metadata): h2's checks of our own headers only cost time.
-        # Inbound headers are still validated.
-        self.h2_connection = _GuardedH2(
-            h2.config.H2Configuration(
-                client_side=False,
-                header_encoding="utf-8",
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-            )
+        # purerpc's choice: a stream window fits two messages of the transport limit.
+        self.h2_connection = http2.ServerConnection(
+            max_concurrent_streams=limits.max_concurrent_streams,
+            initial_window_size=min(2 * config.max_message_length, http2.MAX_WINDOW),
+            max_frame_size=MAX_INBOUND_FRAME_SIZE,
+            max_header_list_size=self.MAX_HEADER_LIST_SIZE,
         )
-        self.h2_connection.clear_outbound_data_buffer()
-        self._set_h2_connection_local_settings()
 
-    def _set_h2_connection_local_settings(self) -> None:
-        # Initial values take effect at once (h2 does not wait for the client's ACK).
-        self.h2_connection.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: self.limits.max_concurrent_streams,
-                # purerpc's choice: a stream window fits two messages of the transport limit.
-                SettingCodes.INITIAL_WINDOW_SIZE: 2 * self.config.max_message_length,
-                SettingCodes.MAX_FRAME_SIZE: MAX_INBOUND_FRAME_SIZE,
-                SettingCodes.MAX_HEADER_LIST_SIZE: self.MAX_HEADER_LIST_SIZE,
-            },
-        )
-        self.h2_connection.max_inbound_frame_size = MAX_INBOUND_FRAME_SIZE
+    @property
+    def settled(self) -> bool:
+        """The client's preface and SETTINGS arrived."""
+        return self.h2_connection.settings_received
 
     @property
     def open_streams(self) -> int:
@@ -294,42 +191,31 @@ class GuardedConnection(GRPCConnection):
 
     def partial_frame_pending(self) -> bool:
         """A frame, or a header block awaiting CONTINUATION, is half received."""
-        buf = self.h2_connection.incoming_buffer
-        return bool(getattr(buf, "data", b"")) or bool(getattr(buf, "_headers_buffer", ()))
+        return self.h2_connection.partial_frame_pending()
 
     # -- inbound ---------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[Any]:
-        # h2 raises ProtocolError for connection errors (having queued a GOAWAY): those do
-        # end the connection, as RFC 9113 says. Anything else out of h2's parser (h2 3.2.0:
-        # IndexError for an empty header name, found by tests/fuzz) is one too.
-        try:
-            events = self.h2_connection.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            raise
-        except Exception as exc:
-            try:
-                self.h2_connection.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
-            except h2.exceptions.ProtocolError:
-                pass
-            raise h2.exceptions.ProtocolError(f"unparsable frame: {exc!r}") from exc
+        # http2.ProtocolError (a connection error, GOAWAY queued) ends the connection, as
+        # RFC 9113 says; anything a stream's event raises ends that stream alone.
+        h2c = self.h2_connection
+        events = h2c.receive_data(data)
         out: list[Any] = []
         for event in events:
-            sid = getattr(event, "stream_id", 0)
             try:
                 out.extend(self._dispatch(event))
             except Exception as exc:
+                sid = getattr(event, "stream_id", 0)
                 if not sid:
                     raise
                 out.append(self._fail_stream(sid, self._status_for(exc, sid)))
-        refused = self.h2_connection.refused_streams
-        if refused:
+        if h2c.refused_streams:
             log.debug(
                 "refused streams %s: over %d per connection",
-                sorted(refused),
+                h2c.refused_streams,
                 self.limits.max_concurrent_streams,
             )
-            refused.clear()
+            h2c.refused_streams.clear()
         if self.buffered > self.limits.buffer_budget:
             out.extend(self._shed_buffered())
         return out
@@ -375,21 +261,20 @@ class GuardedConnection(GRPCConnection):
             out.append(self._fail_stream(sid, status))
         return out
 
-    def _dispatch(self, event: Any) -> list[Any]:
-        if isinstance(event, h2.events.RequestReceived):
-            return self._request_received(event)
-        if isinstance(event, h2.events.DataReceived):
+    def _dispatch(self, event: http2.Event) -> list[Any]:
+        if isinstance(event, http2.DataReceived):
             return self._data_received(event)
-        if isinstance(event, h2.events.StreamEnded):
-            return self._stream_ended(event)
-        if isinstance(event, h2.events.StreamReset):
+        if isinstance(event, http2.RequestReceived):
+            return self._request_received(event)
+        if isinstance(event, http2.StreamEnded):
+            return self._stream_ended(event)  # type: ignore[no-any-return]
+        if isinstance(event, http2.WindowUpdated):
+            return [WindowUpdated(stream_id=event.stream_id, delta=event.delta)]
+        if isinstance(event, http2.StreamReset):
             return self._stream_reset(event)
-        if isinstance(event, h2.events.WindowUpdated):
-            return self._window_updated(event)
-        if isinstance(event, h2.events.RemoteSettingsChanged):
-            self.settled = True
-            return self._remote_settings_changed(event)
-        # Request trailers, pings, priority, GOAWAY, unknown frames: nothing for gRPC to do.
+        if isinstance(event, http2.SettingsChanged):
+            return [WindowUpdated(stream_id=0, delta=1)]  # windows may have changed: recheck
+        # Request trailers (the StreamEnded after them is what counts), the client's GOAWAY.
         return []
 
     def _status_for(self, exc: Exception, sid: int) -> Status:
@@ -408,6 +293,8 @@ class GuardedConnection(GRPCConnection):
 
     def _request_received(self, event: Any) -> list[Any]:
         sid = event.stream_id
+        if event.malformed is not None:
+            raise _BadMessage(f"malformed request headers: {event.malformed}")
         if event.stream_ended:
             raise _BadMessage("the request has no message")
         try:
@@ -451,7 +338,11 @@ class GuardedConnection(GRPCConnection):
         if sid not in self._ledgers:
             return []
         self.release(sid)
-        return [_StreamFinished(sid, _status(StatusCode.CANCELLED, "cancelled by the client"))]
+        if event.remote:
+            return [_StreamFinished(sid, _status(StatusCode.CANCELLED, "cancelled by the client"))]
+        code = http2.ErrorCode(event.error_code).name
+        status = _status(StatusCode.INTERNAL, f"stream reset for a client error ({code})")
+        return [_StreamFinished(sid, status)]
 
     def acknowledge_received_data(self, stream_id: int, flow_controlled_length: int) -> None:
         ledger = self._ledgers.get(stream_id)
@@ -478,20 +369,12 @@ class GuardedConnection(GRPCConnection):
         if ledger is not None:
             self.buffered -= ledger.received - ledger.acked
         if ledger is not None and ledger.received > ledger.acked:
-            try:
-                self.h2_connection.acknowledge_received_data(ledger.received - ledger.acked, sid)
-            except h2.exceptions.ProtocolError:
-                pass
+            self.h2_connection.acknowledge_received_data(ledger.received - ledger.acked, sid)
 
     def stop_reading(self, sid: int) -> None:
         """After our final status: ask the client to stop sending (RFC 9113 §8.1) and drop
         whatever it still sends on this stream."""
-        try:
-            stream = self.h2_connection.streams.get(sid)
-            if stream is not None and not stream.closed:
-                self.h2_connection.reset_stream(sid, h2.errors.ErrorCodes.NO_ERROR)
-        except h2.exceptions.ProtocolError:
-            pass
+        self.h2_connection.reset_stream(sid, http2.ErrorCode.NO_ERROR)
         self.release(sid)
 
     def _fail_stream(self, sid: int, status: Status) -> _StreamFinished:
@@ -502,7 +385,7 @@ class GuardedConnection(GRPCConnection):
                 self.end_response(sid, status)
             else:
                 self.respond_status(sid, status, "+proto")
-        except h2.exceptions.ProtocolError:
+        except StreamClosedError:
             pass  # the stream is already closed our way: nothing more can be said on it
         self.stop_reading(sid)
         return _StreamFinished(sid, status)
@@ -616,10 +499,8 @@ class GuardedSocket(GRPCProtoSocket):
         """GOAWAY(NO_ERROR), then wait a little for the client to close (closing with its
         bytes unread would send RST, which may destroy the GOAWAY before it is read)."""
         conn = self._grpc_connection
-        try:
-            conn.h2_connection.close_connection()
-        except h2.exceptions.ProtocolError:
-            return
+        assert isinstance(conn, GuardedConnection)
+        conn.h2_connection.close_connection()
         await self._socket.flush()
         with trio.move_on_after(min(1.0, self.limits.handshake_timeout_s)):
             try:

@@ -21,7 +21,6 @@ from typing import Any, cast
 import anyio
 import anyio.abc
 import attrs
-import h2.exceptions
 import purerpc
 import trio
 from anyio.abc import SocketAttribute
@@ -323,7 +322,6 @@ _DISCONNECTS = (
     anyio.BrokenResourceError,
     anyio.ClosedResourceError,
     StreamClosedError,
-    h2.exceptions.StreamClosedError,
 )
 
 

@@ -9,7 +9,7 @@ documents, or an AssertionError) only on a bug.
   raises one of our typed errors (INVALID_ARGUMENT and friends, never a crash), and every
   command it produces is one the log codec can store and read back.
 - `h2_frontdoor`: the client port's sans-I/O HTTP/2 layer (`GuardedConnection`) lets only
-  h2's ProtocolError (a connection error, RFC 9113) escape `receive_data`, and what it
+  http2.ProtocolError (a connection error, RFC 9113) escape `receive_data`, and what it
   holds for handlers never goes over its budget.
 
 Run them with `make fuzz` (atheris, coverage-guided; tests/fuzz/run.py); `make test` runs
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import h2.exceptions
 from google.protobuf.message import DecodeError
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.events import MessageReceived
@@ -29,6 +28,7 @@ from ggap.codec import _pure, decode_command, encode_command
 from ggap.codec.commands import command_from_value
 from ggap.config.model import LimitsConfig
 from ggap.pb import kv_pb2 as pb
+from ggap.rpc import http2
 from ggap.rpc.frontdoor import ConnectionLimits, GuardedConnection
 from ggap.server import convert
 from ggap.transport import wire
@@ -208,7 +208,7 @@ def h2_frontdoor(data: bytes) -> None:
             assert conn.buffered == held >= 0, (conn.buffered, held)
             assert conn.buffered <= _H2_LIMITS.buffer_budget, conn.buffered
             assert conn.open_streams <= _H2_LIMITS.max_concurrent_streams
-    except h2.exceptions.ProtocolError:
+    except http2.ProtocolError:
         return
 
 
