@@ -23,6 +23,8 @@ import hpack
 import hyperframe.frame
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.events import RequestReceived
 from purerpc.grpclib.status import Status, StatusCode
@@ -586,3 +588,64 @@ def test_response_blocks_decode_whatever_the_dynamic_table_holds() -> None:
     settings = hyperframe.frame.SettingsFrame(0, settings={1: 256}).serialize()
     conn.receive_data(http2.PREFACE + settings)
     assert conn._header_block(ok) == first
+
+
+_REQUEST_BASE = [
+    (":method", "POST"),
+    (":scheme", "http"),
+    (":path", PUT),
+    (":authority", "x:1"),
+    ("te", "trailers"),
+    ("content-type", "application/grpc"),
+]
+_EXTRA_HEADERS = st.sampled_from(
+    [
+        ("grpc-timeout", "4999m"),
+        ("grpc-timeout", "5S"),
+        ("grpc-timeout", "1H"),
+        ("grpc-timeout", "2M"),
+        ("grpc-timeout", "700u"),
+        ("grpc-timeout", "12345n"),
+        ("grpc-timeout", "9x"),
+        ("grpc-encoding", "gzip"),
+        ("grpc-accept-encoding", "identity,deflate,gzip"),
+        ("user-agent", "grpc-python/1.66.0"),
+        ("grpc-message-type", "T"),
+        ("x-trace", "t1"),
+        ("x-trace", "t2"),
+        ("x-id-bin", "AAEC"),
+        ("x-id-bin", "AA,AQ"),
+        ("grpc-other", "1"),
+        ("ggap-session", "7:3"),
+        ("te", "trailers"),
+        (":scheme", "ftp"),
+        (":method", "GET"),
+        ("content-type", "text/plain"),
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_EXTRA_HEADERS, max_size=8), st.randoms(use_true_random=False))
+def test_parse_request_matches_purerpc(extra: list[tuple[str, str]], rnd: Any) -> None:
+    """Our one-pass request parser gives purerpc's event, or fails where purerpc does."""
+    from purerpc.grpclib.headers import HeaderDict
+
+    from ggap.rpc.frontdoor import parse_request
+
+    headers = list(_REQUEST_BASE) + extra
+    regular = headers[4:]
+    rnd.shuffle(regular)
+    headers = headers[:4] + regular
+    try:
+        theirs = RequestReceived.parse_from_stream_id_and_headers_destructive(1, HeaderDict(headers))
+    except Exception:
+        with pytest.raises(Exception):  # noqa: B017 - purerpc raises several kinds
+            parse_request(1, headers)
+        return
+    ours = parse_request(1, headers)
+    fields = (
+        "stream_id scheme service_name method_name content_type authority timeout message_type "
+        "message_encoding message_accept_encoding user_agent custom_metadata"
+    ).split()
+    assert {f: getattr(ours, f) for f in fields} == {f: getattr(theirs, f) for f in fields}
