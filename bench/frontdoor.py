@@ -2,7 +2,7 @@
 
 No sockets, no event loop, no handler: an h2 client connection makes grpcio-like unary
 Put requests (the same headers grpcio sends), and the server side is the front door's
-own sans-I/O connection (ggap.rpc.frontdoor.GuardedConnection, i.e. purerpc + h2 + our
+own sans-I/O connection (ggap.rpc.frontdoor.GuardedConnection, i.e. purerpc + ggap.rpc.http2 + our
 guards), which parses them and answers each with headers, one message and OK trailers,
 as a unary handler does. Only the server side's time is counted.
 
@@ -108,7 +108,7 @@ def measure(calls: int, in_flight: int, value_size: int = 256) -> float:
 def main(calls: int, in_flight: tuple[int, ...], profile: bool) -> None:
     """Print the HTTP/2 + gRPC layer's server CPU per unary call (timing for reading only)."""
     for n in in_flight:
-        click.echo(f"{n:>4} in flight: {measure(calls, n):7.1f} us per call (h2 + purerpc + front door)")
+        click.echo(f"{n:>4} in flight: {measure(calls, n):7.1f} us per call (HTTP/2 + purerpc + front door)")
     if profile:
         prof = cProfile.Profile()
         prof.runcall(measure, calls, in_flight[-1])
