@@ -193,26 +193,20 @@ class HpackDecoder:
         self._huffman: dict[bytes, str] = {}
 
     def _add(self, name: str, value: str) -> None:
-        size = len(name.encode()) + len(value.encode()) + 32
-        table = self._table
-        if size > self.max_table_size:
-            table.clear()
-            self._table_size = 0
-            return
-        self._table_size += size
-        table.append((name, value))
-        while self._table_size > self.max_table_size:
-            old_name, old_value = table.pop(0)
-            self._table_size -= len(old_name.encode()) + len(old_value.encode()) + 32
+        self._table.append((name, value))
+        self._table_size += _entry_size(name, value)
+        self._evict(self.max_table_size)  # an entry larger than the table empties it
 
     def _shrink(self, size: int) -> None:
         if size > HEADER_TABLE_SIZE:
             raise HpackError(f"table size update to {size}, over {HEADER_TABLE_SIZE}")
         self.max_table_size = size
+        self._evict(size)
+
+    def _evict(self, limit: int) -> None:
         table = self._table
-        while self._table_size > size:
-            old_name, old_value = table.pop(0)
-            self._table_size -= len(old_name.encode()) + len(old_value.encode()) + 32
+        while self._table_size > limit:
+            self._table_size -= _entry_size(*table.pop(0))
 
     def _entry(self, index: int) -> tuple[str, str]:
         if 0 < index <= _STATIC_LEN:
@@ -240,15 +234,7 @@ class HpackDecoder:
                     index, pos = _integer(block, pos, 0x7F)
                 out.append(self._entry(index))
             elif b & 0x40:  # literal, incremental indexing
-                index = b & 0x3F
-                pos += 1
-                if index == 0x3F:
-                    index, pos = _integer(block, pos, 0x3F)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, pos = self._string(block, pos)
-                value, pos = self._string(block, pos)
+                name, value, pos = self._literal(block, pos, 0x3F)
                 self._add(name, value)
                 out.append((name, value))
             elif b & 0x20:  # dynamic table size update
@@ -261,19 +247,24 @@ class HpackDecoder:
                 self._shrink(new_size)
                 continue
             else:  # literal, without indexing (0000) or never indexed (0001)
-                index = b & 0x0F
-                pos += 1
-                if index == 0x0F:
-                    index, pos = _integer(block, pos, 0x0F)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, pos = self._string(block, pos)
-                value, pos = self._string(block, pos)
+                name, value, pos = self._literal(block, pos, 0x0F)
                 out.append((name, value))
             first = False
             size += len(out[-1][0]) + len(out[-1][1]) + 32
         return out, size > self.max_header_list_size
+
+    def _literal(self, block: bytes, pos: int, mask: int) -> tuple[str, str, int]:
+        """A literal field whose name index has a prefix of `mask` bits (0: a literal name)."""
+        index = block[pos] & mask
+        pos += 1
+        if index == mask:
+            index, pos = _integer(block, pos, mask)
+        if index:
+            name = self._entry(index)[0]
+        else:
+            name, pos = self._string(block, pos)
+        value, pos = self._string(block, pos)
+        return name, value, pos
 
     def _string(self, block: bytes, pos: int) -> tuple[str, int]:
         if pos >= len(block):
@@ -302,6 +293,11 @@ class HpackDecoder:
             return raw.decode("utf-8"), stop
         except UnicodeDecodeError:
             raise HpackError("a header string is not UTF-8") from None
+
+
+def _entry_size(name: str, value: str) -> int:
+    """An entry's size in the table: its octets plus 32 (RFC 7541 §4.1)."""
+    return len(name.encode()) + len(value.encode()) + 32
 
 
 def _integer(block: bytes, pos: int, prefix_max: int) -> tuple[int, int]:
